@@ -1,0 +1,46 @@
+# mpupload — the two set-up commands are `make run` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: venv system-deps services test unit run bench bench-smoke lint typecheck clean
+
+$(STAMP): pyproject.toml setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the integration tests need (Ceph RADOS Gateway); installed when missing.
+system-deps:
+	bash scripts/ensure-system-deps.sh
+
+test: venv system-deps
+	bash scripts/run-tests.sh
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+# The embedded demo: moto's S3 server as its own process, a sample file, an upload with the live bar.
+run: venv
+	$(PY) -m mpupload demo
+
+bench: venv
+	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/latest.json
+	$(PY) -m benchmarks.report benchmarks/results/latest.json --readme README.md
+
+bench-smoke: venv
+	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json
+
+lint: venv
+	$(PY) -m ruff check mpupload tests benchmarks
+
+typecheck: venv
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info artifacts .pytest_cache .mypy_cache

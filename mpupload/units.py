@@ -1,0 +1,79 @@
+"""Byte units, size parsing and human formatting.
+
+Every constant carries its unit in its name; sizes are ``int`` bytes, durations ``float`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_size", "format_bytes", "format_rate", "format_duration"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": KiB, "ki": KiB,
+    "m": 1000**2, "mb": 1000**2, "mib": MiB, "mi": MiB,
+    "g": 1000**3, "gb": 1000**3, "gib": GiB, "gi": GiB,
+    "t": 1000**4, "tb": 1000**4, "tib": TiB, "ti": TiB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Parse ``64MiB``, ``8M``, ``1.5GiB`` or ``1048576`` into bytes.
+
+    Decimal prefixes (``MB``, ``M``) are powers of 1000 and binary prefixes (``MiB``) powers of 1024,
+    as in the AWS CLI. Raises ``ValueError`` with a message fit for a user.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"cannot read size {text!r}: use a number with an optional unit, e.g. 64MiB")
+    number, unit = match.groups()
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"unknown size unit {unit!r} in {text!r}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")
+    value = float(number) * factor
+    if value != int(value):
+        raise ValueError(f"size {text!r} is not a whole number of bytes")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``; binary prefixes, one decimal."""
+    if not math.isfinite(n):
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_rate(bps: float | None) -> str:
+    """Bytes per second as ``'12.3 MiB/s'``; ``None`` (unknown) as ``'-'``."""
+    if bps is None or not math.isfinite(bps):
+        return "-"
+    return f"{format_bytes(bps)}/s"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``None`` -> ``'-'``; ``75`` -> ``'1:15'``; ``3700`` -> ``'1:01:40'``; days as ``'2d 03:00:00'``."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    total = int(round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}"
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole suite. Pytest's exit code 5 (no tests collected) is a failure, like any other.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p artifacts
+.venv/bin/python -m pytest tests -p no:cacheprovider "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit $rc
