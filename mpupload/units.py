@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 __all__ = ["KiB", "MiB", "GiB", "TiB", "parse_size", "format_bytes", "format_rate", "format_duration"]
 
@@ -38,8 +39,8 @@ def parse_size(text: str) -> int:
     factor = _UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(f"unknown size unit {unit!r} in {text!r}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")
-    value = float(number) * factor
-    if value != int(value):
+    value = Fraction(number) * factor  # exact: float(number) * factor rejects e.g. '16.1KB'
+    if value.denominator != 1:
         raise ValueError(f"size {text!r} is not a whole number of bytes")
     return int(value)
 
