@@ -4,10 +4,50 @@ Only the aggregator in the parent process calls sinks, always from the main thre
 one ``started`` snapshot, any number of ``progress`` snapshots (one per tick), one final snapshot
 (``completed``, ``stopped`` or ``failed``), then ``close()``. A sink never raises into the upload:
 the aggregator logs and drops a sink that fails.
+
+The local sinks, chosen by ``--progress`` through :func:`make_sinks`:
+
+=========  ==========================================================  ========
+mode       sink                                                        stream
+=========  ==========================================================  ========
+``auto``   ``bar`` when stderr is a TTY, else ``plain``                stderr
+``bar``    :class:`TerminalSink`: enlighten bar, status line, outcome  stderr
+``plain``  :class:`PlainSink`: a line every few seconds (logs, CI)     stderr
+``json``   :class:`JsonLinesSink`: one snapshot object per line        stdout
+``none``   nothing                                                     -
+=========  ==========================================================  ========
+
+``--quiet`` silences the bar and plain lines but keeps JSON lines: they are data, not chatter.
 """
 
 from __future__ import annotations
 
-from .base import Sink
+from typing import TextIO
 
-__all__ = ["Sink"]
+from .base import Sink
+from .jsonl import JsonLinesSink
+from .plain import PlainSink
+from .terminal import TerminalSink
+
+__all__ = ["PROGRESS_MODES", "JsonLinesSink", "PlainSink", "Sink", "TerminalSink", "make_sinks"]
+
+PROGRESS_MODES = ("auto", "bar", "plain", "json", "none")
+
+
+def make_sinks(mode: str, *, stdout: TextIO, stderr: TextIO, quiet: bool) -> list[Sink]:
+    """The local sinks for a ``--progress`` mode (the API push is added by the caller).
+
+    Call it from the main thread: the bar's manager is created here. Raises ``ValueError`` for an
+    unknown mode.
+    """
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"unknown progress mode {mode!r}: use one of {', '.join(PROGRESS_MODES)}")
+    if mode == "json":
+        return [JsonLinesSink(stdout)]
+    if quiet or mode == "none":
+        return []
+    if mode == "auto":
+        mode = "bar" if stderr.isatty() else "plain"
+    if mode == "bar":
+        return [TerminalSink(stderr)]
+    return [PlainSink(stderr)]

@@ -1,0 +1,97 @@
+"""The library API: ``upload_file`` — what the CLI and the benchmarks call.
+
+>>> from mpupload import upload_file, UploadOptions, StoreConfig
+>>> result = upload_file("data.tar", "bucket", "datasets/data.tar",
+...                      store=StoreConfig(endpoint_url="http://127.0.0.1:9000"),
+...                      options=UploadOptions(workers=4))            # doctest: +SKIP
+>>> result.verified                                                  # doctest: +SKIP
+'crc32c'
+
+Input problems raise :class:`~mpupload.errors.UsageError` before anything is created on the store.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+
+from . import errors as E
+from .engine.aggregator import Aggregator
+from .engine.cancel import CancelToken
+from .engine.coordinator import Coordinator, Source
+from .options import UploadOptions, UploadResult
+from .plan import PlanError, UploadPlan, plan_upload
+from .sinks import Sink
+from .storage import StoreConfig
+
+__all__ = ["upload_file", "check_source", "make_plan"]
+
+
+def check_source(path: str) -> Source:
+    """The file's fingerprint, or a :class:`UsageError` that says what is wrong with it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise E.UsageError(f"no such file: {path}") from None
+    except PermissionError:
+        raise E.UsageError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise E.UsageError(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise E.UsageError(f"{path} is a directory: mpupload uploads one regular file (tar the directory first)")
+    if not stat.S_ISREG(st.st_mode):
+        raise E.UsageError(f"{path} is not a regular file: mpupload uploads regular files only")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except PermissionError:
+        raise E.UsageError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise E.UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return Source.from_path(path)
+
+
+def make_plan(size: int, options: UploadOptions) -> UploadPlan:
+    import psutil
+
+    try:
+        return plan_upload(size, part_size=options.part_size, workers=options.workers,
+                           available_memory=psutil.virtual_memory().available)
+    except PlanError as exc:
+        raise E.UsageError(str(exc)) from None
+
+
+def upload_file(
+    path: str,
+    bucket: str,
+    key: str,
+    *,
+    store: StoreConfig | None = None,
+    options: UploadOptions | None = None,
+    sinks: Sequence[Sink] = (),
+    cancel: CancelToken | None = None,
+    upload_id: str | None = None,
+) -> UploadResult:
+    """Upload one regular file to ``s3://bucket/key`` and verify the stored object.
+
+    ``cancel`` lets a caller stop the upload (the CLI cancels it from its SIGINT/SIGTERM handlers);
+    ``upload_id`` is the API server's record id when there is one (it becomes the events' ``upload_id``).
+    Raises a subclass of :class:`~mpupload.errors.MpuploadError`.
+    """
+    store = store or StoreConfig()
+    options = options or UploadOptions()
+    if not bucket or not key:
+        raise E.UsageError("bucket and key are required: s3://BUCKET/KEY")
+    source = check_source(path)
+    plan = make_plan(source.size, options)
+    token = cancel or CancelToken()
+    agg = Aggregator(bucket=bucket, key=key, total_bytes=source.size, parts_total=plan.parts_total, sinks=list(sinks))
+    agg.upload_id = upload_id
+    try:
+        return Coordinator(source, bucket, key, plan, store=store, options=options, aggregator=agg,
+                           cancel=token).run()
+    finally:
+        agg.close()
+        if cancel is None:
+            token.close()

@@ -1,0 +1,54 @@
+"""``mpupload`` — entry point and sub-command dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import demo, upload
+from .errors import EXIT_USAGE, debug_enabled, report_error
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        self.exit(EXIT_USAGE, f"mpupload: error: {message} (see mpupload {self.prog.split()[-1]} --help)\n"
+                  if " " in self.prog else f"mpupload: error: {message} (see mpupload --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mpupload", description="Parallel, resumable, verified S3 multipart uploads.")
+    parser.add_argument("--version", action="version", version=f"mpupload {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    upload.add_parser(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mpupload: %(levelname)s: %(message)s"))
+    root = logging.getLogger("mpupload")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING))
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = debug_enabled(getattr(args, "debug", False))
+    _setup_logging(debug, getattr(args, "quiet", False))
+    try:
+        return int(args.func(args))
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        if isinstance(exc, SystemExit):
+            raise
+        return report_error(exc, debug=debug)

@@ -1,0 +1,144 @@
+"""``mpupload upload SOURCE s3://BUCKET/KEY`` — one regular file, in parallel parts, verified."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .. import errors as E
+from ..api import upload_file
+from ..engine.cancel import CancelToken
+from ..options import ChecksumMode, UploadOptions
+from ..plan import MAX_WORKERS
+from ..sinks import make_sinks
+from ..storage import StoreConfig
+from ..units import parse_size
+from .errors import EXIT_OK
+from .signals import cancel_on_signals
+
+__all__ = ["add_parser", "parse_s3_url", "run"]
+
+
+def parse_s3_url(url: str, source: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); a missing key or one ending in ``/`` gets the file's name."""
+    if not url.startswith("s3://"):
+        raise E.UsageError(f"destination {url!r} is not an S3 URL: use s3://BUCKET/KEY")
+    rest = url[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise E.UsageError(f"destination {url!r} has no bucket: use s3://BUCKET/KEY")
+    if any(c.isspace() for c in bucket) or len(bucket) > 255:
+        raise E.UsageError(f"{bucket!r} is not a valid bucket name")
+    if not key or key.endswith("/"):
+        key += os.path.basename(source.rstrip("/")) or "upload"
+    if len(key.encode()) > 1024:
+        raise E.UsageError("the object key is longer than S3's limit of 1024 bytes")
+    return bucket, key
+
+
+def _metadata(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise E.UsageError(f"--metadata {item!r}: use KEY=VALUE")
+        out[name] = value
+    return out
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (use 1 to {MAX_WORKERS})") from None
+    return value
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("upload", help="upload one file to S3", description=__doc__)
+    p.add_argument("source", metavar="SOURCE", help="a regular file")
+    p.add_argument("destination", metavar="s3://BUCKET/KEY", help="KEY omitted or ending in / adds the file name")
+    s = p.add_argument_group("store")
+    s.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL[_S3])")
+    s.add_argument("--region")
+    s.add_argument("--profile", help="AWS profile from the shared config files")
+    s.add_argument("--ca-bundle", help="CA bundle to verify TLS (default: AWS_CA_BUNDLE or the system store)")
+    s.add_argument("--no-verify-ssl", action="store_true", help="do not verify TLS certificates (test endpoints)")
+    s.add_argument("--addressing-style", choices=["auto", "path", "virtual"],
+                   help="default: path for custom endpoints, auto for AWS")
+    t = p.add_argument_group("transfer")
+    t.add_argument("--workers", type=_workers, help=f"worker processes (1-{MAX_WORKERS}; default: automatic)")
+    t.add_argument("--part-size", help="part size, e.g. 64MiB (5MiB-5GiB; default: automatic)")
+    t.add_argument("--checksum", choices=[m.value for m in ChecksumMode], default="auto",
+                   help="per-part checksum (default auto: CRC32C where the store checks it, else MD5)")
+    t.add_argument("--keep-on-interrupt", action="store_true",
+                   help="on Ctrl+C keep the multipart upload instead of aborting it")
+    o = p.add_argument_group("object")
+    o.add_argument("--content-type", help="default: guessed from the file name")
+    o.add_argument("--metadata", action="append", default=[], metavar="K=V", help="user metadata (repeatable)")
+    o.add_argument("--storage-class")
+    o.add_argument("--sse", choices=["AES256", "aws:kms", "aws:kms:dsse"], help="server-side encryption")
+    o.add_argument("--sse-kms-key-id")
+    o.add_argument("--no-overwrite", action="store_true", help="refuse if the key already exists")
+    r = p.add_argument_group("output")
+    r.add_argument("--progress", choices=["auto", "bar", "plain", "json", "none"], default="auto",
+                   help="auto: a bar on a terminal, plain lines otherwise; json: events on stdout")
+    r.add_argument("--no-report", action="store_true", help="do not report progress to an API server")
+    r.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    r.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.set_defaults(func=run)
+
+
+def build_options(args: argparse.Namespace) -> UploadOptions:
+    part_size = None
+    if args.part_size is not None:
+        try:
+            part_size = parse_size(args.part_size)
+        except ValueError as exc:
+            raise E.UsageError(f"--part-size: {exc}") from None
+    if args.sse_kms_key_id and args.sse not in (None, "aws:kms", "aws:kms:dsse"):
+        raise E.UsageError("--sse-kms-key-id needs --sse aws:kms (or no --sse)")
+    return UploadOptions(
+        part_size=part_size,
+        workers=args.workers,
+        checksum=ChecksumMode(args.checksum),
+        keep_on_interrupt=args.keep_on_interrupt,
+        content_type=args.content_type,
+        metadata=_metadata(args.metadata),
+        storage_class=args.storage_class,
+        sse=args.sse,
+        sse_kms_key_id=args.sse_kms_key_id,
+        no_overwrite=args.no_overwrite,
+    )
+
+
+def build_store(args: argparse.Namespace) -> StoreConfig:
+    verify: bool | str | None = None
+    if args.no_verify_ssl:
+        verify = False
+    elif args.ca_bundle:
+        if not os.path.isfile(args.ca_bundle):
+            raise E.UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+        verify = args.ca_bundle
+    return StoreConfig(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile, verify=verify,
+                       addressing_style=args.addressing_style)
+
+
+def run(args: argparse.Namespace) -> int:
+    bucket, key = parse_s3_url(args.destination, args.source)
+    options = build_options(args)
+    store = build_store(args)
+    if args.no_verify_ssl:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    sinks = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
+    token = CancelToken()
+    try:
+        with cancel_on_signals(token):
+            upload_file(args.source, bucket, key, store=store, options=options, sinks=sinks, cancel=token)
+    finally:
+        token.close()
+    return EXIT_OK

@@ -1,0 +1,117 @@
+"""The aggregator: turns the shared byte counter into snapshots and fans them out to sinks.
+
+It runs in the coordinator's main thread, on a fixed tick. It owns the clock-dependent numbers: current
+speed (:class:`~mpupload.stats.SpeedMeter`), average speed, ETA, elapsed time. Bytes counted by this
+run (``sent``) drive speed and ETA; ``bytes_done`` adds what a resumed upload already had.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..events import Event, Snapshot, Status
+from ..sinks import Sink
+from ..stats import SpeedMeter, average_speed, eta_seconds
+
+__all__ = ["Aggregator", "TICK_S"]
+
+#: how often the counter is sampled and sinks are fed
+TICK_S = 0.25
+log = logging.getLogger("mpupload")
+
+
+class Aggregator:
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        key: str,
+        total_bytes: int,
+        parts_total: int,
+        sinks: list[Sink],
+        resumed_bytes: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        speed_window: int = 20,
+    ) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.total_bytes = total_bytes
+        self.parts_total = parts_total
+        self.sinks = list(sinks)
+        self.resumed_bytes = resumed_bytes
+        self.clock = clock
+        self.upload_id: str | None = None
+        self.status = Status.PENDING
+        self._meter = SpeedMeter(window=speed_window)
+        self._start = clock()
+        self._sent = 0
+        self._parts_done = 0
+
+    def elapsed(self) -> float:
+        return max(0.0, self.clock() - self._start)
+
+    def snapshot(self, event: Event, extra: dict[str, Any] | None = None) -> Snapshot:
+        done = min(self.total_bytes, self.resumed_bytes + max(0, self._sent))
+        speed = self._meter.speed
+        elapsed = self.elapsed()
+        return Snapshot(
+            event=event,
+            status=self.status,
+            upload_id=self.upload_id,
+            bucket=self.bucket,
+            key=self.key,
+            total_bytes=self.total_bytes,
+            bytes_done=done,
+            speed_bps=speed,
+            avg_speed_bps=average_speed(max(0, done - self.resumed_bytes), elapsed),
+            eta_seconds=eta_seconds(self.total_bytes, done, speed) if self.status is not Status.PENDING else None,
+            elapsed_seconds=elapsed,
+            parts_done=self._parts_done,
+            parts_total=self.parts_total,
+            extra=extra or {},
+        )
+
+    def started(self, extra: dict[str, Any]) -> None:
+        self._start = self.clock()
+        self._meter.sample(self._start, 0)
+        self.status = Status.UPLOADING
+        self._emit(self.snapshot(Event.STARTED, extra))
+
+    def tick(self, sent_bytes: int, parts_done: int) -> None:
+        """Sample the counter (bytes sent by this run) and feed a progress snapshot to every sink."""
+        self._sent = sent_bytes
+        self._parts_done = parts_done
+        self._meter.sample(self.clock(), sent_bytes)
+        self._emit(self.snapshot(Event.PROGRESS))
+
+    def set_status(self, status: Status) -> None:
+        self.status = status
+
+    def finish(self, event: Event, status: Status, extra: dict[str, Any], *, sent_bytes: int | None = None,
+               parts_done: int | None = None) -> Snapshot:
+        if sent_bytes is not None:
+            self._sent = sent_bytes
+        if parts_done is not None:
+            self._parts_done = parts_done
+        self.status = status
+        snap = self.snapshot(event, extra)
+        self._emit(snap)
+        return snap
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - a sink never breaks the upload
+                log.debug("closing sink %r failed", sink, exc_info=True)
+
+    def _emit(self, snap: Snapshot) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.emit(snap)
+            except Exception:  # noqa: BLE001
+                log.warning("progress output %s failed and was turned off", type(sink).__name__, exc_info=True)
+                self.sinks.remove(sink)

@@ -1,0 +1,238 @@
+"""The worker process: takes one part at a time from its pipe, uploads it, answers with a result.
+
+Only plain data crosses the pipe (:class:`PartJob` in, :class:`PartResult` out; ``None`` is the
+sentinel that ends the worker). The boto3 client is built here, inside the child, from the picklable
+:class:`~mpupload.storage.StoreConfig`.
+
+Retries: botocore retries throttling and connection errors itself (rewinding the body, which takes back
+the bytes it counted); on top of that a part is retried here with exponential backoff and jitter up to
+``WorkerSpec.part_attempts`` times, for what botocore does not retry (a store that rejected the checksum
+of bytes corrupted in transit, an ETag that does not match the local MD5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .. import errors as E
+from ..checksums import Algorithm, Hasher, b64, boto_checksum_param, new_hasher
+from ..storage import StoreConfig, classify, is_retryable
+from .counter import ByteCounter, CancelFlag
+from .reader import PartReader, digest_range
+
+__all__ = ["WorkerSpec", "PartJob", "PartResult", "worker_main", "upload_one_part", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    store: StoreConfig
+    path: str
+    bucket: str
+    key: str
+    upload_id: str
+    #: the checksum header sent with each part (None: no checksum header)
+    algorithm: Algorithm | None
+    #: compute the part's MD5 too: sent as Content-MD5 and compared with the part's ETag
+    md5: bool
+    part_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class PartJob:
+    number: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class PartResult:
+    number: int
+    ok: bool
+    size: int = 0
+    etag: str | None = None
+    #: base64 checksum of the part (``WorkerSpec.algorithm``), as sent and confirmed
+    checksum: str | None = None
+    #: hex MD5 of the part when ``WorkerSpec.md5``
+    md5: str | None = None
+    #: whether the store echoed the checksum it was sent
+    checksum_echoed: bool = False
+    attempts: int = 1
+    cancelled: bool = False
+    #: on failure: the mpupload error class name and its message
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    def raise_error(self, upload_id: str | None = None) -> None:
+        cls = getattr(E, self.error_type or "UploadFailed", E.UploadFailed)
+        if not (isinstance(cls, type) and issubclass(cls, E.MpuploadError)):
+            cls = E.UploadFailed
+        raise cls(self.error or "part upload failed", part_number=self.number, upload_id=upload_id)
+
+
+def die_with_parent(coordinator_pid: int) -> None:
+    """Exit when the coordinator dies, even by SIGKILL.
+
+    The kernel's PDEATHSIG covers the direct parent (the coordinator under fork and spawn, the forkserver
+    process under forkserver, which itself exits when the coordinator dies); a watchdog thread covers the
+    rest: a changed parent (re-parenting) or a coordinator that no longer exists.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    original_parent = os.getppid()
+
+    def coordinator_gone() -> bool:
+        if os.getppid() != original_parent:
+            return True
+        try:
+            os.kill(coordinator_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    def watch() -> None:
+        while not coordinator_gone():
+            time.sleep(PARENT_POLL_S)
+        os._exit(70)
+
+    if coordinator_gone():
+        os._exit(70)
+    threading.Thread(target=watch, name="coordinator-watchdog", daemon=True).start()
+
+
+def worker_main(
+    slot: int,
+    spec: WorkerSpec,
+    conn: Connection,
+    counter: ByteCounter,
+    cancel: CancelFlag,
+    parent_pid: int,
+) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    try:
+        client = spec.store.make_client()
+        fd = os.open(spec.path, os.O_RDONLY)
+    except BaseException as exc:  # noqa: BLE001 - reported, not raised
+        err = classify(exc, bucket=spec.bucket, key=spec.key)
+        with contextlib.suppress(Exception):
+            conn.send(PartResult(0, False, error_type=type(err).__name__, error=str(err)))
+        return
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                return
+            if job is None:
+                return
+            result = upload_one_part(client, fd, spec, job, counter, slot, cancel)
+            conn.send(result)
+    finally:
+        os.close(fd)
+
+
+def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
+    deadline = time.monotonic() + seconds
+    while not cancel.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(0.05, left))
+
+
+def upload_one_part(
+    client: Any,
+    fd: int,
+    spec: WorkerSpec,
+    job: PartJob,
+    counter: ByteCounter,
+    slot: int,
+    cancel: CancelFlag,
+) -> PartResult:
+    """Checksum the part, upload it with retries; never raises (the result says what happened)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        reader: PartReader | None = None
+        try:
+            algo_hasher = new_hasher(spec.algorithm) if spec.algorithm is not None else None
+            md5_hasher = new_hasher(Algorithm.MD5) if spec.md5 else None
+            hashers: list[Hasher] = [h for h in (algo_hasher, md5_hasher) if h is not None]
+            if hashers:
+                digest_range(fd, job.offset, job.length, hashers, cancel=cancel)
+            params: dict[str, Any] = {
+                "Bucket": spec.bucket,
+                "Key": spec.key,
+                "UploadId": spec.upload_id,
+                "PartNumber": job.number,
+                "ContentLength": job.length,
+            }
+            checksum = md5_hex = None
+            if algo_hasher is not None and spec.algorithm is not None:
+                checksum = b64(algo_hasher.digest())
+                params[boto_checksum_param(spec.algorithm)] = checksum  # type: ignore[arg-type]
+            if md5_hasher is not None:
+                raw = md5_hasher.digest()
+                md5_hex = raw.hex()
+                params["ContentMD5"] = b64(raw)
+            reader = PartReader(fd, job.offset, job.length, counter=counter, slot=slot, cancel=cancel)
+            params["Body"] = reader
+            response = client.upload_part(**params)
+            etag = str(response.get("ETag", "")).strip('"')
+            echoed = None
+            if checksum is not None:
+                echoed = response.get(boto_checksum_param(spec.algorithm))  # type: ignore[arg-type]
+                if echoed is not None and echoed != checksum:
+                    raise E.UploadFailed(
+                        f"part {job.number}: the store computed checksum {echoed}, expected {checksum}"
+                    )
+            if md5_hex is not None and etag.lower() != md5_hex:
+                raise E.UploadFailed(
+                    f"part {job.number}: the store's ETag {etag} is not the MD5 {md5_hex} of the bytes sent"
+                )
+            # what was counted must be exactly the part, whatever botocore did with the stream
+            if reader.counted != job.length:
+                counter.add(slot, job.length - reader.counted)
+            return PartResult(
+                job.number, True, size=job.length, etag=etag, checksum=checksum, md5=md5_hex,
+                checksum_echoed=echoed is not None, attempts=attempt,
+            )
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
+            if reader is not None:
+                reader.rollback()
+            if cancel.is_set() or isinstance(exc, E.Cancelled) or isinstance(exc.__context__, E.Cancelled):
+                return PartResult(job.number, False, cancelled=True, attempts=attempt, error_type="Cancelled",
+                                  error="cancelled")
+            err = classify(exc, bucket=spec.bucket, key=spec.key, upload_id=spec.upload_id, part_number=job.number)
+            if isinstance(exc, E.SourceChanged) or not (is_retryable(exc) or is_retryable(err)) \
+                    or attempt >= spec.part_attempts:
+                message = str(err)
+                if attempt >= spec.part_attempts and is_retryable(err):
+                    message = f"part {job.number} failed {attempt} times; last error: {err}"
+                return PartResult(job.number, False, attempts=attempt, error_type=type(err).__name__,
+                                  error=message, traceback=traceback.format_exc())
+            delay = min(spec.backoff_max_s, spec.backoff_base_s * (2 ** (attempt - 1)))
+            _sleep_unless_cancelled(random.uniform(delay / 2, delay), cancel)

@@ -1,0 +1,110 @@
+"""Shared fixtures: the S3 servers the suite starts itself (moto, Ceph RGW; HTTP and HTTPS with our own
+CA), a fresh bucket per test, and the CLI environment.
+
+Under ``CI=true`` a component that cannot start is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.s3server import S3Server
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.support.tls import make_tls
+
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    from tests.support.moto import start_moto
+
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_https(moto_server: S3Server, tls_files: Any) -> Iterator[S3Server]:
+    """moto behind a TLS-terminating proxy: the client speaks HTTPS verified against our own CA."""
+    from urllib.parse import urlsplit
+
+    from tests.support.proxy import start_proxy
+
+    target = urlsplit(moto_server.endpoint_url)
+    proxy = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), tls=tls_files)
+    yield S3Server(name="moto+https", endpoint_url=f"https://127.0.0.1:{proxy.port}",
+                   access_key=moto_server.access_key, secret_key=moto_server.secret_key,
+                   ca_bundle=str(tls_files.ca_pem))
+    proxy.stop()
+
+
+def _start_ceph(tmp_path_factory: pytest.TempPathFactory, tls: Any = None) -> S3Server:
+    from tests.support.ceph import missing_binaries, start_ceph
+
+    missing = missing_binaries()
+    if missing and not IN_CI:
+        pytest.skip(f"Ceph is not installed ({', '.join(missing)}): run make test, which installs it")
+    server = start_ceph(tmp_path_factory.mktemp("ceph"),
+                        tls=None if tls is None else (str(tls.cert_pem), str(tls.key_pem)))
+    if tls is not None:
+        server.ca_bundle = str(tls.ca_pem)
+    return server
+
+
+@pytest.fixture(scope="session")
+def ceph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = _start_ceph(tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_https(tmp_path_factory: pytest.TempPathFactory, tls_files: Any) -> Iterator[S3Server]:
+    server = _start_ceph(tmp_path_factory, tls_files)
+    yield server
+    server.stop()
+
+
+SERVERS = ["moto", "ceph"]
+ALL_SERVERS = ["moto", "ceph", "moto+https", "ceph+https"]
+_FIXTURE = {"moto": "moto_server", "ceph": "ceph_server", "moto+https": "moto_https", "ceph+https": "ceph_https"}
+
+
+@pytest.fixture
+def s3(request: pytest.FixtureRequest) -> S3Server:
+    """The server named by ``@pytest.mark.parametrize("s3", [...], indirect=True)``."""
+    return request.getfixturevalue(_FIXTURE[request.param])
+
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    with contextlib.suppress(Exception):
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    with contextlib.suppress(Exception):
+        for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    with contextlib.suppress(Exception):
+        client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    client = s3.client()
+    client.create_bucket(Bucket=name)
+    yield name
+    empty_bucket(client, name)
