@@ -23,7 +23,7 @@ _NAMES = {signal.SIGINT: "interrupted (Ctrl+C)", signal.SIGTERM: "terminated (SI
 
 
 @contextlib.contextmanager
-def cancel_on_signals(token: CancelToken) -> Iterator[CancelToken]:
+def cancel_on_signals(token: CancelToken, *, quiet: bool = False) -> Iterator[CancelToken]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if token.cancelled:
             left = token.left_behind
@@ -33,6 +33,9 @@ def cancel_on_signals(token: CancelToken) -> Iterator[CancelToken]:
                 os.write(sys.stderr.fileno(), (msg + "\n").encode())
             os._exit(130)
         token.cancel(_NAMES.get(signal.Signals(signum), signal.Signals(signum).name))
+        if not quiet:
+            with contextlib.suppress(Exception):
+                os.write(sys.stderr.fileno(), b"\nmpupload: stopping... (press Ctrl+C again to exit at once)\n")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     sinks = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
     token = CancelToken()
     try:
-        with cancel_on_signals(token):
+        with cancel_on_signals(token, quiet=args.quiet):
             upload_file(args.source, bucket, key, store=store, options=options, sinks=sinks, cancel=token)
     finally:
         token.close()

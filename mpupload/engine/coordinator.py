@@ -164,7 +164,23 @@ class Coordinator:
             self._refuse_if_exists()
         if self.plan.multipart:
             return self._run_multipart()
+        self._check_bucket()
         return self._run_single()
+
+    def _check_bucket(self) -> None:
+        """Fail before the start line on what a single PutObject would only reveal at its end: a missing
+        bucket, no credentials, an unreachable store. 403 says nothing (no s3:ListBucket): go ahead."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:  # noqa: BLE001
+            code = error_code(exc)
+            if code in ("403", "AccessDenied", "Forbidden"):
+                return
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise E.BucketNotFound(
+                    f"bucket {self.bucket!r} does not exist: create it first or check the name",
+                    bucket=self.bucket, key=self.key) from exc
+            raise self._err(exc) from exc
 
     def _refuse_if_exists(self) -> None:
         try:
@@ -312,7 +328,8 @@ class Coordinator:
         self.agg.upload_id = self.agg.upload_id or self.upload_id
         self.cancel.left_behind = (
             f"multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} may be left on the store: "
-            f"run mpupload cleanup s3://{self.bucket}/{self.key} --older-than 0s"
+            f"remove it with: aws s3api abort-multipart-upload --bucket {self.bucket} --key {self.key} "
+            f"--upload-id {self.upload_id}"
         )
         counter = ByteCounter(self.plan.workers)
         done: dict[int, PartResult] = {}

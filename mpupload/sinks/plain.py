@@ -91,8 +91,8 @@ def final_line(snapshot: Snapshot) -> str:
             return line + f"; multipart upload kept, resume with: {resume}"
         return line + "; multipart upload kept"
     if snapshot.event is Event.FAILED:
-        error = str(extra.get("error") or "unknown error").strip().replace("\n", " ")
-        return f"failed: {_target(snapshot)} at {_position(snapshot)}: {error}"
+        # the error itself is the CLI's one line on stderr, right after this one
+        return f"failed: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"
     return progress_line(snapshot)
 
 
@@ -114,6 +114,8 @@ class PlainSink:
             if self._last_line_at is not None and now - self._last_line_at < self._interval_s:
                 return
             line = progress_line(snapshot)
+        elif snapshot.event is Event.FAILED and self._last_line_at is None:
+            return  # failed before it started (bad input, no credentials): the error line says it all
         else:
             line = final_line(snapshot)
         self._last_line_at = now

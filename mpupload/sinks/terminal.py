@@ -23,10 +23,16 @@ Pitfalls this module is built around (see ``NOTES.md``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import enlighten
+# blessed (under enlighten) asks the terminal about itself and waits up to 5 s per question for answers
+# that a pty without a terminal emulator (script(1), CI runners with a tty) never sends: the upload would
+# stall for seconds before its first byte. Real emulators answer in milliseconds. Set before the import.
+os.environ.setdefault("BLESSED_QUERY_TIMEOUT_SECONDS", "0.2")
+
+import enlighten  # noqa: E402
 
 from ..events import Event, Snapshot
 from ..units import format_bytes, format_duration, format_rate
@@ -158,6 +164,8 @@ class TerminalSink:
         if snapshot.event is Event.STARTED:
             self._started = dict(snapshot.extra)
         if self._bar is None:
+            if snapshot.event is Event.FAILED:
+                return  # failed before it started: the CLI's error line says it all
             self._create(snapshot)
         self._draw(snapshot)
         if snapshot.event in (Event.STARTED, Event.PROGRESS):

@@ -250,7 +250,7 @@ rgw gc processor period = 30
 # processes
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def kill_with_parent(parent: int) -> Callable[[], None]:
     """A ``preexec_fn``: SIGKILL the child when its parent dies, even if the parent was SIGKILLed."""
 
     def preexec() -> None:
@@ -284,7 +284,7 @@ def _run(lay: _Layout, argv: Sequence[str], timeout: float, what: str) -> str:
             capture_output=True,
             text=True,
             timeout=timeout,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=kill_with_parent(os.getpid()),
             start_new_session=True,
         )
     except subprocess.TimeoutExpired as exc:
@@ -347,7 +347,7 @@ def _spawn(lay: _Layout, name: str, argv: Sequence[str]) -> _Daemon:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=kill_with_parent(os.getpid()),
             start_new_session=True,
         )
     return _Daemon(name=name, proc=proc, logfile=lay.logfile(name), outfile=outfile)

@@ -1,0 +1,285 @@
+"""The smoke benchmark (every peer, both servers, a small file) and checks of the discard endpoint.
+
+Nothing here asserts a speed or a memory figure: the benchmark must *run* for every peer, and its
+numbers must be plausible (positive), that is all. The discard endpoint is checked for the S3
+behaviour the figures depend on: checksum validation (BadDigest), sizes, aws-chunked decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from awscrt import checksums
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+SMOKE_DEADLINE_S = 1500
+
+
+def _b64(value: int, width: int = 4) -> str:
+    return base64.b64encode(value.to_bytes(width, "big")).decode()
+
+
+# --------------------------------------------------------------------------------------------------
+# The smoke benchmark
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(SMOKE_DEADLINE_S + 60)
+def test_smoke_bench_runs_every_peer_on_every_server(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+        check=False,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_DEADLINE_S,
+    )
+    assert proc.returncode == 0, f"smoke benchmark failed:\n{proc.stderr[-6000:]}"
+    doc = json.loads(out.read_text())
+
+    assert doc["config"]["smoke"] is True
+    size = doc["config"]["size_bytes"]
+    assert size > 0
+    for key in ("cpu_model", "nproc", "memory_gib", "kernel", "python"):
+        assert doc["machine"][key], key
+    expected_peers = {"mpupload", "mpupload-bar", "aws-s3-cp", "boto3-upload_file", "s5cmd"}
+    assert set(doc["config"]["peers"]) == expected_peers
+    assert set(doc["servers"]) == {"discard", "moto"}
+    for kind, server in doc["servers"].items():
+        assert set(server["peers"]) == expected_peers, kind
+        for name, entry in server["peers"].items():
+            where = f"{kind}/{name}"
+            assert entry["ok_runs"] >= 1 and entry["failed_runs"] == 0, f"{where}: {entry.get('error')}"
+            for run in entry["runs"]:
+                assert run["ok"] and run["exit_code"] == 0, where
+                assert run["wall_s"] > 0 and run["mib_s"] > 0, where
+                assert size / run["wall_s"] > 0, where
+                assert run["cpu_s"] > 0 and run["cpu_s_per_gib"] > 0, where
+                assert run["peak_rss_mib"] > 0, where
+            median = entry["median"]
+            assert median["mib_s"] > 0 and median["peak_rss_mib"] > 0, where
+            assert entry["ratio_vs_mpupload"] is not None, where
+        assert server["bar_cost"] is not None, kind
+
+
+def test_report_renders_and_refuses_a_readme_without_markers(tmp_path: Path) -> None:
+    from benchmarks import report
+
+    doc: dict[str, Any] = {
+        "generated_at": "2026-01-02T03:04:05+00:00",
+        "machine": {"cpu_model": "CPU", "nproc": 2, "memory_gib": 4.0, "os": "OS", "kernel": "6.1", "python": "3.11"},
+        "tools": {"boto3": "1"},
+        "config": {"size": "16 MiB", "runs": 1},
+        "servers": {
+            "discard": {
+                "label": "discard endpoint (client-bound)",
+                "peers": {
+                    "mpupload": {
+                        "median": {"wall_s": 1.0, "mib_s": 16.0, "cpu_s_per_gib": 2.0, "peak_rss_mib": 100.0},
+                        "ratio_vs_mpupload": {"mib_s": 1.0, "cpu_s_per_gib": 1.0, "peak_rss_mib": 1.0},
+                    },
+                    "s5cmd": {"median": None, "error": "exit code 1: boom"},
+                },
+            }
+        },
+    }
+    block = report.render(doc)
+    assert "| mpupload | 1.00 | 16 | 2.00 | 100 |" in block
+    assert "failed: exit code 1: boom" in block
+    assert "2026-01-02" in block and "client-bound" in block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\noutro\n")
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(doc))
+    assert report.main([str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\noutro\n")
+    assert "old" not in text and "| mpupload |" in text
+
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert report.main([str(results), "--readme", str(plain)]) == 1
+    assert plain.read_text() == "no markers\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# The discard endpoint
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def discard_url() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.discard_server", "--port", "0"],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "discard server did not start"
+        line = proc.stdout.readline().decode()
+        m = re.fullmatch(r"LISTENING (\d+)\s*", line)
+        assert m, line
+        url = f"http://127.0.0.1:{m.group(1)}"
+        _client(url).create_bucket(Bucket="t")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _client(url: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, request_checksum_calculation="when_required"),
+    )
+
+
+def test_discard_multipart_wrong_crc32c_is_bad_digest_and_sizes_are_kept(discard_url: str) -> None:
+    s3 = _client(discard_url)
+    parts = [os.urandom(5 * MIB), os.urandom(5 * MIB), os.urandom(123_457)]
+    crcs = [checksums.crc32c(p) for p in parts]
+    up = s3.create_multipart_upload(Bucket="t", Key="obj", ChecksumAlgorithm="CRC32C")
+    uid = up["UploadId"]
+
+    with pytest.raises(ClientError) as err:
+        s3.upload_part(Bucket="t", Key="obj", UploadId=uid, PartNumber=2, Body=parts[1],
+                       ChecksumCRC32C=_b64(crcs[1] ^ 1))
+    assert err.value.response["Error"]["Code"] == "BadDigest"
+
+    done = []
+    for n, (body, crc) in enumerate(zip(parts, crcs), start=1):
+        r = s3.upload_part(Bucket="t", Key="obj", UploadId=uid, PartNumber=n, Body=body, ChecksumCRC32C=_b64(crc))
+        assert r["ChecksumCRC32C"] == _b64(crc)
+        done.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumCRC32C": _b64(crc)})
+
+    listed = s3.list_parts(Bucket="t", Key="obj", UploadId=uid)["Parts"]
+    assert [(p["PartNumber"], p["Size"], p["ChecksumCRC32C"]) for p in listed] == [
+        (n, len(b), _b64(c)) for n, (b, c) in enumerate(zip(parts, crcs), start=1)
+    ]
+
+    result = s3.complete_multipart_upload(Bucket="t", Key="obj", UploadId=uid, MultipartUpload={"Parts": done})
+    composite = _b64(checksums.crc32c(b"".join(c.to_bytes(4, "big") for c in crcs))) + "-3"
+    assert result["ChecksumCRC32C"] == composite
+    assert result["ETag"].endswith('-3"')
+
+    head = s3.head_object(Bucket="t", Key="obj", ChecksumMode="ENABLED")
+    assert head["ContentLength"] == sum(len(p) for p in parts)
+    assert head["ChecksumCRC32C"] == composite
+    assert s3.list_multipart_uploads(Bucket="t").get("Uploads", []) == []
+
+
+def test_discard_put_object_content_md5_and_head(discard_url: str) -> None:
+    s3 = _client(discard_url)
+    body = os.urandom(300_001)
+    good = base64.b64encode(hashlib.md5(body).digest()).decode()
+    with pytest.raises(ClientError) as err:
+        s3.put_object(Bucket="t", Key="small", Body=body, ContentMD5=base64.b64encode(b"\0" * 16).decode())
+    assert err.value.response["Error"]["Code"] == "BadDigest"
+    s3.put_object(Bucket="t", Key="small", Body=body, ContentMD5=good)
+    assert s3.head_object(Bucket="t", Key="small")["ContentLength"] == len(body)
+    s3.delete_object(Bucket="t", Key="small")
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket="t", Key="small")
+
+
+def _raw_request(url: str, head: str, body: bytes, expect_continue: bool = False) -> tuple[int, str]:
+    """Send one request by hand; return (status, response head + body as text)."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        if expect_continue:
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4096)
+            assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), data
+            data = data[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        sock.sendall(body)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = re.search(rb"Content-Length: (\d+)\r\n.*?\r\n\r\n", data, re.DOTALL)
+            if m and len(data) >= m.end() + int(m.group(1)):
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    text = data.decode("utf-8", "replace")
+    return int(text.split(" ", 2)[1]), text
+
+
+def _aws_chunked(payload: bytes, chunk: int, trailer: str) -> bytes:
+    out = b""
+    for i in range(0, len(payload), chunk):
+        piece = payload[i:i + chunk]
+        out += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    return out + b"0\r\n" + trailer.encode() + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_discard_aws_chunked_with_trailing_crc32(discard_url: str, good: bool) -> None:
+    payload = os.urandom(200_000)
+    crc = zlib.crc32(payload) ^ (0 if good else 1)
+    body = _aws_chunked(payload, 65536, f"x-amz-checksum-crc32:{_b64(crc)}")
+    head = (
+        f"PUT /t/chunked-{good} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        "Content-Encoding: aws-chunked\r\nx-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER\r\n"
+        f"x-amz-decoded-content-length: {len(payload)}\r\nx-amz-trailer: x-amz-checksum-crc32\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    )
+    status, text = _raw_request(discard_url, head, body, expect_continue=True)
+    if good:
+        assert status == 200, text
+        assert f"x-amz-checksum-crc32: {_b64(crc)}" in text
+        size = _client(discard_url).head_object(Bucket="t", Key="chunked-True")["ContentLength"]
+        assert size == len(payload)
+    else:
+        assert status == 400 and "<Code>BadDigest</Code>" in text, text
+
+
+def test_discard_transfer_encoding_chunked(discard_url: str) -> None:
+    payload = os.urandom(100_000)
+    body = _aws_chunked(payload, 30_000, "").replace(b"0\r\n\r\n\r\n", b"0\r\n\r\n")
+    head = (
+        "PUT /t/te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"x-amz-checksum-crc32c: {_b64(checksums.crc32c(payload))}\r\n\r\n"
+    )
+    status, text = _raw_request(discard_url, head, body)
+    assert status == 200, text
+    assert _client(discard_url).head_object(Bucket="t", Key="te")["ContentLength"] == len(payload)
