@@ -35,9 +35,10 @@ def roundtrip(s: Snapshot) -> dict[str, Any]:
 
 
 def test_to_dict_has_exactly_the_contract_keys() -> None:
-    data = snap().to_dict()
+    s = snap()
+    data = s.to_dict()
     assert set(data) == CONTRACT_KEYS
-    assert roundtrip(snap()) == data
+    assert roundtrip(s) == data
 
 
 def test_to_dict_values() -> None:
