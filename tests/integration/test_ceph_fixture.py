@@ -60,9 +60,16 @@ def _name(common_name: str) -> x509.Name:
 
 def _ca(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
     usage = x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-    )  # fmt: skip
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
     return (
         x509.CertificateBuilder()
         .subject_name(_name("mpupload test CA"))
@@ -78,7 +85,9 @@ def _ca(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
     )
 
 
-def _leaf(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
+def _leaf(
+    key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
+) -> x509.Certificate:
     names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
     return (
         x509.CertificateBuilder()
@@ -90,7 +99,9 @@ def _leaf(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, n
         .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -98,14 +109,16 @@ def _leaf(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, n
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """Write ``(ca.pem, cert.pem, key.pem)``: a fresh CA and a server cert for 127.0.0.1/localhost."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_pem, cert_pem, key_pem = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
     ca_pem.write_bytes(_ca(ca_key, now).public_bytes(serialization.Encoding.PEM))
     cert_pem.write_bytes(_leaf(key, ca_key, now).public_bytes(serialization.Encoding.PEM))
     key_pem.touch(mode=0o600)
     key_pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     return ca_pem, cert_pem, key_pem
 
@@ -177,8 +190,8 @@ def _round_trip(server: S3Server) -> None:
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     parts = []
     for number, chunk in enumerate(chunks, start=1):
-        etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk)["ETag"]
-        parts.append({"PartNumber": number, "ETag": etag})
+        answer = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk)
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
     s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert len(body) == 15 * MiB + 1

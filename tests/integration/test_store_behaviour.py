@@ -12,6 +12,7 @@ row of docs/stores.md to update.  The client is the one mpupload uses: SigV4 wit
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.client
 import importlib.util
@@ -45,12 +46,14 @@ PART = 5 * MiB
 
 @dataclass(frozen=True)
 class Expect:
-    """Observed behaviour of one store; ``None`` for an error code means "accepted"."""
+    """Observed behaviour of one store; errors are "<HTTP status> <S3 code>", ``None`` means accepted."""
 
     wrong_content_md5: str | None  # PutObject / UploadPart with a wrong Content-MD5
     wrong_checksum: str | None  # PutObject / UploadPart with a wrong x-amz-checksum-crc32c
     create_echoes_algorithm: bool  # CreateMultipartUpload(ChecksumAlgorithm=CRC32C) answers it back
-    echoes_checksum: bool  # UploadPart/PutObject answer x-amz-checksum-crc32c (given x-amz-sdk-checksum-algorithm)
+    echoes_checksum: (
+        bool  # UploadPart/PutObject answer x-amz-checksum-crc32c (x-amz-sdk-checksum-algorithm sent)
+    )
     echoes_bare_checksum: bool  # ... when only x-amz-checksum-crc32c is sent, without the algorithm header
     head_checksum_after_put: bool  # HeadObject(ChecksumMode=ENABLED) returns the PutObject's CRC32C
     head_checksum_after_complete: bool  # ... returns a composite CRC32C after CompleteMultipartUpload
@@ -60,11 +63,12 @@ class Expect:
     upload_part_after_abort: str  # ... of UploadPart
     complete_after_abort: str  # ... of CompleteMultipartUpload
     https_default_checksums: str | None  # boto3 defaults over HTTPS (aws-chunked + CRC32 trailer)
+    complete_subset: str | None  # CompleteMultipartUpload naming only parts 1-2 of 3 uploaded
 
 
 EXPECT = {
     "ceph": Expect(
-        wrong_content_md5="BadDigest",
+        wrong_content_md5="400 BadDigest",
         wrong_checksum=None,
         create_echoes_algorithm=False,
         echoes_checksum=False,
@@ -73,10 +77,11 @@ EXPECT = {
         head_checksum_after_complete=False,
         complete_etag=False,
         if_none_match_complete=False,
-        list_parts_after_abort="NoSuchKey",
-        upload_part_after_abort="NoSuchUpload",
-        complete_after_abort="InternalError",
-        https_default_checksums="MissingContentLength",
+        list_parts_after_abort="404 NoSuchKey",
+        upload_part_after_abort="404 NoSuchUpload",
+        complete_after_abort="500 InternalError",
+        https_default_checksums="411 MissingContentLength",
+        complete_subset="400 InvalidPart",
     ),
     "moto": Expect(
         wrong_content_md5=None,
@@ -88,10 +93,11 @@ EXPECT = {
         head_checksum_after_complete=True,
         complete_etag=True,
         if_none_match_complete=True,
-        list_parts_after_abort="NoSuchUpload",
+        list_parts_after_abort="404 NoSuchUpload",
         upload_part_after_abort="500",
         complete_after_abort="500",
         https_default_checksums=None,  # not measured: moto's server speaks plain HTTP only
+        complete_subset=None,
     ),
 }
 
@@ -119,7 +125,7 @@ def _start_moto(log: Path, timeout: float = 30) -> tuple[S3Server, subprocess.Po
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=kill_with_parent(os.getpid()),
+            preexec_fn=kill_with_parent(os.getpid()),  # noqa: PLW1509 - PR_SET_PDEATHSIG
             start_new_session=True,
         )
     server = S3Server("moto", f"http://127.0.0.1:{port}", "testing", "testing", pids=[proc.pid])
@@ -198,11 +204,13 @@ def bucket(s3: Any) -> str:
 
 
 def error_code(call: Callable[[], object]) -> str | None:
-    """``None`` when the call succeeds, else the S3 error code (the HTTP status when there is none)."""
+    """``None`` when the call succeeds, else "<HTTP status> <S3 error code>" (just the status without one)."""
     try:
         call()
     except ClientError as exc:
-        return str(exc.response["Error"].get("Code") or exc.response["ResponseMetadata"]["HTTPStatusCode"])
+        status = str(exc.response["ResponseMetadata"]["HTTPStatusCode"])
+        code = str(exc.response["Error"].get("Code") or status)
+        return status if code == status else f"{status} {code}"
     return None
 
 
@@ -226,11 +234,23 @@ def moto_composite(parts: list[bytes]) -> str:
     return base64.b64encode(checksum(raw).to_bytes(4, "big")).decode()
 
 
+def completion(s3: Any, bucket: str, key: str, upload_id: str, parts: Any, **extra: Any) -> Callable[[], Any]:
+    """CompleteMultipartUpload as a call for ``error_code``."""
+    return functools.partial(
+        s3.complete_multipart_upload,
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": parts},
+        **extra,
+    )
+
+
 def upload_parts(s3: Any, bucket: str, key: str, upload_id: str, parts: list[bytes]) -> list[dict[str, Any]]:
     done = []
     for number, data in enumerate(parts, start=1):
-        etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)["ETag"]
-        done.append({"PartNumber": number, "ETag": etag})
+        answer = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+        done.append({"PartNumber": number, "ETag": answer["ETag"]})
     return done
 
 
@@ -240,17 +260,18 @@ def upload_parts(s3: Any, bucket: str, key: str, upload_id: str, parts: list[byt
 
 def test_wrong_content_md5(s3: Any, bucket: str, expect: Expect) -> None:
     wrong = b64_md5(b"something else")
-    assert error_code(lambda: s3.put_object(Bucket=bucket, Key="p", Body=b"hello", ContentMD5=wrong)) == (
-        expect.wrong_content_md5
-    )
+    put = functools.partial(s3.put_object, Bucket=bucket, Key="p", Body=b"hello", ContentMD5=wrong)
+    assert error_code(put) == expect.wrong_content_md5
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
     body = os.urandom(PART)
-    call = lambda: s3.upload_part(  # noqa: E731
-        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=wrong
+    call = functools.partial(
+        s3.upload_part, Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=wrong
     )
     assert error_code(call) == expect.wrong_content_md5
     # the right MD5 is always accepted
-    s3.upload_part(Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=b64_md5(body))
+    s3.upload_part(
+        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=body, ContentMD5=b64_md5(body)
+    )
     s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
 
 
@@ -264,29 +285,47 @@ def test_multipart_crc32c(s3: Any, bucket: str, expect: Expect) -> None:
     upload_id, parts = created["UploadId"], [os.urandom(PART), b"!"]
 
     right = s3.upload_part(
-        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=parts[0],
-        ChecksumAlgorithm="CRC32C", ChecksumCRC32C=b64_crc32c(parts[0]),
-    )  # fmt: skip
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload_id,
+        PartNumber=1,
+        Body=parts[0],
+        ChecksumAlgorithm="CRC32C",
+        ChecksumCRC32C=b64_crc32c(parts[0]),
+    )
     assert right.get("ChecksumCRC32C") == (b64_crc32c(parts[0]) if expect.echoes_checksum else None)
 
     bad = b64_crc32c(b"not the part")
-    call = lambda: s3.upload_part(  # noqa: E731
-        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=2, Body=parts[1],
-        ChecksumAlgorithm="CRC32C", ChecksumCRC32C=bad,
-    )  # fmt: skip
+    call = functools.partial(
+        s3.upload_part,
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload_id,
+        PartNumber=2,
+        Body=parts[1],
+        ChecksumAlgorithm="CRC32C",
+        ChecksumCRC32C=bad,
+    )
     assert error_code(call) == expect.wrong_checksum
     if expect.wrong_checksum is not None:  # rejected: upload the part properly
         s3.upload_part(
-            Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=2, Body=parts[1],
-            ChecksumAlgorithm="CRC32C", ChecksumCRC32C=b64_crc32c(parts[1]),
-        )  # fmt: skip
+            Bucket=bucket,
+            Key="m",
+            UploadId=upload_id,
+            PartNumber=2,
+            Body=parts[1],
+            ChecksumAlgorithm="CRC32C",
+            ChecksumCRC32C=b64_crc32c(parts[1]),
+        )
 
     listed = s3.list_parts(Bucket=bucket, Key="m", UploadId=upload_id)["Parts"]
     completion = [
         {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumCRC32C": b64_crc32c(data)}
         for p, data in zip(listed, parts, strict=True)
     ]
-    s3.complete_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": completion})
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": completion}
+    )
 
     head = s3.head_object(Bucket=bucket, Key="m", ChecksumMode="ENABLED")
     got = s3.get_object(Bucket=bucket, Key="m", ChecksumMode="ENABLED")
@@ -311,8 +350,8 @@ def test_put_object_crc32c(s3: Any, bucket: str, expect: Expect) -> None:
     assert good.get("ChecksumCRC32C") == (b64_crc32c(body) if expect.echoes_checksum else None)
 
     bad = b64_crc32c(b"not the body")
-    call = lambda: s3.put_object(  # noqa: E731
-        Bucket=bucket, Key="bad", Body=body, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=bad
+    call = functools.partial(
+        s3.put_object, Bucket=bucket, Key="bad", Body=body, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=bad
     )
     assert error_code(call) == expect.wrong_checksum
     stored = s3.head_object(Bucket=bucket, Key="bad", ChecksumMode="ENABLED").get("ChecksumCRC32C")
@@ -336,7 +375,8 @@ def test_etags_are_md5_based(s3: Any, bucket: str, expect: Expect) -> None:
     expected = f'"{multipart_etag(parts)}"'
     assert s3.head_object(Bucket=bucket, Key="m")["ETag"] == expected
     assert completed["ETag"] == (expected if expect.complete_etag else "")  # Ceph 16 answers <ETag></ETag>
-    assert s3.put_object(Bucket=bucket, Key="p", Body=b"abc")["ETag"] == f'"{hashlib.md5(b"abc").hexdigest()}"'
+    put = s3.put_object(Bucket=bucket, Key="p", Body=b"abc")
+    assert put["ETag"] == f'"{hashlib.md5(b"abc").hexdigest()}"'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,10 +384,9 @@ def test_etags_are_md5_based(s3: Any, bucket: str, expect: Expect) -> None:
 
 
 def test_if_none_match_on_put_object(s3: Any, bucket: str) -> None:
-    assert error_code(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"one", IfNoneMatch="*")) is None
-    assert error_code(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"two", IfNoneMatch="*")) == (
-        "PreconditionFailed"
-    )
+    put = functools.partial(s3.put_object, Bucket=bucket, Key="k", IfNoneMatch="*")
+    assert error_code(functools.partial(put, Body=b"one")) is None
+    assert error_code(functools.partial(put, Body=b"two")) == "412 PreconditionFailed"
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"one"
 
 
@@ -355,11 +394,9 @@ def test_if_none_match_on_complete(s3: Any, bucket: str, expect: Expect) -> None
     s3.put_object(Bucket=bucket, Key="k", Body=b"original")
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
     done = upload_parts(s3, bucket, "k", upload_id, [b"replacement"])
-    call = lambda: s3.complete_multipart_upload(  # noqa: E731
-        Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload={"Parts": done}, IfNoneMatch="*"
-    )
+    call = completion(s3, bucket, "k", upload_id, done, IfNoneMatch="*")
     if expect.if_none_match_complete:
-        assert error_code(call) == "PreconditionFailed"
+        assert error_code(call) == "412 PreconditionFailed"
         assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"original"
         s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
     else:  # Ceph 16 ignores the header and overwrites
@@ -393,12 +430,28 @@ def test_list_parts_pagination(s3: Any, bucket: str) -> None:
 def test_small_parts_fail_at_complete(s3: Any, bucket: str) -> None:
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
     done = upload_parts(s3, bucket, "m", upload_id, [b"a" * 1024, b"b"])  # each UploadPart is accepted
-    call = lambda: s3.complete_multipart_upload(  # noqa: E731
-        Bucket=bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": done}
-    )
-    assert error_code(call) == "EntityTooSmall"
+    call = completion(s3, bucket, "m", upload_id, done)
+    assert error_code(call) == "400 EntityTooSmall"
+    assert error_code(call) == "400 EntityTooSmall"  # the upload survives: a retry gets the same answer
+    s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
     # a single small part is fine: it is also the last one
-    s3.complete_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": done[:1]})
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="one")["UploadId"]
+    done = upload_parts(s3, bucket, "one", upload_id, [b"a" * 1024])
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="one", UploadId=upload_id, MultipartUpload={"Parts": done}
+    )
+
+
+def test_complete_with_a_subset_of_the_parts(s3: Any, bucket: str, expect: Expect) -> None:
+    parts = [os.urandom(PART), b"b", b"c"]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    done = upload_parts(s3, bucket, "m", upload_id, parts)
+    call = completion(s3, bucket, "m", upload_id, done[:2])
+    assert error_code(call) == expect.complete_subset
+    if expect.complete_subset is None:
+        assert s3.get_object(Bucket=bucket, Key="m")["Body"].read() == b"".join(parts[:2])
+    else:
+        s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,15 +465,12 @@ def test_abort_removes_the_upload(s3: Any, bucket: str, expect: Expect) -> None:
     s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
-    listing = lambda: s3.list_parts(Bucket=bucket, Key="m", UploadId=upload_id)  # noqa: E731
-    assert error_code(listing) == expect.list_parts_after_abort
-    call = lambda: s3.upload_part(Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=2, Body=b"x")  # noqa: E731
-    assert error_code(call) == expect.upload_part_after_abort
-    call = lambda: s3.complete_multipart_upload(  # noqa: E731
-        Bucket=bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": done}
-    )
-    assert error_code(call) == expect.complete_after_abort
-    assert error_code(lambda: s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)) == "NoSuchUpload"
+    same = {"Bucket": bucket, "Key": "m", "UploadId": upload_id}
+    assert error_code(functools.partial(s3.list_parts, **same)) == expect.list_parts_after_abort
+    part = functools.partial(s3.upload_part, **same, PartNumber=2, Body=b"x")
+    assert error_code(part) == expect.upload_part_after_abort
+    assert error_code(completion(s3, bucket, "m", upload_id, done)) == expect.complete_after_abort
+    assert error_code(functools.partial(s3.abort_multipart_upload, **same)) == "404 NoSuchUpload"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,7 +513,10 @@ def test_boto3_default_checksums_over_http(store: S3Server, bucket: str) -> None
 @pytest.mark.ceph
 def test_boto3_default_checksums_over_https_on_ceph(ceph_s3_tls: S3Server) -> None:  # noqa: F811
     """Over HTTPS botocore streams the body aws-chunked with a CRC32 trailer, which Ceph 16 refuses."""
-    defaults = {"request_checksum_calculation": "when_supported", "response_checksum_validation": "when_supported"}
+    defaults = {
+        "request_checksum_calculation": "when_supported",
+        "response_checksum_validation": "when_supported",
+    }
     s3 = probe_client(ceph_s3_tls, s3={"addressing_style": "path"}, **defaults)
     name = f"probe-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=name)

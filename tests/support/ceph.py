@@ -278,6 +278,7 @@ def _run(lay: _Layout, argv: Sequence[str], timeout: float, what: str) -> str:
     try:
         proc = subprocess.run(
             list(argv),
+            check=False,
             cwd=lay.root,
             env=_child_env(),
             stdin=subprocess.DEVNULL,
@@ -347,7 +348,7 @@ def _spawn(lay: _Layout, name: str, argv: Sequence[str]) -> _Daemon:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=kill_with_parent(os.getpid()),
+            preexec_fn=kill_with_parent(os.getpid()),  # noqa: PLW1509 - PR_SET_PDEATHSIG
             start_new_session=True,
         )
     return _Daemon(name=name, proc=proc, logfile=lay.logfile(name), outfile=outfile)
@@ -460,13 +461,20 @@ def _make_keyring(lay: _Layout) -> None:
 def _start_mon(cluster: _Cluster, s: _Settings, deadline: float) -> None:
     lay = cluster.lay
     addr = f"[v2:127.0.0.1:{s.mon_port}]"
-    _run(lay, ["monmaptool", "--create", "--fsid", s.fsid, "--addv", MON_ID, addr, str(lay.monmap)], 10, "monmaptool")
+    _run(
+        lay,
+        ["monmaptool", "--create", "--fsid", s.fsid, "--addv", MON_ID, addr, str(lay.monmap)],
+        10,
+        "monmaptool",
+    )
     args = [*_common_args(lay), "-i", MON_ID]
     mkfs = ["--mkfs", "--monmap", str(lay.monmap), "--keyring", str(lay.keyring)]
     _run(lay, ["ceph-mon", *args, *mkfs], _remaining(deadline), "ceph-mon --mkfs")
     mon = cluster.spawn(f"mon.{MON_ID}", ["ceph-mon", *args, "-f"])
     asok = lay.asok(f"mon.{MON_ID}")
-    _wait_for(mon, lambda: _asok(asok, "mon_status").get("state") == "leader", deadline, "the mon to form a quorum")
+    _wait_for(
+        mon, lambda: _asok(asok, "mon_status").get("state") == "leader", deadline, "the mon to form a quorum"
+    )
 
 
 def _ceph(lay: _Layout, deadline: float, *cmd: str) -> str:
@@ -544,7 +552,9 @@ def start_ceph(
     """
     missing = missing_binaries()
     if missing:
-        raise CephStartError(f"Ceph programs not found: {', '.join(missing)}; run scripts/ensure-system-deps.sh")
+        raise CephStartError(
+            f"Ceph programs not found: {', '.join(missing)}; run scripts/ensure-system-deps.sh"
+        )
     deadline = time.monotonic() + timeout
     lay = _Layout(Path(workdir).resolve())
     lay.make_dirs()
@@ -588,7 +598,9 @@ def _main(argv: Sequence[str]) -> None:
     where = Path(argv[0]) if argv else Path(tempfile.mkdtemp(prefix="ceph-"))
     started = time.monotonic()
     server = start_ceph(where)
-    print(f"up in {time.monotonic() - started:.1f}s: {server.endpoint_url} (workdir {where}, pids {server.pids})")
+    print(
+        f"up in {time.monotonic() - started:.1f}s: {server.endpoint_url} (workdir {where}, pids {server.pids})"
+    )
     try:
         print("buckets:", server.client().list_buckets()["Buckets"])
     finally:
