@@ -24,6 +24,8 @@ Pitfalls this module is built around (see ``NOTES.md``):
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -44,6 +46,8 @@ __all__ = ["BAR_FORMAT", "TerminalSink", "render_fields", "shorten", "status_tex
 BAR_FORMAT = ("{desc}{desc_pad}{percent:>6} |{bar}| {done:>9} / {size}  {speed:>11}"
               "  ETA {remaining}  parts {parts}")
 MIN_BAR_COLUMNS = 10
+#: how long the final snapshot waits for a redraw in progress
+RENDER_JOIN_S = 3.0
 MIN_DESC_COLUMNS = 12
 
 ManagerFactory = Callable[[TextIO], Any]
@@ -89,7 +93,13 @@ def status_text(snapshot: Snapshot, started: dict[str, Any]) -> str:
 
 
 def _default_manager(stream: TextIO) -> Any:
-    return enlighten.get_manager(stream=stream)
+    manager = enlighten.get_manager(stream=stream)
+    # enlighten asks the terminal for the cursor position on every redraw when it keeps a scroll area, and
+    # waits up to 1 s for the answer: a pty without an emulator never answers. Draw without a scroll area
+    # there (asked once, here, with a short timeout).
+    if getattr(manager, "enabled", False) and manager.term.get_location(timeout=0.3) == (-1, -1):
+        manager.set_scroll = False
+    return manager
 
 
 class TerminalSink:
@@ -104,6 +114,13 @@ class TerminalSink:
         self._status: Any = None
         self._started: dict[str, Any] = {}
         self._closed = False
+        # Redraws happen in a renderer thread so that a slow terminal (SSH, a pty nobody reads) never
+        # stalls the caller, which is the coordinator's main loop. Latest snapshot wins.
+        self._cond = threading.Condition()
+        self._pending: Snapshot | None = None
+        self._stopping = False
+        self._rendering = False
+        self._renderer: threading.Thread | None = None
 
     @property
     def manager(self) -> Any:
@@ -167,19 +184,65 @@ class TerminalSink:
             if snapshot.event is Event.FAILED:
                 return  # failed before it started: the CLI's error line says it all
             self._create(snapshot)
-        self._draw(snapshot)
         if snapshot.event in (Event.STARTED, Event.PROGRESS):
-            width = int(self._manager.width)
-            self._status.update(shorten(status_text(snapshot, self._started), max(1, width - 1)), force=True)
+            with self._cond:
+                self._pending = snapshot
+                self._cond.notify()
+            if self._renderer is None:
+                self._renderer = threading.Thread(target=self._render_loop, name="mpupload-bar", daemon=True)
+                self._renderer.start()
             return
         # Final snapshot: the bar keeps its last state, the status line gives way to the outcome.
+        self._join_renderer()
+        self._draw(snapshot)
         self._status.close(clear=True)
         self._stop()
         self._stream.write(final_line(snapshot) + "\n")
         self._stream.flush()
 
+    def _render_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                snapshot, self._pending = self._pending, None
+                self._rendering = True
+            try:
+                self._render(snapshot)
+            except Exception:  # noqa: BLE001 - a broken terminal must not break the upload
+                return
+            finally:
+                with self._cond:
+                    self._rendering = False
+                    self._cond.notify_all()
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until the latest snapshot is on the screen."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._pending is not None or self._rendering) and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def _render(self, snapshot: Snapshot) -> None:
+        self._draw(snapshot)
+        width = int(self._manager.width)
+        self._status.update(shorten(status_text(snapshot, self._started), max(1, width - 1)), force=True)
+
+    def _join_renderer(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._renderer is not None:
+            self._renderer.join(RENDER_JOIN_S)
+
     def _stop(self) -> None:
         if not self._closed:
+            self._join_renderer()
             self._closed = True
             self._manager.stop()
 

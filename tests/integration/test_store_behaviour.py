@@ -495,7 +495,7 @@ def test_unsigned_payload_over_http(store: S3Server, s3: Any, bucket: str) -> No
 # extra: boto3's default checksum settings (>= 1.36, "when_supported")
 
 
-def test_boto3_default_checksums_over_http(store: S3Server, bucket: str) -> None:
+def test_boto3_default_checksums_over_http(store: S3Server, bucket: str, expect: Expect) -> None:
     """Over plain HTTP botocore sends x-amz-checksum-crc32 as an ordinary header: both stores accept it."""
     s3 = boto3.session.Session().client(
         "s3",
@@ -506,7 +506,8 @@ def test_boto3_default_checksums_over_http(store: S3Server, bucket: str) -> None
         config=Config(s3={"addressing_style": "path"}),
     )
     body = os.urandom(64 * 1024)
-    s3.put_object(Bucket=bucket, Key="k", Body=body)
+    put = s3.put_object(Bucket=bucket, Key="k", Body=body)
+    assert ("ChecksumCRC32" in put) is expect.echoes_checksum
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
 
 
@@ -526,6 +527,12 @@ def test_boto3_default_checksums_over_https_on_ceph(ceph_s3_tls: S3Server) -> No
         s3.put_object(Bucket=name, Key="k", Body=io.BytesIO(body))
 
     assert error_code(put) == EXPECT["ceph"].https_default_checksums
+    upload_id = s3.create_multipart_upload(Bucket=name, Key="m")["UploadId"]
+    part = functools.partial(
+        s3.upload_part, Bucket=name, Key="m", UploadId=upload_id, PartNumber=1, Body=io.BytesIO(body)
+    )
+    assert error_code(part) == EXPECT["ceph"].https_default_checksums
+    s3.abort_multipart_upload(Bucket=name, Key="m", UploadId=upload_id)
     # with checksums "when_required" the same upload works
     probe_client(ceph_s3_tls).put_object(Bucket=name, Key="k", Body=body)
     assert s3.get_object(Bucket=name, Key="k")["Body"].read() == body
