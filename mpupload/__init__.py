@@ -11,8 +11,17 @@ __version__ = "0.1.0"
 from .api import upload_file
 from .engine.cancel import CancelToken
 from .errors import (
-    AuthError, BucketNotFound, Cancelled, IntegrityError, MpuploadError, ObjectExists, SourceChanged,
-    StoreUnreachable, UploadFailed, UsageError, WorkerCrashed,
+    AuthError,
+    BucketNotFound,
+    Cancelled,
+    IntegrityError,
+    MpuploadError,
+    ObjectExists,
+    SourceChanged,
+    StoreUnreachable,
+    UploadFailed,
+    UsageError,
+    WorkerCrashed,
 )
 from .events import Event, Snapshot, Status
 from .options import ChecksumMode, UploadOptions, UploadResult

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class Algorithm(str, enum.Enum):
+class Algorithm(enum.StrEnum):
     CRC32C = "crc32c"
     CRC32 = "crc32"
     SHA256 = "sha256"

@@ -27,7 +27,7 @@ from typing import Any
 __all__ = ["Event", "Status", "Snapshot", "utc_now_iso"]
 
 
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     STARTED = "started"
     PROGRESS = "progress"
     COMPLETED = "completed"
@@ -35,7 +35,7 @@ class Event(str, enum.Enum):
     FAILED = "failed"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     PENDING = "pending"
     UPLOADING = "uploading"
     FINALIZING = "finalizing"
@@ -45,7 +45,7 @@ class Status(str, enum.Enum):
 
 
 def utc_now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 __all__ = ["ChecksumMode", "UploadOptions", "UploadResult"]
 
 
-class ChecksumMode(str, enum.Enum):
+class ChecksumMode(enum.StrEnum):
     AUTO = "auto"
     CRC32C = "crc32c"
     CRC32 = "crc32"

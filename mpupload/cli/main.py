@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from . import demo, upload
@@ -15,7 +16,7 @@ __all__ = ["main", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         self.exit(EXIT_USAGE, f"mpupload: error: {message} (see mpupload {self.prog.split()[-1]} --help)\n"
                   if " " in self.prog else f"mpupload: error: {message} (see mpupload --help)\n")
 

@@ -32,7 +32,7 @@ from .. import errors as E
 from ..checksums import Algorithm, b64, boto_checksum_param, composite_checksum, multipart_etag, new_hasher
 from ..events import Event, Status
 from ..options import ChecksumMode, UploadOptions, UploadResult
-from ..plan import MAX_PARTS, UploadPlan
+from ..plan import UploadPlan
 from ..storage import StoreConfig, classify
 from ..storage.errors import error_code, is_retryable
 from .aggregator import TICK_S, Aggregator
@@ -216,7 +216,7 @@ class Coordinator:
         next_tick = time.monotonic() + TICK_S
         try:
             while thread.is_alive():
-                wait([self.cancel], max(0.0, next_tick - time.monotonic()))
+                wait([self.cancel.fileno()], max(0.0, next_tick - time.monotonic()))
                 if self.cancel.cancelled:
                     self._flag.set()
                     thread.join(SHUTDOWN_JOIN_S + 3)
@@ -334,7 +334,7 @@ class Coordinator:
         counter = ByteCounter(self.plan.workers)
         done: dict[int, PartResult] = {}
         try:
-            validated, md5 = self._decide_integrity(algorithm)
+            validated, md5 = self._decide_integrity(algorithm, create)
             self.agg.started(self._started_extra(algorithm, md5))
             spec = WorkerSpec(self.store, self.source.path, self.bucket, self.key, self.upload_id, algorithm, md5)
             self._upload_parts(spec, counter, done)
@@ -375,13 +375,13 @@ class Coordinator:
                 raise
             raise err from exc
 
-    def _decide_integrity(self, algorithm: Algorithm | None) -> tuple[bool, bool]:
+    def _decide_integrity(self, algorithm: Algorithm | None, create: dict[str, Any]) -> tuple[bool, bool]:
         """(store validates the checksum header, send and compare MD5 too)."""
         if self.options.checksum is ChecksumMode.NONE:
             return False, False
         if algorithm is None:  # --checksum md5
             return False, True
-        validated = self._probe_checksum_validation(algorithm)
+        validated = self._probe_checksum_validation(algorithm, create)
         if validated:
             return True, False
         if self._etag_is_md5:
@@ -392,20 +392,24 @@ class Coordinator:
         )
         return False, False
 
-    def _probe_checksum_validation(self, algorithm: Algorithm) -> bool:
-        """Send a tiny part with a deliberately wrong checksum under a part number the plan never uses.
+    def _probe_checksum_validation(self, algorithm: Algorithm, create: dict[str, Any]) -> bool:
+        """Does the store check the checksum header? Ask it with a deliberately wrong one.
 
-        A store that checks the header refuses it (BadDigest); a store that ignores it stores a part that
-        CompleteMultipartUpload will leave out (and the store then discards). Nothing is left behind.
+        The probe runs in a throwaway multipart upload of the same key, aborted right away: a part left
+        in the real upload would break CompleteMultipartUpload on stores that insist on every uploaded part
+        being listed (Ceph RGW). A store that checks refuses the part (BadDigest); one that ignores the
+        header stores it, and the abort removes it.
         """
-        if self.plan.parts_total >= MAX_PARTS:
-            return False
         body = b"mpupload checksum probe"
         wrong = new_hasher(algorithm)
         wrong.update(b"not the body")
         try:
+            probe_id = self.client.create_multipart_upload(**create)["UploadId"]
+        except Exception as exc:  # noqa: BLE001
+            raise self._err(exc) from exc
+        try:
             self.client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=MAX_PARTS,
+                Bucket=self.bucket, Key=self.key, UploadId=probe_id, PartNumber=1,
                 Body=body, ContentLength=len(body), **{boto_checksum_param(algorithm): b64(wrong.digest())},
             )
         except Exception as exc:  # noqa: BLE001
@@ -418,6 +422,8 @@ class Coordinator:
                 raise err from exc
             log.debug("checksum probe answered %s: treating checksums as unchecked", code)
             return False
+        finally:
+            self._abort_id(probe_id, self.store.short_lived().make_client())
         log.debug("the store accepted a wrong %s checksum: it does not check it", algorithm.value)
         return False
 
@@ -434,7 +440,7 @@ class Coordinator:
                     if not pending:
                         break
                     pool.send(worker, pending.popleft())
-                ready = wait([*pool.waitables(), self.cancel], max(0.0, next_tick - time.monotonic()))
+                ready = wait([*pool.waitables(), self.cancel.fileno()], max(0.0, next_tick - time.monotonic()))
                 if self.cancel.cancelled:
                     raise E.Cancelled(self.cancel.reason or "interrupted")
                 for worker in list(pool.workers):
@@ -578,30 +584,32 @@ class Coordinator:
         )
 
     def _abort(self) -> None:
-        """Abort with a fresh, time-limited client, then make sure nothing is left (bounded)."""
+        """Abort the upload with a fresh, time-limited client, then make sure nothing is left (bounded)."""
         if self.upload_id is None:
             return
-        client = self.store.short_lived().make_client()
+        if self._abort_id(self.upload_id, self.store.short_lived().make_client()):
+            self.cancel.left_behind = None
+        else:
+            self._warn(f"could not abort the multipart upload: {self.cancel.left_behind}")
+
+    def _abort_id(self, upload_id: str, client: Any) -> bool:
+        """True once the store says the multipart upload ``upload_id`` is gone."""
+        gone = ("NoSuchUpload", "NoSuchKey", "404")  # Ceph answers ListParts of an aborted upload with NoSuchKey
         for _ in range(3):
             try:
-                client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+                client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in ("NoSuchUpload", "404"):
-                    self.cancel.left_behind = None
-                    return
-                log.warning("aborting multipart upload %s failed: %s", self.upload_id, exc)
-                self._warn(f"could not abort multipart upload {self.upload_id}: {self.cancel.left_behind}")
-                return
+                if error_code(exc) in gone:
+                    return True
+                log.warning("aborting multipart upload %s failed: %s", upload_id, exc)
+                return False
             try:
-                listed = client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+                listed = client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in ("NoSuchUpload", "404"):
-                    self.cancel.left_behind = None
-                    return
-                return
+                return error_code(exc) in gone
             if not listed.get("Parts"):
-                self.cancel.left_behind = None
-                return
+                return True
+        return False
 
 
 def _unb64(value: str | None) -> bytes:

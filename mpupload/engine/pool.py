@@ -48,7 +48,7 @@ class WorkerPool:
         method = start_method or os.environ.get("MPUPLOAD_START_METHOD") or None
         if method is not None and method not in START_METHODS:
             raise ValueError(f"unknown start method {method!r}: use one of {', '.join(START_METHODS)}")
-        self._ctx = multiprocessing.get_context(method)
+        self._ctx: Any = multiprocessing.get_context(method)
         self.spec = spec
         self.counter = counter
         self.cancel = cancel

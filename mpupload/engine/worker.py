@@ -27,12 +27,15 @@ from typing import Any
 
 from .. import errors as E
 from ..checksums import Algorithm, Hasher, b64, boto_checksum_param, new_hasher
+from ..plan import Part
 from ..storage import StoreConfig, classify, is_retryable
 from .counter import ByteCounter, CancelFlag
 from .reader import PartReader, digest_range
 
 __all__ = ["WorkerSpec", "PartJob", "PartResult", "worker_main", "upload_one_part", "die_with_parent"]
 
+#: a job is one planned part (plain frozen data: it crosses the pipe)
+PartJob = Part
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL_S = 0.25
 
@@ -51,13 +54,6 @@ class WorkerSpec:
     part_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
-
-
-@dataclass(frozen=True)
-class PartJob:
-    number: int
-    offset: int
-    length: int
 
 
 @dataclass(frozen=True)
@@ -191,9 +187,10 @@ def upload_one_part(
                 "ContentLength": job.length,
             }
             checksum = md5_hex = None
-            if algo_hasher is not None and spec.algorithm is not None:
+            checksum_param = boto_checksum_param(spec.algorithm) if spec.algorithm is not None else None
+            if algo_hasher is not None and checksum_param is not None:
                 checksum = b64(algo_hasher.digest())
-                params[boto_checksum_param(spec.algorithm)] = checksum  # type: ignore[arg-type]
+                params[checksum_param] = checksum
             if md5_hasher is not None:
                 raw = md5_hasher.digest()
                 md5_hex = raw.hex()
@@ -203,8 +200,8 @@ def upload_one_part(
             response = client.upload_part(**params)
             etag = str(response.get("ETag", "")).strip('"')
             echoed = None
-            if checksum is not None:
-                echoed = response.get(boto_checksum_param(spec.algorithm))  # type: ignore[arg-type]
+            if checksum_param is not None:
+                echoed = response.get(checksum_param)
                 if echoed is not None and echoed != checksum:
                     raise E.UploadFailed(
                         f"part {job.number}: the store computed checksum {echoed}, expected {checksum}"

@@ -209,6 +209,7 @@ class TerminalSink:
                     return
                 snapshot, self._pending = self._pending, None
                 self._rendering = True
+            assert snapshot is not None
             try:
                 self._render(snapshot)
             except Exception:  # noqa: BLE001 - a broken terminal must not break the upload

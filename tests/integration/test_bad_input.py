@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SERVERS
-from tests.support.cli import cli_env, mpupload_cmd, multipart_uploads, run_cli, ROOT
+from tests.support.cli import ROOT, cli_env, mpupload_cmd, multipart_uploads, run_cli
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration

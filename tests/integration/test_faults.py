@@ -9,8 +9,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import SERVERS
-from tests.support.cli import cli_env, events, make_file, multipart_uploads, run_cli, sha256_file, sha256_object, \
-    start_cli
+from tests.support.cli import (
+    cli_env,
+    events,
+    make_file,
+    multipart_uploads,
+    run_cli,
+    sha256_file,
+    sha256_object,
+    start_cli,
+)
 from tests.support.proxy import start_proxy
 from tests.support.s3server import S3Server
 

@@ -16,7 +16,15 @@ import pytest
 
 from tests.conftest import SERVERS
 from tests.support.cli import (
-    CliProcess, cli_env, events, make_file, multipart_uploads, sha256_file, sha256_object, signal_group, start_cli,
+    CliProcess,
+    cli_env,
+    events,
+    make_file,
+    multipart_uploads,
+    sha256_file,
+    sha256_object,
+    signal_group,
+    start_cli,
 )
 from tests.support.proxy import ProxyHandle, start_proxy
 from tests.support.s3server import S3Server, wait_until

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import ALL_SERVERS, SERVERS
-from tests.support.cli import cli_env, events, make_file, multipart_uploads, run_cli, sha256_file, sha256_object
+from tests.support.cli import (
+    cli_env,
+    events,
+    make_file,
+    multipart_uploads,
+    run_cli,
+    sha256_file,
+    sha256_object,
+)
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration

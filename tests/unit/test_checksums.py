@@ -8,7 +8,14 @@ import zlib
 
 import pytest
 
-from mpupload.checksums import Algorithm, b64, boto_checksum_param, composite_checksum, multipart_etag, new_hasher
+from mpupload.checksums import (
+    Algorithm,
+    b64,
+    boto_checksum_param,
+    composite_checksum,
+    multipart_etag,
+    new_hasher,
+)
 
 
 @pytest.mark.parametrize(("algorithm", "data", "expected"), [

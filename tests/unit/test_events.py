@@ -119,9 +119,9 @@ def test_rounding() -> None:
 
 
 def test_timestamp_is_iso8601_utc_z() -> None:
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     stamp = snap().to_dict()["timestamp"]
-    after = dt.datetime.now(dt.timezone.utc)
+    after = dt.datetime.now(dt.UTC)
     assert ISO_UTC_Z.match(stamp), stamp
     parsed = dt.datetime.fromisoformat(stamp)
     assert parsed.utcoffset() == dt.timedelta(0)

@@ -1,0 +1,140 @@
+"""Render a benchmark JSON (from ``python -m benchmarks.run``) as markdown tables.
+
+Usage::
+
+    python -m benchmarks.report RESULTS.json [--readme README.md]
+
+Prints one table per server, with the machine the figures came from and the date. With ``--readme`` the
+text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in that file is replaced by the same
+markdown; nothing else in the file changes. Missing markers are an error (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+
+def _num(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def machine_line(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    date = doc.get("generated_at", "")[:10]
+    return (
+        f"Machine: {m['cpu_model']}, {m['nproc']} vCPU, {m['memory_gib']} GiB RAM, {m.get('os', '')}, "
+        f"Linux {m['kernel']}, Python {m['python']} — measured {date}."
+    )
+
+
+def server_table(doc: dict[str, Any], kind: str) -> list[str]:
+    srv = doc["servers"][kind]
+    lines = [
+        f"**{srv['label']}**",
+        "",
+        "| peer | wall s | MiB/s | CPU-s/GiB | peak RSS MiB | vs mpupload (speed / CPU / RSS) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in srv["peers"].items():
+        med = entry.get("median")
+        if not med:
+            reason = (entry.get("error") or "did not run").strip().splitlines()
+            short = reason[-1] if reason else "did not run"
+            lines.append(f"| {name} | failed: {short[:80].replace('|', '/')} | | | | |")
+            continue
+        r = entry.get("ratio_vs_mpupload")
+        ratio = "–" if not r else f"{_ratio(r['mib_s'])} / {_ratio(r['cpu_s_per_gib'])} / {_ratio(r['peak_rss_mib'])}"
+        flag = "" if not entry.get("failed_runs") else f" ({entry['failed_runs']} failed)"
+        lines.append(
+            f"| {name}{flag} | {_num(med['wall_s'], 2)} | {_num(med['mib_s'], 0)} | "
+            f"{_num(med['cpu_s_per_gib'], 2)} | {_num(med['peak_rss_mib'], 0)} | {ratio} |"
+        )
+    cost = srv.get("bar_cost")
+    if cost:
+        lines += [
+            "",
+            (f"Progress bar cost (mpupload-bar vs `--progress none`): {cost['wall'] * 100:+.1f} % wall, "
+             f"{cost['cpu'] * 100:+.1f} % CPU."),
+        ]
+    targets = srv.get("targets") or []
+    if targets:
+        parts = []
+        for t in targets:
+            percent = "cost" in t["name"]
+            if percent:
+                value, limit = _pct(t["value"]), _pct(t["limit"])
+            else:
+                value, limit = _num(t["value"], 2), _num(t["limit"], 2)
+            op = "≥" if "best" in t["name"] else ("<" if percent else "≤")
+            parts.append(f"{t['name']} {value} (target {op} {limit}): {'met' if t['met'] else 'NOT met'}")
+        lines += ["", "Targets: " + "; ".join(parts) + "."]
+    return lines
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The whole markdown block: header lines and one table per server."""
+    cfg = doc["config"]
+    out = [
+        machine_line(doc),
+        "",
+        (f"File: {cfg['size']} of random bytes, page cache warm; median of {cfg['runs']} interleaved run(s); "
+         "mpupload with `--checksum crc32c`, the other clients at their defaults. CPU-s/GiB is user+sys of "
+         "the whole process tree; peak RSS is summed over the process tree."),
+    ]
+    tools = doc.get("tools") or {}
+    named = [f"{k} {v}" for k, v in tools.items() if v and " " not in k]
+    if named:
+        out += ["", "Versions: " + ", ".join(named) + "."]
+    for kind in doc["servers"]:
+        out += [""] + server_table(doc, kind)
+    return "\n".join(out) + "\n"
+
+
+def replace_block(readme: Path, block: str) -> None:
+    """Replace the text between the bench markers in ``readme``; raise ValueError if they are missing."""
+    text = readme.read_text()
+    start = text.find(START)
+    end = text.find(END, start + len(START)) if start >= 0 else -1
+    if start < 0 or end < 0:
+        raise ValueError(f"{readme}: markers {START} … {END} not found")
+    new = text[: start + len(START)] + "\n" + block + text[end:]
+    readme.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="JSON written by python -m benchmarks.run")
+    parser.add_argument("--readme", type=Path, help="replace the bench block of this file")
+    args = parser.parse_args(argv)
+    doc = json.loads(args.results.read_text())
+    block = render(doc)
+    print(block, end="")
+    if args.readme:
+        try:
+            replace_block(args.readme, block)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
