@@ -303,7 +303,8 @@ class TreeSampler:
 
 
 class PtyDrain:
-    """A pseudo-terminal whose output is read (and mostly discarded) so the child never blocks on it."""
+    """A pseudo-terminal whose output is read (and mostly discarded) so the child never blocks on it, and
+    which answers cursor-position queries like a terminal emulator."""
 
     def __init__(self, columns: int = 120, rows: int = 40) -> None:
         self.master, self.slave = pty.openpty()
@@ -325,6 +326,11 @@ class PtyDrain:
                 return
             self.bytes += len(data)
             self.tail.append(data)
+            # Play the terminal emulator: answer cursor-position queries (DSR 6n) as any real terminal does
+            # within milliseconds; a silent pty would make the bar library wait for answers that never come.
+            for _ in range(data.count(b"\x1b[6n")):
+                with contextlib.suppress(OSError):
+                    os.write(self.master, b"\x1b[1;1R")
 
     def close(self) -> str:
         """Stop reading; return the tail of what the child wrote, as text."""

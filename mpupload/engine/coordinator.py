@@ -210,7 +210,10 @@ class Coordinator:
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 outcome["error"] = exc
 
-        self.agg.started(self._started_extra(algorithm, md5))
+        # ``started`` waits for the first byte on the wire: botocore sends ``Expect: 100-continue``, so the
+        # store has accepted the request (credentials, bucket, permissions) before the body moves. A PUT
+        # refused outright then prints just the error line, as a refused CreateMultipartUpload does.
+        started = False
         thread = threading.Thread(target=put, name="mpupload-put", daemon=True)
         thread.start()
         next_tick = time.monotonic() + TICK_S
@@ -221,10 +224,16 @@ class Coordinator:
                     self._flag.set()
                     thread.join(SHUTDOWN_JOIN_S + 3)
                     raise E.Cancelled(self.cancel.reason or "interrupted")
-                if time.monotonic() >= next_tick:
+                if not started and counter.total() > 0:
+                    self.agg.started(self._started_extra(algorithm, md5))
+                    started = True
+                if started and time.monotonic() >= next_tick:
                     self.agg.tick(counter.total(), 0)
                     next_tick = time.monotonic() + TICK_S
             thread.join()
+            if not started and "error" not in outcome:
+                self.agg.started(self._started_extra(algorithm, md5))
+                started = True
             if "error" in outcome:
                 exc = outcome["error"]
                 if isinstance(exc, E.Cancelled):

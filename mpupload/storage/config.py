@@ -29,6 +29,10 @@ def effective_endpoint(endpoint_url: str | None) -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def _retries_configured() -> bool:
+    return bool(os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"))
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     endpoint_url: str | None = None
@@ -67,7 +71,8 @@ class StoreConfig:
             s3={"addressing_style": self.resolved_addressing_style(), "payload_signing_enabled": False},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE in the environment win, as for the AWS CLI
+            retries=None if _retries_configured() else {"mode": "standard", "max_attempts": self.max_attempts},
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
             max_pool_connections=self.max_pool_connections,

@@ -95,3 +95,26 @@ def test_source_changed_during_upload_aborts_with_exit_2(s3: S3Server, bucket: s
     assert multipart_uploads(s3.client(), bucket) == []
     with pytest.raises(Exception):
         s3.client().head_object(Bucket=bucket, Key="k")
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_store_gone_mid_upload_keeps_the_upload_and_exits_1(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """Retrying later can succeed: the multipart upload is kept, the command exits 1 and says so."""
+    src = make_file(tmp_path / "f.bin", 30 * MiB)
+    proxy = _proxy(s3, tmp_path, throttle_bps=4 * MiB)
+    env = cli_env(proxy.s3server(s3), AWS_MAX_ATTEMPTS="1")
+    cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--workers", "2",
+                    "--progress", "json", env=env)
+    try:
+        cli.wait_line(lambda l: l.startswith("{") and json.loads(l)["bytes_done"] > 0, 60)
+        proxy.stop()  # the endpoint disappears: connections are refused from now on
+        assert cli.wait(120) == 1, cli.stderr
+    finally:
+        cli.kill_group()
+        proxy.stop()
+    last = cli.stderr.strip().splitlines()[-1]
+    assert last.startswith("mpupload: error:") and "again" in last, last
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "failed" and final["store_upload_id"]
+    uploads = multipart_uploads(s3.client(), bucket)
+    assert [u["UploadId"] for u in uploads] == [final["store_upload_id"]]
