@@ -29,9 +29,12 @@ unit: venv
 run: venv
 	$(PY) -m mpupload demo
 
+# Every peer on a 1 GiB file (discard endpoint and moto), then mpupload's memory on a 4 GiB file.
 bench: venv
-	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/latest.json
-	$(PY) -m benchmarks.report benchmarks/results/latest.json --readme README.md
+	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/1gib.json
+	$(PY) -m benchmarks.run --size 4GiB --runs 1 --servers discard --peers mpupload,s5cmd \
+		--out benchmarks/results/4gib.json
+	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json --readme README.md
 
 bench-smoke: venv
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.report RESULTS.json [--readme README.md]
+    python -m benchmarks.report RESULTS.json [MORE.json ...] [--readme README.md]
 
 Prints one table per server, with the machine the figures came from and the date. With ``--readme`` the
 text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in that file is replaced by the same
@@ -121,11 +121,14 @@ def replace_block(readme: Path, block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="JSON written by python -m benchmarks.run")
+    parser.add_argument("results", type=Path, nargs="+", help="JSON written by python -m benchmarks.run")
     parser.add_argument("--readme", type=Path, help="replace the bench block of this file")
     args = parser.parse_args(argv)
-    doc = json.loads(args.results.read_text())
-    block = render(doc)
+    docs = [json.loads(path.read_text()) for path in args.results]
+    if len(docs) == 1:
+        block = render(docs[0])
+    else:  # several runs (e.g. two file sizes): one section each
+        block = "\n".join(f"#### {doc['config']['size']} file\n\n{render(doc)}" for doc in docs)
     print(block, end="")
     if args.readme:
         try:

@@ -29,6 +29,22 @@ def effective_endpoint(endpoint_url: str | None) -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+#: one boto3 session per profile and process. A session caches the parsed service model and the resolved
+#: credentials: a second client from it costs ~6 ms of CPU instead of ~100 ms, and worker processes started
+#: by fork inherit the parent's warm session. Clients are made from the main thread only.
+_SESSIONS: dict[str | None, Any] = {}
+
+
+def _session(profile: str | None) -> Any:
+    import boto3
+
+    session = _SESSIONS.get(profile)
+    if session is None:
+        session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+        _SESSIONS[profile] = session
+    return session
+
+
 def _retries_configured() -> bool:
     return bool(os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"))
 
@@ -62,10 +78,9 @@ class StoreConfig:
         return "auto"
 
     def make_client(self) -> Any:
-        import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session(profile_name=self.profile) if self.profile else boto3.session.Session()
+        session = _session(self.profile)
         config = Config(
             region_name=self.region,
             s3={"addressing_style": self.resolved_addressing_style(), "payload_signing_enabled": False},

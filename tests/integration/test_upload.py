@@ -74,6 +74,9 @@ def test_json_events_follow_the_contract(s3: S3Server, bucket: str, tmp_path: Pa
         assert 0 <= e["bytes_done"] <= e["total_bytes"]
         assert 0 <= e["percent"] <= 100
         assert e["eta_seconds"] is None or e["eta_seconds"] >= 0
+    # nothing was retried here, so bytes_done never falls (it falls only when a part is sent again)
+    done_seq = [e["bytes_done"] for e in evs]
+    assert done_seq == sorted(done_seq)
     started = evs[0]
     assert started["part_size"] == 5 * MiB and started["workers"] == 3
     assert started["resumed_bytes"] == 0 and started["resumed_parts"] == 0
