@@ -32,7 +32,7 @@ run: venv
 # Every peer on a 1 GiB file (discard endpoint and moto), then mpupload's memory on a 4 GiB file.
 bench: venv
 	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/1gib.json
-	$(PY) -m benchmarks.run --size 4GiB --runs 1 --servers discard --peers mpupload,s5cmd \
+	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd --runs 3 \
 		--out benchmarks/results/4gib.json
 	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json --readme README.md
 

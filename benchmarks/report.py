@@ -53,7 +53,10 @@ def server_table(doc: dict[str, Any], kind: str) -> list[str]:
         "| peer | wall s | MiB/s | CPU-s/GiB | peak RSS MiB | vs mpupload (speed / CPU / RSS) |",
         "|---|---:|---:|---:|---:|---|",
     ]
+    selected = set(doc["config"].get("peers") or srv["peers"])
     for name, entry in srv["peers"].items():
+        if name not in selected:
+            continue  # not asked for in this run (e.g. the memory run on a larger file)
         med = entry.get("median")
         if not med:
             reason = (entry.get("error") or "did not run").strip().splitlines()

@@ -148,7 +148,7 @@ class Coordinator:
 
     def _started_extra(self, algorithm: Algorithm | None, md5: bool) -> dict[str, Any]:
         return {
-            "part_size": self.plan.part_size,
+            "part_size": self.plan.part_size if self.plan.multipart else self.source.size,
             "workers": self.plan.workers,
             "resumed_bytes": 0,
             "resumed_parts": 0,
@@ -258,7 +258,6 @@ class Coordinator:
         fd = os.open(self.source.path, os.O_RDONLY)
         try:
             for attempt in range(1, SINGLE_PUT_ATTEMPTS + 1):
-                hashers = []
                 algo_h = new_hasher(algorithm) if algorithm else None
                 md5_h = new_hasher(Algorithm.MD5) if md5 else None
                 hashers = [h for h in (algo_h, md5_h) if h is not None]

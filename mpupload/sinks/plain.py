@@ -42,6 +42,8 @@ def started_line(snapshot: Snapshot) -> str:
     """``'upload: s3://b/k  1.2 GiB in 19 parts of 64.0 MiB, 4 workers'`` (+ what a resume reuses)."""
     extra = snapshot.extra
     size = format_bytes(snapshot.total_bytes)
+    if extra.get("multipart") is False:
+        return f"upload: {_target(snapshot)}  {size} in a single PutObject"
     line = f"upload: {_target(snapshot)}  {size} in {_plural(snapshot.parts_total, 'part')}"
     part_size = extra.get("part_size")
     if part_size:

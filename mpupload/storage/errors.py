@@ -13,6 +13,11 @@ _AUTH_CODES = {
     "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidSecurity", "Forbidden", "403",
     "AuthorizationHeaderMalformed", "InvalidClientTokenId", "UnrecognizedClientException",
 }
+#: the request itself is wrong (an option the store does not accept): bad input, exit 2
+_BAD_REQUEST_CODES = {
+    "InvalidStorageClass", "InvalidEncryptionAlgorithmError", "InvalidArgument", "KeyTooLongError",
+    "MetadataTooLarge", "InvalidTag", "KMS.NotFoundException", "KMS.DisabledException",
+}
 _RETRYABLE_CODES = {
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
     "Throttling", "ThrottlingException", "500", "502", "503", "504", "BadDigest", "XAmzContentSHA256Mismatch",
@@ -100,10 +105,11 @@ def classify(
                 "start the upload again",
                 **ctx,
             )
+        if code in _BAD_REQUEST_CODES:
+            return E.UsageError(f"the store refused the request for {where} ({code}): {message}; "
+                                "check the options (storage class, encryption, metadata, key)", **ctx)
         if code in ("InvalidBucketName",):
             return E.UsageError(f"invalid bucket name {bucket!r}: {message}", **ctx)
-        if code in ("KMS.NotFoundException", "KMSNotFoundException", "InvalidArgument") and "kms" in message.lower():
-            return E.UsageError(f"the store refused the KMS key: {message}", **ctx)
         return E.UploadFailed(f"the store refused the request for {where}: {code}: {message}", **ctx)
     if isinstance(exc, OSError):
         return E.UploadFailed(f"{exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})", **ctx)

@@ -401,3 +401,10 @@ def test_terminal_sink_draws_on_a_real_pty() -> None:
     assert text.rindex("100.0% |") < text.index(summary)  # printed under the final bar
     bar_lines = [line for line in text.split("\n") if "100.0% |" in line]
     assert bar_lines and all(line.startswith("s3://") for line in bar_lines)
+
+
+def test_started_line_of_a_single_put() -> None:
+    from mpupload.sinks.plain import started_line
+
+    line = started_line(started(multipart=False, part_size=1000, workers=1))
+    assert line.endswith("in a single PutObject") and "part" not in line.replace("PutObject", "")
