@@ -1,23 +1,20 @@
 """The Ceph RADOS Gateway fixture (tests/support/ceph.py): a real multipart upload over HTTP and HTTPS,
 clean stops, daemons that die with a SIGKILLed test process, and a start failure that explains itself.
 
-``ceph_s3`` (HTTP) and ``ceph_s3_tls`` (HTTPS, self-made CA) are session-scoped: each cluster starts once
-for this file, and ``test_store_behaviour.py`` imports them.  Without the Ceph packages the tests skip,
+``ceph_s3`` (HTTP) and ``ceph_s3_tls`` (HTTPS, our own CA) are the session's clusters from conftest, shared
+with every other test; ``test_store_behaviour.py`` imports them.  Without the Ceph packages the tests skip,
 except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +22,6 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import SSLError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.ceph import CephStartError, missing_binaries, start_ceph
 from tests.support.s3server import S3Server, wait_until
@@ -51,105 +44,17 @@ def require_ceph() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# a throw-away CA and server certificate
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _ca(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name("mpupload test CA"))
-        .issuer_name(_name("mpupload test CA"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _leaf(
-    key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
-) -> x509.Certificate:
-    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(_name("mpupload test CA"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """Write ``(ca.pem, cert.pem, key.pem)``: a fresh CA and a server cert for 127.0.0.1/localhost."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_pem, cert_pem, key_pem = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    ca_pem.write_bytes(_ca(ca_key, now).public_bytes(serialization.Encoding.PEM))
-    cert_pem.write_bytes(_leaf(key, ca_key, now).public_bytes(serialization.Encoding.PEM))
-    key_pem.touch(mode=0o600)
-    key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca_pem, cert_pem, key_pem
-
-
-# --------------------------------------------------------------------------------------------------
-# fixtures
+# fixtures: the session's clusters from conftest (one HTTP, one HTTPS with our own CA), under these names
 
 
 @pytest.fixture(scope="session")
-def ceph_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One Ceph RGW over plain HTTP for the session."""
-    require_ceph()
-    server = start_ceph(tmp_path_factory.mktemp("ceph"))
-    try:
-        yield server
-    finally:
-        server.stop()
+def ceph_s3(ceph_server: S3Server) -> S3Server:
+    return ceph_server
 
 
 @pytest.fixture(scope="session")
-def ceph_s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One Ceph RGW over HTTPS (certificate from a self-made CA, in ``ca_bundle``) for the session."""
-    require_ceph()
-    root = tmp_path_factory.mktemp("ceph-tls")
-    ca_pem, cert_pem, key_pem = make_certificates(root / "tls")
-    server = start_ceph(root / "ceph", tls=(str(cert_pem), str(key_pem)))
-    server.ca_bundle = str(ca_pem)
-    try:
-        yield server
-    finally:
-        server.stop()
+def ceph_s3_tls(ceph_https: S3Server) -> S3Server:
+    return ceph_https
 
 
 # --------------------------------------------------------------------------------------------------

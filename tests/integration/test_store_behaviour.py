@@ -14,18 +14,13 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import http.client
 import importlib.util
 import io
 import os
-import subprocess
-import sys
-import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -35,8 +30,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.integration.test_ceph_fixture import ceph_s3, ceph_s3_tls  # noqa: F401  (session fixtures)
-from tests.support.ceph import kill_with_parent
-from tests.support.s3server import S3Server, free_port, stop_pids
+from tests.support.s3server import S3Server
 
 pytestmark = [pytest.mark.integration]
 
@@ -102,57 +96,9 @@ EXPECT = {
 }
 
 
-# --------------------------------------------------------------------------------------------------
-# moto as a separate process
-
-
-def _moto_answers(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-def _start_moto(log: Path, timeout: float = 30) -> tuple[S3Server, subprocess.Popen[bytes]]:
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=kill_with_parent(os.getpid()),  # noqa: PLW1509 - PR_SET_PDEATHSIG
-            start_new_session=True,
-        )
-    server = S3Server("moto", f"http://127.0.0.1:{port}", "testing", "testing", pids=[proc.pid])
-    try:
-        _wait_for_moto(proc, port, log, timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server, proc
-
-
-def _wait_for_moto(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not _moto_answers(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"moto did not start on port {port}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server, proc = _start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        yield server
-    finally:
-        stop_pids(server.pids)
-        proc.poll()
+@pytest.fixture(scope="session")
+def moto_s3(moto_server: S3Server) -> S3Server:
+    return moto_server
 
 
 # --------------------------------------------------------------------------------------------------
