@@ -13,9 +13,9 @@ from ..engine.cancel import CancelToken
 from ..options import ChecksumMode, UploadOptions
 from ..plan import MAX_WORKERS
 from ..sinks import make_sinks
-from ..storage import StoreConfig
 from ..units import parse_size
 from .errors import EXIT_OK
+from .options import add_store_arguments, build_store
 from .signals import cancel_on_signals
 
 __all__ = ["add_parser", "parse_s3_url", "run"]
@@ -60,14 +60,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("upload", help="upload one file to S3", description=__doc__)
     p.add_argument("source", metavar="SOURCE", help="a regular file")
     p.add_argument("destination", metavar="s3://BUCKET/KEY", help="KEY omitted or ending in / adds the file name")
-    s = p.add_argument_group("store")
-    s.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL[_S3])")
-    s.add_argument("--region")
-    s.add_argument("--profile", help="AWS profile from the shared config files")
-    s.add_argument("--ca-bundle", help="CA bundle to verify TLS (default: AWS_CA_BUNDLE or the system store)")
-    s.add_argument("--no-verify-ssl", action="store_true", help="do not verify TLS certificates (test endpoints)")
-    s.add_argument("--addressing-style", choices=["auto", "path", "virtual"],
-                   help="default: path for custom endpoints, auto for AWS")
+    add_store_arguments(p)
     t = p.add_argument_group("transfer")
     t.add_argument("--workers", type=_workers, help=f"worker processes (1-{MAX_WORKERS}; default: automatic)")
     t.add_argument("--part-size", help="part size, e.g. 64MiB (5MiB-5GiB; default: automatic)")
@@ -114,26 +107,10 @@ def build_options(args: argparse.Namespace) -> UploadOptions:
     )
 
 
-def build_store(args: argparse.Namespace) -> StoreConfig:
-    verify: bool | str | None = None
-    if args.no_verify_ssl:
-        verify = False
-    elif args.ca_bundle:
-        if not os.path.isfile(args.ca_bundle):
-            raise E.UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
-        verify = args.ca_bundle
-    return StoreConfig(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile, verify=verify,
-                       addressing_style=args.addressing_style)
-
-
 def run(args: argparse.Namespace) -> int:
     bucket, key = parse_s3_url(args.destination, args.source)
     options = build_options(args)
     store = build_store(args)
-    if args.no_verify_ssl:
-        import urllib3
-
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     sinks = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
     token = CancelToken()
     try:
