@@ -17,13 +17,16 @@ import stat
 from collections.abc import Sequence
 
 from . import errors as E
+from . import journal as journal_mod
 from .engine.aggregator import Aggregator
 from .engine.cancel import CancelToken
 from .engine.coordinator import Coordinator, Source
+from .journal import JournalLock
 from .options import UploadOptions, UploadResult
 from .plan import PlanError, UploadPlan, plan_upload
 from .sinks import Sink
 from .storage import StoreConfig
+from .storage.config import effective_endpoint
 
 __all__ = ["upload_file", "check_source", "make_plan"]
 
@@ -88,10 +91,17 @@ def upload_file(
     token = cancel or CancelToken()
     agg = Aggregator(bucket=bucket, key=key, total_bytes=source.size, parts_total=plan.parts_total, sinks=list(sinks))
     agg.upload_id = upload_id
+    journal_path = None
+    lock: JournalLock | None = None
+    if options.journal:
+        journal_path = journal_mod.journal_path(source.path, effective_endpoint(store.endpoint_url), bucket, key)
+        lock = JournalLock(journal_path).acquire()  # a second run on the same journal: UsageError (exit 2)
     try:
         return Coordinator(source, bucket, key, plan, store=store, options=options, aggregator=agg,
-                           cancel=token).run()
+                           cancel=token, journal_path=journal_path).run()
     finally:
+        if lock is not None:
+            lock.release()
         agg.close()
         if cancel is None:
             token.close()

@@ -34,6 +34,12 @@ class UploadOptions:
     no_overwrite: bool = False
     #: multiprocessing start method for the workers: fork, forkserver or spawn (None: the platform's)
     start_method: str | None = None
+    #: continue the interrupted upload of this file to this key (journal, else the store's newest one)
+    resume: bool = False
+    #: keep a resume journal (``mpupload.journal``) while a multipart upload runs
+    journal: bool = True
+    #: the command that resumes this upload, reported when the multipart upload is kept
+    resume_command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,3 +59,5 @@ class UploadResult:
     elapsed_seconds: float
     avg_speed_bps: float
     warnings: tuple[str, ...] = ()
+    resumed_bytes: int = 0
+    resumed_parts: int = 0

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
-from . import demo, upload
+from . import cleanup, demo, resumable, upload
 from .errors import EXIT_USAGE, debug_enabled, report_error
 
 __all__ = ["main", "build_parser"]
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     upload.add_parser(sub)
     demo.add_parser(sub)
+    cleanup.add_parser(sub)
+    resumable.add_parser(sub)
     return parser
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -67,7 +69,11 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--checksum", choices=[m.value for m in ChecksumMode], default="auto",
                    help="per-part checksum (default auto: CRC32C where the store checks it, else MD5)")
     t.add_argument("--keep-on-interrupt", action="store_true",
-                   help="on Ctrl+C keep the multipart upload instead of aborting it")
+                   help="on Ctrl+C keep the multipart upload (and its journal) instead of aborting it")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted upload of this file to this key: only missing parts are sent")
+    t.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up on a request when no byte moves for this long (default 120)")
     o = p.add_argument_group("object")
     o.add_argument("--content-type", help="default: guessed from the file name")
     o.add_argument("--metadata", action="append", default=[], metavar="K=V", help="user metadata (repeatable)")
@@ -82,6 +88,16 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     r.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.set_defaults(func=run)
+
+
+def resume_command(args: argparse.Namespace, argv: list[str]) -> str:
+    """The exact command that resumes this upload: the same arguments, an absolute source, ``--resume``."""
+    words = list(argv)
+    if args.source in words:
+        words[words.index(args.source)] = os.path.abspath(args.source)
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(["mpupload", *words])
 
 
 def build_options(args: argparse.Namespace) -> UploadOptions:
@@ -104,6 +120,8 @@ def build_options(args: argparse.Namespace) -> UploadOptions:
         sse=args.sse,
         sse_kms_key_id=args.sse_kms_key_id,
         no_overwrite=args.no_overwrite,
+        resume=args.resume,
+        resume_command=resume_command(args, sys.argv[1:]),
     )
 
 
@@ -111,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     bucket, key = parse_s3_url(args.destination, args.source)
     options = build_options(args)
     store = build_store(args)
+    if args.stall_timeout is not None:
+        if args.stall_timeout <= 0:
+            raise E.UsageError("--stall-timeout must be a positive number of seconds")
+        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout)
     sinks = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
     token = CancelToken()
     try:

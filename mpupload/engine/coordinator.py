@@ -26,20 +26,25 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from .. import errors as E
+from .. import journal as journal_mod
 from ..checksums import Algorithm, b64, boto_checksum_param, composite_checksum, multipart_etag, new_hasher
 from ..events import Event, Status
+from ..journal import Journal, PartRecord
 from ..options import ChecksumMode, UploadOptions, UploadResult
 from ..plan import UploadPlan
 from ..storage import StoreConfig, classify
+from ..storage.config import effective_endpoint
 from ..storage.errors import error_code, is_retryable
 from .aggregator import TICK_S, Aggregator
 from .cancel import CancelToken
 from .counter import ByteCounter, CancelFlag
 from .pool import WorkerPool
 from .reader import PartReader, digest_range
+from .resume import AlreadyComplete, ResumeState, find_resume, verify_parts
 from .worker import PartResult, WorkerSpec
 
 __all__ = ["Source", "Coordinator"]
@@ -49,6 +54,8 @@ log = logging.getLogger("mpupload")
 #: codes with which a store says "the checksum you sent does not match the bytes"
 _CHECKSUM_REJECTED = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"}
 SHUTDOWN_JOIN_S = 2.0
+#: the journal is rewritten at most this often while parts finish (and always at the end)
+JOURNAL_SAVE_S = 1.0
 SINGLE_PUT_ATTEMPTS = 5
 
 
@@ -92,6 +99,7 @@ class Coordinator:
         options: UploadOptions,
         aggregator: Aggregator,
         cancel: CancelToken,
+        journal_path: Path | None = None,
     ) -> None:
         self.source = source
         self.bucket = bucket
@@ -105,6 +113,12 @@ class Coordinator:
         self.client: Any = None
         self.upload_id: str | None = None
         self._flag = CancelFlag()
+        self.journal_path = journal_path
+        self.journal: Journal | None = None
+        self._fingerprint: journal_mod.SourceFingerprint | None = None
+        self._journal_saved_at = 0.0
+        self.resumed_bytes = 0
+        self.resumed_parts = 0
 
     # -- shared helpers -----------------------------------------------------------------------------------------
     def _err(self, exc: BaseException, part_number: int | None = None) -> E.MpuploadError:
@@ -150,8 +164,8 @@ class Coordinator:
         return {
             "part_size": self.plan.part_size if self.plan.multipart else self.source.size,
             "workers": self.plan.workers,
-            "resumed_bytes": 0,
-            "resumed_parts": 0,
+            "resumed_bytes": self.resumed_bytes,
+            "resumed_parts": self.resumed_parts,
             "checksum_algorithm": algorithm.value if algorithm else ("md5" if md5 else None),
             "multipart": self.plan.multipart,
             "store_upload_id": self.upload_id,
@@ -162,10 +176,125 @@ class Coordinator:
         self.client = self.store.make_client()
         if self.options.no_overwrite:
             self._refuse_if_exists()
+        state = self._prepare_journal()
+        if isinstance(state, AlreadyComplete):
+            return self._report_already_complete(state)
+        if state is not None:
+            return self._run_multipart(state)
         if self.plan.multipart:
-            return self._run_multipart()
+            return self._run_multipart(None)
         self._check_bucket()
         return self._run_single()
+
+    # -- resume ---------------------------------------------------------------------------------------------------
+    def _prepare_journal(self) -> ResumeState | AlreadyComplete | None:
+        """Load the journal; start over (aborting the old upload) or find what can be resumed."""
+        if self.journal_path is None:
+            return None
+        try:
+            existing = journal_mod.load(self.journal_path)
+        except journal_mod.CorruptJournal as exc:
+            aside = journal_mod.set_aside(self.journal_path)
+            self._warn(f"the resume journal could not be trusted ({exc}); it was set aside as {aside}")
+            existing = None
+        if existing is not None and (existing.bucket, existing.key) != (self.bucket, self.key):
+            self._warn(f"the resume journal {self.journal_path} describes another destination: set aside")
+            journal_mod.set_aside(self.journal_path)
+            existing = None
+        if not self.options.resume:
+            if existing is not None:
+                log.warning("starting over: aborting the earlier unfinished upload %s of this file (use --resume "
+                            "to continue it instead)", existing.upload_id)
+                self._abort_id(existing.upload_id, self.store.short_lived().make_client())
+                existing.remove()
+            return None
+        if existing is not None:
+            changed = existing.source.differences(self.fingerprint())
+            if changed:
+                raise E.SourceChanged(
+                    f"{self.source.path} changed since the interrupted upload ({', '.join(changed)} differ): its "
+                    f"stored parts cannot be reused. Start over by running the same command without --resume "
+                    f"(that aborts the old multipart upload {existing.upload_id})",
+                    bucket=self.bucket, key=self.key, upload_id=existing.upload_id)
+        try:
+            state = find_resume(self.client, self.bucket, self.key, self.source.size, self.plan, existing)
+        except E.MpuploadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._err(exc) from exc
+        if state is None:
+            log.warning("nothing to resume for s3://%s/%s: uploading from the start", self.bucket, self.key)
+            if existing is not None:
+                existing.remove()
+            return None
+        if isinstance(state, ResumeState):
+            self.plan = state.plan
+            verify_parts(state, self.source.path, trust_journal=existing is not None, etag_is_md5=self._etag_is_md5,
+                         threads=self.plan.workers, cancel=self._flag)
+        return state
+
+    def fingerprint(self) -> journal_mod.SourceFingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = journal_mod.fingerprint(self.source.path)
+        return self._fingerprint
+
+    def _report_already_complete(self, done: AlreadyComplete) -> UploadResult:
+        """A crash during CompleteMultipartUpload: the object is there. Verify it, report done."""
+        journal = done.journal
+        self.upload_id = journal.upload_id
+        self.resumed_bytes, self.resumed_parts = self.source.size, journal.parts_total
+        self.agg.resumed_bytes = self.source.size
+        self.agg.started(self._started_extra(_algorithm_or_none(journal.checksum_algorithm), journal.md5))
+        head = self._head()
+        self._check_size(head)
+        etag = str(head.get("ETag") or "").strip('"')
+        verified, checksum = "size-only", None
+        if len(journal.parts) == journal.parts_total:
+            if journal.md5 and all(p.md5 for p in journal.parts.values()):
+                expected = multipart_etag(bytes.fromhex(journal.parts[n].md5 or "") for n in sorted(journal.parts))
+                if etag.lower() == expected:
+                    verified, checksum = "md5", f"md5:{expected}"
+            algorithm = _algorithm_or_none(journal.checksum_algorithm)
+            if algorithm is not None and all(p.checksum for p in journal.parts.values()):
+                expected = composite_checksum(algorithm, (_unb64(journal.parts[n].checksum)
+                                                          for n in sorted(journal.parts)))
+                stored = head.get(boto_checksum_param(algorithm))
+                if stored == expected:
+                    verified, checksum = algorithm.value, f"{algorithm.value}:{stored}"
+        if verified == "size-only":
+            self._warn("the object was completed by the interrupted run; only its size could be checked")
+        journal.remove()
+        return self._complete(verified, etag, checksum, f"s3://{self.bucket}/{self.key}", parts=journal.parts_total)
+
+    def _journal_start(self, algorithm: Algorithm | None, md5: bool, reused: dict[int, PartResult]) -> None:
+        if self.journal_path is None or self.upload_id is None:
+            return
+        journal = Journal(self.journal_path, self.fingerprint(), effective_endpoint(self.store.endpoint_url),
+                          self.bucket, self.key, self.upload_id, self.plan.part_size, self.plan.parts_total,
+                          algorithm.value if algorithm else None, md5)
+        for number, result in reused.items():
+            journal.record(number, PartRecord(result.size, result.etag or "", result.checksum, result.md5))
+        self.journal = journal
+        journal.save()
+        self._journal_saved_at = time.monotonic()
+
+    def _journal_part(self, result: PartResult) -> None:
+        if self.journal is None:
+            return
+        self.journal.record(result.number, PartRecord(result.size, result.etag or "", result.checksum, result.md5))
+        now = time.monotonic()
+        if now - self._journal_saved_at >= JOURNAL_SAVE_S:
+            self.journal.save()
+            self._journal_saved_at = now
+
+    def _journal_end(self, *, keep: bool) -> None:
+        if self.journal is None:
+            return
+        if keep:
+            with contextlib.suppress(OSError):
+                self.journal.save()
+        else:
+            self.journal.remove()
 
     def _check_bucket(self) -> None:
         """Fail before the start line on what a single PutObject would only reveal at its end: a missing
@@ -323,16 +452,32 @@ class Coordinator:
         return self._complete(verified, etag, checksum, f"s3://{self.bucket}/{self.key}", parts=1)
 
     # -- multipart ------------------------------------------------------------------------------------------------
-    def _run_multipart(self) -> UploadResult:
-        algorithm = self._algorithm()
-        create: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, **self._object_args()}
-        if algorithm is not None:
-            create["ChecksumAlgorithm"] = algorithm.value.upper()
-        try:
-            response = self.client.create_multipart_upload(**create)
-        except Exception as exc:  # noqa: BLE001
-            raise self._err(exc) from exc
-        self.upload_id = str(response["UploadId"])
+    def _run_multipart(self, resume: ResumeState | None) -> UploadResult:
+        done: dict[int, PartResult] = {}
+        if resume is not None:
+            algorithm = resume.algorithm
+            md5 = resume.journal.md5 if resume.journal is not None else self._etag_is_md5
+            validated = False
+            self.upload_id = resume.upload_id
+            for number, listed in resume.reusable.items():
+                record = resume.journal.parts.get(number) if resume.journal is not None else None
+                done[number] = PartResult(
+                    number, True, size=listed.size, etag=listed.etag,
+                    checksum=(record.checksum if record is not None else None) or listed.checksum,
+                    md5=(record.md5 if record is not None else None) or (listed.etag if self._etag_is_md5 else None))
+            self.resumed_bytes, self.resumed_parts = resume.resumed_bytes, len(resume.reusable)
+            self.agg.resumed_bytes = self.resumed_bytes
+            self.agg.parts_total = self.plan.parts_total
+        else:
+            algorithm = self._algorithm()
+            create: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, **self._object_args()}
+            if algorithm is not None:
+                create["ChecksumAlgorithm"] = algorithm.value.upper()
+            try:
+                response = self.client.create_multipart_upload(**create)
+            except Exception as exc:  # noqa: BLE001
+                raise self._err(exc) from exc
+            self.upload_id = str(response["UploadId"])
         self.agg.upload_id = self.agg.upload_id or self.upload_id
         self.cancel.left_behind = (
             f"multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} may be left on the store: "
@@ -340,25 +485,35 @@ class Coordinator:
             f"--upload-id {self.upload_id}"
         )
         counter = ByteCounter(self.plan.workers)
-        done: dict[int, PartResult] = {}
         try:
-            validated, md5 = self._decide_integrity(algorithm, create)
+            if resume is None:
+                validated, md5 = self._decide_integrity(algorithm, create)
+            self._journal_start(algorithm, md5, done)
             self.agg.started(self._started_extra(algorithm, md5))
+            assert self.upload_id is not None
             spec = WorkerSpec(self.store, self.source.path, self.bucket, self.key, self.upload_id, algorithm, md5)
             self._upload_parts(spec, counter, done)
             self.source.check_unchanged()
             self.agg.set_status(Status.FINALIZING)
             self.agg.tick(counter.total(), len(done))
-            return self._complete_multipart(done, algorithm, md5, validated)
+            if self.journal is not None:
+                self.journal.save()  # every part is recorded before Complete: a crash now can still be verified
+            result = self._complete_multipart(done, algorithm, md5, validated)
+            self._journal_end(keep=False)
+            return result
         except E.Cancelled:
             self._flag.set()
             aborted = not self.options.keep_on_interrupt
             if aborted:
                 self._abort()
+            self._journal_end(keep=not aborted)
             extra: dict[str, Any] = {"aborted": aborted, "reason": self.cancel.reason}
             if not aborted:
                 extra["store_upload_id"] = self.upload_id
-            self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=counter.total(), parts_done=len(done))
+                if self.options.resume_command:
+                    extra["resume_command"] = self.options.resume_command
+            self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=counter.total(),
+                            parts_done=len(done))
             raise
         except BaseException as exc:
             self._flag.set()
@@ -370,6 +525,7 @@ class Coordinator:
             else:
                 self.cancel.left_behind = None
             kept = not (err.abort_upload or isinstance(err, E.Cancelled))
+            self._journal_end(keep=kept)
             if isinstance(err, E.Cancelled):
                 self.agg.finish(Event.STOPPED, Status.STOPPED, {"aborted": True, "reason": "interrupted"},
                                 sent_bytes=counter.total(), parts_done=len(done))
@@ -377,6 +533,8 @@ class Coordinator:
                 extra = {"error": str(err), "error_type": type(err).__name__}
                 if kept:
                     extra["store_upload_id"] = self.upload_id
+                    if self.options.resume_command:
+                        extra["resume_command"] = self.options.resume_command
                 self.agg.finish(Event.FAILED, Status.FAILED, extra, sent_bytes=counter.total(),
                                 parts_done=len(done))
             if err is exc:
@@ -437,7 +595,9 @@ class Coordinator:
 
     def _upload_parts(self, spec: WorkerSpec, counter: ByteCounter, done: dict[int, PartResult]) -> None:
         plan = self.plan
-        pending = deque(plan.parts())
+        pending = deque(p for p in plan.parts() if p.number not in done)
+        if not pending:
+            return
         pool = WorkerPool(spec, plan.workers, counter, self._flag, start_method=self.options.start_method)
         deaths = 0
         max_deaths = max(3, 2 * plan.workers)
@@ -491,6 +651,7 @@ class Coordinator:
                     done[result.number] = result
                     worker.completed_bytes += result.size
                     worker.job = None
+                    self._journal_part(result)
                 elif result.cancelled:
                     worker.job = None
                     raise E.Cancelled(self.cancel.reason or "interrupted")
@@ -580,7 +741,9 @@ class Coordinator:
             self.store.short_lived().make_client().delete_object(Bucket=self.bucket, Key=self.key)
 
     def _complete(self, verified: str, etag: str, checksum: str | None, location: str, parts: int) -> UploadResult:
-        extra = {"checksum": checksum, "etag": etag, "location": location, "verified": verified}
+        extra: dict[str, Any] = {"checksum": checksum, "etag": etag, "location": location, "verified": verified}
+        if self.resumed_bytes:
+            extra.update(resumed_bytes=self.resumed_bytes, resumed_parts=self.resumed_parts)
         if self.upload_id:
             extra["store_upload_id"] = self.upload_id
         snap = self.agg.finish(Event.COMPLETED, Status.COMPLETED, extra, sent_bytes=self.source.size,
@@ -589,6 +752,7 @@ class Coordinator:
             bucket=self.bucket, key=self.key, size=self.source.size, etag=etag, checksum=checksum,
             verified=verified, location=location, upload_id=self.upload_id, parts_total=parts,
             elapsed_seconds=snap.elapsed_seconds, avg_speed_bps=snap.avg_speed_bps, warnings=tuple(self.warnings),
+            resumed_bytes=self.resumed_bytes, resumed_parts=self.resumed_parts,
         )
 
     def _abort(self) -> None:
@@ -618,6 +782,13 @@ class Coordinator:
             if not listed.get("Parts"):
                 return True
         return False
+
+
+def _algorithm_or_none(name: str | None) -> Algorithm | None:
+    try:
+        return Algorithm(name) if name else None
+    except ValueError:
+        return None
 
 
 def _unb64(value: str | None) -> bytes:

@@ -83,6 +83,10 @@ def final_line(snapshot: Snapshot) -> str:
             line += f", verified {verified}"
         else:
             line += ", not verified"
+        resumed = int(extra.get("resumed_bytes") or 0)
+        if resumed > 0:
+            line += (f"; resumed {format_bytes(resumed)} of {format_bytes(snapshot.total_bytes)}, "
+                     f"{int(extra.get('resumed_parts') or 0)}/{snapshot.parts_total} parts")
         return line
     if snapshot.event is Event.STOPPED:
         line = f"stopped: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: resume journals of the test runs go here, never into the real user's state directory
+STATE_DIR = tempfile.mkdtemp(prefix="mpupload-test-state-")
+
+
 def cli_env(server: Any = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("MPUPLOAD_")}
+    env["MPUPLOAD_STATE_DIR"] = STATE_DIR
     env["PYTHONUNBUFFERED"] = "1"
     env["HOME"] = env.get("HOME", "/tmp")
     if server is not None:

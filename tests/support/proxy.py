@@ -50,11 +50,14 @@ import json
 import os
 import selectors
 import signal
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +82,29 @@ MAX_LINE = 8 * 1024
 HALF_CLOSE_WAIT = 300.0
 #: slices per second of the throttle
 THROTTLE_TICKS = 100
+#: default body bytes forwarded before ``--reset-part`` resets the connection
+RESET_AFTER = 1024 * 1024
+#: body bytes forwarded before ``--stall-part`` stops forwarding
+STALL_AFTER = 1024 * 1024
+#: default length of the stall, seconds
+STALL_SECONDS = 3600.0
+#: seconds to keep reading (and dropping) what the client sends after the SlowDown answer
+LINGER_SECONDS = 5.0
+#: seconds to wait for written bytes to reach the kernel before a reset
+FLUSH_TIMEOUT = 5.0
+
+SLOWDOWN_BODY = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+SLOWDOWN_RESPONSE = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n"
+    b"Connection: close\r\n\r\n" % len(SLOWDOWN_BODY)
+) + SLOWDOWN_BODY
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------------
-# Request parsing and the bit flip (pure, no I/O: fed with whatever chunks the socket returns)
+# Request and response parsing, the bit flip and the fault decisions (pure, no I/O: fed with whatever chunks
+# the sockets return)
 
 
 class RequestLog:
@@ -147,171 +167,605 @@ class FlipState:
         self.done = True
 
 
-class RequestStream:
-    """Follows the HTTP/1.1 requests in one client->server byte stream; may flip one bit on the way.
+class OnceFault:
+    """A fault for the first UploadPart of one part number that reaches the fault's point (reset, stall)."""
 
-    ``feed(chunk)`` returns the chunk to forward (the same object unless a bit was flipped in it).  A stream
-    that cannot be parsed (bad request line, bad framing, huge head) is passed through untouched from then on.
+    def __init__(self, part: int | None) -> None:
+        if part is not None and part < 1:
+            raise ValueError("a part number is >= 1")
+        self.part = part
+        self.armed = False  # a request in flight has claimed it
+        self.done = False  # it has happened
+
+    def claim(self, part: int | None) -> bool:
+        if self.part is None or self.done or self.armed or part != self.part:
+            return False
+        self.armed = True
+        return True
+
+    def release(self) -> None:
+        self.armed = False
+
+    def fired(self) -> None:
+        self.armed = False
+        self.done = True
+
+
+class Faults:
+    """The fault modes of one proxy process and their counters, shared by all its connections."""
+
+    def __init__(
+        self,
+        *,
+        reset_part: int | None = None,
+        reset_after: int = RESET_AFTER,
+        slowdown: int = 0,
+        stall_part: int | None = None,
+        stall_seconds: float = STALL_SECONDS,
+        truncate_response: int = 0,
+        delay_complete_response: float | None = None,
+    ) -> None:
+        if reset_after < 0 or slowdown < 0 or truncate_response < 0 or stall_seconds < 0:
+            raise ValueError("fault counts, byte counts and durations must be >= 0")
+        if delay_complete_response is not None and delay_complete_response < 0:
+            raise ValueError("the Complete delay must be >= 0")
+        self.reset = OnceFault(reset_part)
+        self.reset_after = reset_after
+        self.stall = OnceFault(stall_part)
+        self.stall_seconds = stall_seconds
+        self.slowdown_left = slowdown
+        self.truncate_left = truncate_response
+        self.delay = delay_complete_response
+
+    @property
+    def any(self) -> bool:
+        return (
+            self.reset.part is not None
+            or self.stall.part is not None
+            or self.slowdown_left > 0
+            or self.truncate_left > 0
+            or self.delay is not None
+        )
+
+    @property
+    def watch_responses(self) -> bool:
+        """True when some fault needs to know which response answers which request."""
+        return self.truncate_left > 0 or self.delay is not None
+
+    def take_slowdown(self) -> bool:
+        if self.slowdown_left <= 0:
+            return False
+        self.slowdown_left -= 1
+        return True
+
+    def take_truncate(self) -> bool:
+        if self.truncate_left <= 0:
+            return False
+        self.truncate_left -= 1
+        return True
+
+    def give_back_truncate(self) -> None:
+        self.truncate_left += 1
+
+    def once(self, kind: str) -> OnceFault:
+        return self.reset if kind == "reset" else self.stall
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An action for the pump, between the byte runs to forward: ``reset``, ``stall`` and ``slowdown``
+    (client->server), ``truncate`` and ``delay`` (server->client)."""
+
+    kind: str
+    seconds: float = 0.0
+
+
+Item = bytes | Fault
+
+
+class Exchange:
+    """One request sent to the server, waiting for its response; writes the request's log line.
+
+    The line is written when the request has passed (or its connection ended), except while the request's
+    response is to be truncated and has not been: then it waits for the cut or for the connection's end
+    (which gives the truncation back to the next UploadPart and logs ``"fault": null``).
     """
 
-    def __init__(self, flip: FlipState, log: RequestLog | None) -> None:
+    def __init__(self, method: str, entry: dict[str, Any], log: RequestLog | None, faults: Faults) -> None:
+        self.method = method
+        self.entry = entry
+        self.log = log
+        self.faults = faults
+        self.truncate = False  # the response is to be cut and has not been yet
+        self.delay: float | None = None  # hold the response this long
+        self._request_done = False
+        self._logged = False
+
+    def request_done(self, complete: bool) -> None:
+        self.entry["complete"] = complete
+        self._request_done = True
+        self._maybe_log()
+
+    def truncated(self) -> None:
+        self.truncate = False
+        self._maybe_log()
+
+    def drop(self) -> None:
+        """The connection ended before the response came."""
+        if self.truncate:
+            self.truncate = False
+            self.entry["fault"] = None
+            self.faults.give_back_truncate()
+        self._maybe_log()
+
+    def _maybe_log(self) -> None:
+        if self._request_done and not self.truncate and not self._logged:
+            self._logged = True
+            if self.log is not None:
+                self.log.write(self.entry)
+
+
+def request_kind(method: str, query: dict[str, list[str]]) -> str:
+    """``upload_part``, ``complete`` (CompleteMultipartUpload) or ``""``."""
+    if method == "PUT" and "partNumber" in query and "uploadId" in query:
+        return "upload_part"
+    if method == "POST" and "uploadId" in query and "uploads" not in query:
+        return "complete"
+    return ""
+
+
+def _part_number(query: dict[str, list[str]]) -> int | None:
+    try:
+        return int(query.get("partNumber", [""])[0])
+    except ValueError:
+        return None
+
+
+def _parse_head(head: bytes) -> tuple[list[str], dict[str, str]] | None:
+    """(first line split on blanks into at most 3 words, lower-cased headers) or None when malformed."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            return None
+        headers[name.strip().lower()] = value.strip()
+    return lines[0].split(" ", 2), headers
+
+
+def _is_chunked(headers: dict[str, str]) -> bool:
+    return "chunked" in [t.strip().lower() for t in headers.get("transfer-encoding", "").split(",")]
+
+
+class BodyFraming:
+    """Follows one message body: ``length`` bytes, chunked coding, or (length None) everything until EOF."""
+
+    def __init__(self, length: int | None, chunked: bool) -> None:
+        self.chunked = chunked
+        self.state = "chunk_line" if chunked else "data"  # data | chunk_line | trailer
+        self.remaining: int | None = 0 if chunked else length  # data bytes left (chunks: incl. their CRLF)
+        self.line = bytearray()
+
+    def advance(self, data: bytes | bytearray, pos: int, end: int) -> tuple[int, bool]:
+        """Consume ``data[pos:end]`` up to the end of the body: (new pos, body ended).  ValueError: bad framing."""
+        while pos < end:
+            if self.state == "data":
+                if self.remaining is None:
+                    return end, False
+                k = min(self.remaining, end - pos)
+                pos += k
+                self.remaining -= k
+                if self.remaining == 0:
+                    if not self.chunked:
+                        return pos, True
+                    self.state = "chunk_line"
+                continue
+            nl = data.find(b"\n", pos, end)
+            if nl < 0:
+                self.line += data[pos:end]
+                if len(self.line) > MAX_LINE:
+                    raise ValueError("chunk-size or trailer line too long")
+                return end, False
+            self.line += data[pos : nl + 1]
+            pos = nl + 1
+            line = bytes(self.line).rstrip(b"\r\n")
+            self.line.clear()
+            if len(line) > MAX_LINE:
+                raise ValueError("chunk-size or trailer line too long")
+            if self.state == "chunk_line":
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise ValueError("negative chunk size")
+                if size == 0:
+                    self.state = "trailer"
+                else:
+                    self.state = "data"
+                    self.remaining = size + 2  # the data and its CRLF
+            elif line == b"":  # end of the trailer section
+                return pos, True
+        return pos, False
+
+
+class _Out:
+    """What one chunk turns into: runs of its bytes to forward, other bytes and faults, in order."""
+
+    def __init__(self, data: bytes) -> None:
+        self.src: bytes | bytearray = data
+        self.items: list[Item] = []
+        self.start = self.end = 0  # the run not yet added to items
+
+    def fwd(self, a: int, b: int) -> None:
+        if a == b:
+            return
+        if self.start == self.end or self.end != a:
+            self._flush()
+            self.start = a
+        self.end = b
+
+    def put(self, item: Item) -> None:
+        self._flush()
+        if not isinstance(item, bytes) or item:
+            self.items.append(item)
+
+    def mutable(self) -> bytearray:
+        if not isinstance(self.src, bytearray):
+            self.src = bytearray(self.src)
+        return self.src
+
+    def _flush(self) -> None:
+        if self.end > self.start:
+            src = self.src
+            if isinstance(src, bytes) and self.start == 0 and self.end == len(src):
+                self.items.append(src)
+            else:
+                self.items.append(bytes(src[self.start : self.end]))
+        self.start = self.end = 0
+
+    def result(self) -> list[Item]:
+        self._flush()
+        return self.items
+
+
+class _HeadBuffer:
+    """Collects one message head (up to CRLFCRLF) across chunks; holds its bytes until it is complete."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def take(self, data: bytes, pos: int) -> tuple[bytes | None, int, bool]:
+        """(complete head or None, new pos, too long)."""
+        start = len(self.buf)
+        self.buf += data[pos : pos + MAX_HEAD + 4]
+        idx = self.buf.find(b"\r\n\r\n", max(0, start - 3))
+        if idx < 0:
+            return None, min(len(data), pos + MAX_HEAD + 4), len(self.buf) > MAX_HEAD
+        end = idx + 4
+        head = bytes(self.buf[:end])
+        self.buf.clear()
+        return head, pos + end - start, False
+
+    def held(self) -> bytes:
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+
+class RequestStream:
+    """Follows the HTTP/1.1 requests in one client->server byte stream; may flip one bit on the way and
+    decides the client->server faults.
+
+    ``process(chunk)`` returns what to do with the chunk: byte strings to forward and ``Fault`` actions in
+    between.  A request head is forwarded once complete.  ``feed(chunk)`` returns only the bytes (the same
+    object unless a bit was flipped in it or a head was held).  A stream that cannot be parsed (bad request
+    line, bad framing, huge head) is passed through untouched from then on.  Each request sent on to the
+    server is appended to ``pending`` (when given) for the matching ``ResponseStream``.
+    """
+
+    def __init__(
+        self,
+        flip: FlipState,
+        log: RequestLog | None,
+        faults: Faults | None = None,
+        pending: deque[Exchange] | None = None,
+    ) -> None:
         self.flip = flip
         self.log = log
-        self.state = "head"  # head | body | chunk_line | chunk_data | trailer | raw
-        self.buf = bytearray()
-        self.remaining = 0  # body bytes (state body) or chunk bytes incl. CRLF (state chunk_data) left
+        self.faults = faults if faults is not None else Faults()
+        self.pending = pending
+        self.state = "head"  # head | body | raw | stopped
+        self.head = _HeadBuffer()
+        self.body: BodyFraming | None = None
         self.body_pos = 0
         self.flip_at: int | None = None
+        self.fault_at: int | None = None  # body offset of a claimed reset/stall
+        self.fault_kind: str | None = None
+        self.discard = False  # the body of a request answered with SlowDown
+        self.exchange: Exchange | None = None
         self.request: dict[str, Any] | None = None
 
     # -- helpers
 
-    def _start(self, head: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+    def _start(self, head: bytes, out: _Out) -> None:
+        parsed = _parse_head(head)
+        if parsed is None or len(parsed[0]) != 3 or not parsed[0][2].startswith("HTTP/"):
+            out.put(head)
             self.state = "raw"
             return
-        method, target, _version = parts
+        (method, target, _version), headers = parsed
         path, _, query = target.partition("?")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if not sep:
-                self.state = "raw"
-                return
-            headers[name.strip().lower()] = value.strip()
-        chunked = "chunked" in [t.strip().lower() for t in headers.get("transfer-encoding", "").split(",")]
+        chunked = _is_chunked(headers)
         length: int | None = None
         if not chunked and "content-length" in headers:
             try:
                 length = int(headers["content-length"])
             except ValueError:
-                self.state = "raw"
-                return
+                length = -1
             if length < 0:
+                out.put(head)
                 self.state = "raw"
                 return
-        self.request = {
+        entry: dict[str, Any] = {
             "method": method,
             "path": path,
             "query": query,
             "content_length": length,
             "flipped": False,
             "chunked": chunked,
+            "fault": None,
         }
+        q = parse_qs(query, keep_blank_values=True)
+        kind = request_kind(method, q)
+        has_body = chunked or bool(length)
+        self.exchange = Exchange(method, entry, self.log, self.faults)
+        self.request = entry
+        self.body = BodyFraming(length, chunked) if has_body else None
         self.body_pos = 0
-        self.flip_at = None
-        if chunked:
-            self.state = "chunk_line"
-        elif length:
-            self.flip_at = self.flip.claim(
-                method, path, parse_qs(query, keep_blank_values=True), headers, length
-            )
+        self.flip_at = self.fault_at = None
+        self.fault_kind = None
+        self.discard = False
+        faults = self.faults
+        if kind == "upload_part" and faults.take_slowdown():
+            entry["fault"] = "slowdown"  # the head is not forwarded
+            if has_body and headers.get("expect", "").lower() != "100-continue":
+                self.discard = True  # the client sends the body at once: take it all, then answer
+                self.state = "body"
+                return
+            self._finish(complete=not has_body)
+            out.put(Fault("slowdown"))
+            self.state = "stopped"
+            return
+        if length:
+            self.flip_at = self.flip.claim(method, path, q, headers, length)
+        if kind == "upload_part" and has_body:
+            number = _part_number(q)
+            for fault_kind, after in (("reset", faults.reset_after), ("stall", STALL_AFTER)):
+                if faults.once(fault_kind).claim(number):
+                    self.fault_kind = fault_kind
+                    self.fault_at = after if length is None else min(after, length - 1)
+                    break
+        if kind == "upload_part" and self.fault_kind is None and faults.take_truncate():
+            self.exchange.truncate = True
+            entry["fault"] = "truncate"
+        if kind == "complete" and faults.delay is not None:
+            self.exchange.delay = faults.delay
+            entry["fault"] = "delay"
+        out.put(head)
+        if self.pending is not None:
+            self.pending.append(self.exchange)
+        if has_body:
             self.state = "body"
-            self.remaining = length
         else:
             self._finish(complete=True)
+
+    def _body(self, out: _Out, pos: int, n: int) -> int:
+        assert self.body is not None and self.request is not None
+        if self.fault_at is not None and self.body_pos >= self.fault_at:
+            assert self.fault_kind is not None
+            kind = self.fault_kind
+            self.faults.once(kind).fired()
+            self.fault_at = self.fault_kind = None
+            self.request["fault"] = kind
+            out.put(Fault(kind, self.faults.stall_seconds if kind == "stall" else 0.0))
+            if kind == "reset":
+                self.state = "stopped"
+                return n
+            return pos
+        end = n if self.fault_at is None else min(n, pos + self.fault_at - self.body_pos)
+        try:
+            new, ended = self.body.advance(out.src, pos, end)
+        except ValueError:
+            if self.discard:
+                self._finish(complete=False)
+                out.put(Fault("slowdown"))
+                self.state = "stopped"
+            else:
+                out.fwd(pos, n)
+                self.state = "raw"
+            return n
+        k = new - pos
+        if self.flip_at is not None and self.body_pos <= self.flip_at < self.body_pos + k:
+            out.mutable()[pos + self.flip_at - self.body_pos] ^= 0x01
+            self.flip_at = None
+            self.flip.flipped()
+            self.request["flipped"] = True
+        if not self.discard:
+            out.fwd(pos, new)
+        self.body_pos += k
+        if ended:
+            discard = self.discard
+            self._finish(complete=True)
+            if discard:
+                out.put(Fault("slowdown"))
+                self.state = "stopped"
+        return new
 
     def _finish(self, complete: bool) -> None:
         if self.flip_at is not None:  # claimed but the byte never passed
             self.flip.release()
             self.flip_at = None
-        if self.request is not None and self.log is not None:
-            self.log.write({**self.request, "complete": complete})
+        if self.fault_kind is not None:  # claimed but the point never came
+            self.faults.once(self.fault_kind).release()
+            self.fault_at = self.fault_kind = None
+        if self.exchange is not None:
+            self.exchange.request_done(complete)
+        self.exchange = None
         self.request = None
+        self.body = None
+        self.discard = False
         self.state = "head"
-
-    def _take_line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
-        """Accumulate up to and including LF; return (line without CRLF, new pos) or (None, len)."""
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            self.buf += data[pos:]
-            if len(self.buf) > MAX_LINE:
-                self.state = "raw"
-            return None, len(data)
-        self.buf += data[pos : nl + 1]
-        line = bytes(self.buf).rstrip(b"\r\n")
-        self.buf.clear()
-        return line, nl + 1
 
     # -- the API
 
-    def feed(self, data: bytes) -> bytes:
-        out: bytearray | None = None
+    def process(self, data: bytes) -> list[Item]:
+        out = _Out(data)
         pos, n = 0, len(data)
-        while pos < n and self.state != "raw":
-            if self.state == "head":
-                if not self.buf:  # empty lines before a request line are allowed
-                    while pos < n and data[pos] in (0x0D, 0x0A):
-                        pos += 1
-                    if pos == n:
-                        break
-                start = len(self.buf)
-                self.buf += data[pos : pos + MAX_HEAD + 4]
-                idx = self.buf.find(b"\r\n\r\n", max(0, start - 3))
-                if idx < 0:
-                    if len(self.buf) > MAX_HEAD:
-                        self.state = "raw"
-                    pos = min(n, pos + MAX_HEAD + 4)
-                    continue
-                end = idx + 4
-                pos += end - start
-                head = bytes(self.buf[:end])
-                self.buf.clear()
-                self._start(head)
-            elif self.state == "body":
-                k = min(self.remaining, n - pos)
-                if self.flip_at is not None and self.body_pos <= self.flip_at < self.body_pos + k:
-                    if out is None:
-                        out = bytearray(data)
-                    out[pos + self.flip_at - self.body_pos] ^= 0x01
-                    self.flip_at = None
-                    self.flip.flipped()
-                    assert self.request is not None
-                    self.request["flipped"] = True
-                self.body_pos += k
-                self.remaining -= k
-                pos += k
-                if self.remaining == 0:
-                    self._finish(complete=True)
-            elif self.state == "chunk_data":
-                k = min(self.remaining, n - pos)
-                self.remaining -= k
-                pos += k
-                if self.remaining == 0:
-                    self.state = "chunk_line"
-            else:  # chunk_line | trailer
-                line, pos = self._take_line(data, pos)
-                if line is None:
-                    continue
-                if self.state == "chunk_line":
-                    try:
-                        size = int(line.split(b";", 1)[0].strip(), 16)
-                    except ValueError:
-                        self.state = "raw"
-                        continue
-                    if size < 0:
-                        self.state = "raw"
-                    elif size == 0:
-                        self.state = "trailer"
-                    else:
-                        self.state = "chunk_data"
-                        self.remaining = size + 2  # the data and its CRLF
-                elif line == b"":  # end of the trailer section
-                    self._finish(complete=True)
-        return data if out is None else bytes(out)
+        while pos < n:
+            if self.state == "raw":
+                out.fwd(pos, n)
+                break
+            if self.state == "stopped":
+                break
+            if self.state == "body":
+                pos = self._body(out, pos, n)
+                continue
+            if not self.head.buf:  # empty lines before a request line are allowed
+                start = pos
+                while pos < n and data[pos] in (0x0D, 0x0A):
+                    pos += 1
+                out.fwd(start, pos)
+                if pos == n:
+                    break
+            head, pos, too_long = self.head.take(data, pos)
+            if head is not None:
+                self._start(head, out)
+            elif too_long:
+                out.put(self.head.held())
+                self.state = "raw"
+        return out.result()
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes to forward for ``data`` (faults left out)."""
+        items = [x for x in self.process(data) if isinstance(x, bytes)]
+        return items[0] if len(items) == 1 else b"".join(items)
+
+    def held(self) -> bytes:
+        """At EOF: the bytes of an incomplete head, to be forwarded as they are."""
+        return self.head.held() if self.state == "head" else b""
 
     def close(self) -> None:
-        """The connection ended: log a request cut short, give back an unused flip."""
+        """The connection ended: log a request cut short, give back unused claims."""
         if self.request is not None:
             self._finish(complete=False)
 
 
-# --------------------------------------------------------------------------------------------------------
-# The proxy process
+class ResponseStream:
+    """Follows the HTTP/1.1 responses in one server->client byte stream and applies ``truncate`` and
+    ``delay`` to the answers of the requests queued in ``pending`` (in order; ``1xx`` answers are interim).
+
+    A truncated response is forwarded up to the middle of its body (``Content-Length`` > 0), to the end of
+    its head (chunked or read-until-close bodies) or, without a body, to its head minus the final CRLF; then
+    a ``Fault("truncate")`` follows and nothing more.  A delayed response is preceded by ``Fault("delay")``.
+    """
+
+    def __init__(self, pending: deque[Exchange]) -> None:
+        self.pending = pending
+        self.state = "head"  # head | body | raw | stopped
+        self.head = _HeadBuffer()
+        self.body: BodyFraming | None = None
+        self.body_pos = 0
+        self.cut_at: int | None = None
+
+    def _start(self, head: bytes, out: _Out) -> None:
+        parsed = _parse_head(head)
+        if parsed is None or len(parsed[0]) < 2 or not parsed[0][0].startswith("HTTP/") or not parsed[0][1].isdigit():
+            out.put(head)
+            self.state = "raw"
+            return
+        code, headers = int(parsed[0][1]), parsed[1]
+        if 100 <= code < 200:  # interim: passed on, the final answer is still to come
+            out.put(head)
+            if code == 101:
+                self.state = "raw"
+            return
+        ex = self.pending.popleft() if self.pending else None
+        length: int | None = None
+        chunked = False
+        if (ex is not None and ex.method == "HEAD") or code in (204, 304):
+            length = 0
+        elif _is_chunked(headers):
+            chunked = True
+        elif "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                length = -1
+            if length < 0:
+                out.put(head)
+                self.state = "raw"
+                return
+        self.body = BodyFraming(length, chunked) if length != 0 else None
+        self.body_pos = 0
+        self.cut_at = None
+        if ex is not None and ex.delay is not None:
+            out.put(Fault("delay", ex.delay))
+        if ex is not None and ex.truncate:
+            ex.truncated()
+            if self.body is None:
+                out.put(head[:-2])
+                out.put(Fault("truncate"))
+                self.state = "stopped"
+                return
+            out.put(head)
+            self.cut_at = length // 2 if length is not None else 0
+            if self.cut_at == 0:
+                out.put(Fault("truncate"))
+                self.state = "stopped"
+                return
+        else:
+            out.put(head)
+        self.state = "body" if self.body is not None else "head"
+
+    def process(self, data: bytes) -> list[Item]:
+        out = _Out(data)
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.state == "raw":
+                out.fwd(pos, n)
+                break
+            if self.state == "stopped":
+                break
+            if self.state == "head":
+                head, pos, too_long = self.head.take(data, pos)
+                if head is not None:
+                    self._start(head, out)
+                elif too_long:
+                    out.put(self.head.held())
+                    self.state = "raw"
+                continue
+            assert self.body is not None
+            end = n if self.cut_at is None else min(n, pos + self.cut_at - self.body_pos)
+            try:
+                new, ended = self.body.advance(out.src, pos, end)
+            except ValueError:
+                out.fwd(pos, n)
+                self.state = "raw"
+                break
+            out.fwd(pos, new)
+            self.body_pos += new - pos
+            pos = new
+            if self.cut_at is not None and self.body_pos >= self.cut_at:
+                out.put(Fault("truncate"))
+                self.state = "stopped"
+            elif ended:
+                self.body = None
+                self.state = "head"
+        return out.result()
+
+    def held(self) -> bytes:
+        """At EOF: the bytes of an incomplete head, to be forwarded as they are."""
+        return self.head.held() if self.state == "head" else b""
 
 
 class Throttle:
@@ -349,14 +803,37 @@ class ProxyConfig:
     flip_part: int | None = None
     flip_offset: int = 1000
     log: Path | None = None
+    reset_part: int | None = None
+    reset_after: int = RESET_AFTER
+    slowdown: int = 0
+    stall_part: int | None = None
+    stall_seconds: float = STALL_SECONDS
+    truncate_response: int = 0
+    delay_complete_response: float | None = None
+
+    def faults(self) -> Faults:
+        return Faults(
+            reset_part=self.reset_part,
+            reset_after=self.reset_after,
+            slowdown=self.slowdown,
+            stall_part=self.stall_part,
+            stall_seconds=self.stall_seconds,
+            truncate_response=self.truncate_response,
+            delay_complete_response=self.delay_complete_response,
+        )
+
+
+class _Closed(Exception):
+    """A fault ended the connection (raised by a pump so that the other one is dropped too)."""
 
 
 class Proxy:
     def __init__(self, cfg: ProxyConfig) -> None:
         self.cfg = cfg
         self.flip = FlipState(cfg.flip_part, cfg.flip_offset)
+        self.faults = cfg.faults()
         self.log = RequestLog(cfg.log) if cfg.log is not None else None
-        self.parse = cfg.flip_part is not None or self.log is not None
+        self.parse = cfg.flip_part is not None or self.log is not None or self.faults.any
         self.tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -366,32 +843,105 @@ class Proxy:
             transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """server -> client: raw bytes, EOF passed on where the transport can half-close."""
-        while data := await reader.read(READ_SIZE):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
+    async def _flush(writer: asyncio.StreamWriter) -> None:
+        """Wait (a bounded time) until everything written so far is handed to the kernel."""
+        writer.transport.set_write_buffer_limits(high=0)
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                await writer.drain()
 
-    async def _upstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """client -> server: parsed (flip, log) and paced (throttle) as configured."""
-        stream = RequestStream(self.flip, self.log) if self.parse else None
-        throttle = Throttle(self.cfg.throttle_bps) if self.cfg.throttle_bps else None
+    @staticmethod
+    def _rst(*writers: asyncio.StreamWriter) -> None:
+        """Close abruptly: SO_LINGER (1, 0) makes close() send a RST instead of a FIN."""
+        for writer in writers:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+    async def _stall(self, transport: asyncio.BaseTransport, seconds: float) -> None:
+        """Stop reading from the client for ``seconds`` (its sends block once the buffers are full)."""
+        paused = isinstance(transport, asyncio.ReadTransport) and transport.is_reading()
+        if paused:
+            assert isinstance(transport, asyncio.ReadTransport)
+            transport.pause_reading()
         try:
-            while data := await reader.read(READ_SIZE):
-                if stream is not None:
-                    data = stream.feed(data)
-                if throttle is not None:
-                    await throttle.send(writer, data)
-                else:
-                    writer.write(data)
-                    await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
+            await asyncio.sleep(seconds)
         finally:
-            if stream is not None:
-                stream.close()
+            if paused and isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+                transport.resume_reading()
+
+    @staticmethod
+    async def _slowdown(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        """Answer 503 SlowDown and close, reading (and dropping) what the client still sends meanwhile."""
+        cwriter.write(SLOWDOWN_RESPONSE)
+        await cwriter.drain()
+        if cwriter.can_write_eof():
+            cwriter.write_eof()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await creader.read(READ_SIZE):
+                    pass
+
+    async def _downstream(
+        self,
+        sreader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        swriter: asyncio.StreamWriter,
+        responses: ResponseStream | None,
+    ) -> None:
+        """server -> client: raw bytes (or parsed, for truncate/delay); EOF passed on where possible."""
+        while data := await sreader.read(READ_SIZE):
+            for item in responses.process(data) if responses is not None else (data,):
+                if isinstance(item, bytes):
+                    cwriter.write(item)
+                    await cwriter.drain()
+                elif item.kind == "delay":
+                    await asyncio.sleep(item.seconds)
+                else:  # truncate
+                    await self._flush(cwriter)
+                    self._rst(cwriter, swriter)
+                    raise _Closed(item.kind)
+        if responses is not None and (rest := responses.held()):
+            cwriter.write(rest)
+        if cwriter.can_write_eof():
+            cwriter.write_eof()
+
+    async def _upstream(
+        self,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        swriter: asyncio.StreamWriter,
+        requests: RequestStream | None,
+    ) -> None:
+        """client -> server: parsed (flip, faults, log) and paced (throttle) as configured."""
+        throttle = Throttle(self.cfg.throttle_bps) if self.cfg.throttle_bps else None
+
+        async def send(data: bytes) -> None:
+            if throttle is not None:
+                await throttle.send(swriter, data)
+            else:
+                swriter.write(data)
+                await swriter.drain()
+
+        while data := await creader.read(READ_SIZE):
+            for item in requests.process(data) if requests is not None else (data,):
+                if isinstance(item, bytes):
+                    await send(item)
+                elif item.kind == "stall":
+                    await self._stall(cwriter.transport, item.seconds)
+                elif item.kind == "reset":
+                    await self._flush(swriter)
+                    self._rst(cwriter, swriter)
+                    raise _Closed(item.kind)
+                else:  # slowdown
+                    await self._slowdown(creader, cwriter)
+                    raise _Closed(item.kind)
+        if requests is not None and (rest := requests.held()):
+            await send(rest)
+        if swriter.can_write_eof():
+            swriter.write_eof()
 
     async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -399,6 +949,8 @@ class Proxy:
         self.tasks.add(task)
         swriter: asyncio.StreamWriter | None = None
         pumps: list[asyncio.Task[None]] = []
+        pending: deque[Exchange] = deque()
+        requests: RequestStream | None = None
         try:
             try:
                 sreader, swriter = await asyncio.wait_for(
@@ -411,8 +963,12 @@ class Proxy:
             assert swriter is not None
             self._tune(cwriter)
             self._tune(swriter)
-            up = asyncio.create_task(self._upstream(creader, swriter))
-            down = asyncio.create_task(self._pipe(sreader, cwriter))
+            watch = self.faults.watch_responses
+            if self.parse:
+                requests = RequestStream(self.flip, self.log, self.faults, pending if watch else None)
+            responses = ResponseStream(pending) if watch else None
+            up = asyncio.create_task(self._upstream(creader, cwriter, swriter, requests))
+            down = asyncio.create_task(self._downstream(sreader, cwriter, swriter, responses))
             pumps = [up, down]
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             if up in done and down not in done and up.exception() is None:
@@ -426,6 +982,10 @@ class Proxy:
             for t in pumps:  # collect the outcome so that nothing is reported as never retrieved
                 with contextlib.suppress(BaseException):
                     await t
+            if requests is not None:
+                requests.close()
+            while pending:
+                pending.popleft().drop()
             for w in (cwriter, swriter):
                 if w is not None:
                     w.close()
@@ -478,6 +1038,13 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     p.add_argument("--flip-part", type=int)
     p.add_argument("--flip-offset", type=int, default=1000)
     p.add_argument("--log", type=Path)
+    p.add_argument("--reset-part", type=int)
+    p.add_argument("--reset-after", type=int, default=RESET_AFTER)
+    p.add_argument("--slowdown", type=int, default=0)
+    p.add_argument("--stall-part", type=int)
+    p.add_argument("--stall-seconds", type=float, default=STALL_SECONDS)
+    p.add_argument("--truncate-response", type=int, default=0)
+    p.add_argument("--delay-complete-response", type=float)
     a = p.parse_args(argv)
     if (a.tls_cert is None) != (a.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
@@ -485,6 +1052,14 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         p.error("--throttle-bps must be > 0")
     if (a.flip_part is not None and a.flip_part < 0) or a.flip_offset < 0:
         p.error("--flip-part and --flip-offset must be >= 0")
+    for name in ("reset_part", "stall_part"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("reset_after", "slowdown", "stall_seconds", "truncate_response"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if a.delay_complete_response is not None and a.delay_complete_response < 0:
+        p.error("--delay-complete-response must be >= 0")
     return ProxyConfig(
         target_host=a.target_host,
         target_port=a.target_port,
@@ -495,6 +1070,13 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         flip_part=a.flip_part,
         flip_offset=a.flip_offset,
         log=a.log,
+        reset_part=a.reset_part,
+        reset_after=a.reset_after,
+        slowdown=a.slowdown,
+        stall_part=a.stall_part,
+        stall_seconds=a.stall_seconds,
+        truncate_response=a.truncate_response,
+        delay_complete_response=a.delay_complete_response,
     )
 
 
@@ -591,6 +1173,13 @@ def start_proxy(
     flip_part: int | None = None,
     flip_offset: int = 1000,
     log_path: Path | None = None,
+    reset_part: int | None = None,
+    reset_after: int = RESET_AFTER,
+    slowdown: int = 0,
+    stall_part: int | None = None,
+    stall_seconds: float = STALL_SECONDS,
+    truncate_response: int = 0,
+    delay_complete_response: float | None = None,
     timeout: float = 30.0,
 ) -> ProxyHandle:
     """Start ``python -m tests.support.proxy`` as a child process; return once it listens.
@@ -616,6 +1205,16 @@ def start_proxy(
     if log_path is not None:
         log_path = Path(log_path).resolve()
         cmd += ["--log", str(log_path)]
+    if reset_part is not None:
+        cmd += ["--reset-part", str(reset_part), "--reset-after", str(reset_after)]
+    if slowdown:
+        cmd += ["--slowdown", str(slowdown)]
+    if stall_part is not None:
+        cmd += ["--stall-part", str(stall_part), "--stall-seconds", repr(float(stall_seconds))]
+    if truncate_response:
+        cmd += ["--truncate-response", str(truncate_response)]
+    if delay_complete_response is not None:
+        cmd += ["--delay-complete-response", repr(float(delay_complete_response))]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     stderr = tempfile.TemporaryFile(prefix="proxy-stderr-")  # noqa: SIM115 - owned by the handle

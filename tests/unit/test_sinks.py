@@ -408,3 +408,11 @@ def test_started_line_of_a_single_put() -> None:
 
     line = started_line(started(multipart=False, part_size=1000, workers=1))
     assert line.endswith("in a single PutObject") and "part" not in line.replace("PutObject", "")
+
+
+def test_final_line_says_what_was_resumed() -> None:
+    from mpupload.sinks.plain import final_line
+
+    line = final_line(snap(Event.COMPLETED, TOTAL, eta=0.0, elapsed=12.4, parts_done=19, verified="md5",
+                           resumed_bytes=18 * 64 * MiB, resumed_parts=18))
+    assert line.endswith("; resumed 1.1 GiB of 1.2 GiB, 18/19 parts"), line

@@ -1,0 +1,208 @@
+"""Finding what an interrupted upload left, and deciding which parts can be reused.
+
+The journal is a hint; the store decides. ``find_resume`` returns either
+
+* ``None`` — nothing to resume (no journal and no unfinished upload for the key, or it is gone), or
+* :class:`AlreadyComplete` — the upload is gone but the object is there with the expected size (a crash
+  during CompleteMultipartUpload); the caller verifies it and reports done, or
+* :class:`ResumeState` — the store's upload id, the part size, and the parts the store lists.
+
+A listed part is reused only if its size is the planned size for its number and its ETag (the MD5 of the
+part, on stores whose ETags are MD5s) or checksum matches the local bytes: the journal's record of them
+when the source's fingerprint is unchanged, otherwise the file is read again (:func:`verify_parts`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import errors as E
+from ..checksums import Algorithm, b64, new_hasher
+from ..journal import Journal
+from ..plan import MAX_PARTS, UploadPlan, plan_upload
+from ..storage.errors import error_code
+from .counter import CancelFlag
+from .reader import digest_range
+
+__all__ = ["ListedPart", "ResumeState", "AlreadyComplete", "list_parts", "find_resume", "verify_parts",
+           "MAX_LIST_PAGES"]
+
+log = logging.getLogger("mpupload")
+#: ListParts answers at most 1,000 parts a page: 10,000 parts take 10 pages. A store that keeps answering
+#: "truncated" past this bound is broken, not big.
+MAX_LIST_PAGES = 12
+_GONE = ("NoSuchUpload", "NoSuchKey", "404")
+
+
+@dataclass(frozen=True)
+class ListedPart:
+    number: int
+    size: int
+    etag: str
+    checksum: str | None
+
+
+@dataclass
+class ResumeState:
+    upload_id: str
+    plan: UploadPlan
+    algorithm: Algorithm | None
+    listed: dict[int, ListedPart]
+    journal: Journal | None
+    #: parts accepted for reuse (number -> listed part); filled by ``verify_parts``
+    reusable: dict[int, ListedPart] = field(default_factory=dict)
+
+    @property
+    def resumed_bytes(self) -> int:
+        return sum(p.size for p in self.reusable.values())
+
+
+@dataclass(frozen=True)
+class AlreadyComplete:
+    journal: Journal
+
+
+def list_parts(client: Any, bucket: str, key: str, upload_id: str, algorithm: Algorithm | None = None) \
+        -> dict[int, ListedPart] | None:
+    """Every part the store holds for ``upload_id`` (paginated, bounded); ``None`` if the upload is gone."""
+    parts: dict[int, ListedPart] = {}
+    marker = 0
+    param = {Algorithm.CRC32C: "ChecksumCRC32C", Algorithm.CRC32: "ChecksumCRC32",
+             Algorithm.SHA256: "ChecksumSHA256"}.get(algorithm) if algorithm else None
+    for _ in range(MAX_LIST_PAGES):
+        try:
+            page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) in _GONE:
+                return None
+            raise
+        for p in page.get("Parts", []):
+            number = int(p["PartNumber"])
+            parts[number] = ListedPart(number, int(p["Size"]), str(p.get("ETag", "")).strip('"'),
+                                       p.get(param) if param else None)
+        if not page.get("IsTruncated"):
+            return parts
+        next_marker = int(page.get("NextPartNumberMarker") or 0)
+        if next_marker <= marker:
+            break  # a store that does not advance would loop forever
+        marker = next_marker
+    raise E.UploadFailed(
+        f"the store kept answering ListParts of upload {upload_id} as truncated after {MAX_LIST_PAGES} pages: "
+        "it cannot be resumed; run without --resume to start over", upload_id=upload_id)
+
+
+def _newest_upload(client: Any, bucket: str, key: str) -> str | None:
+    newest: tuple[Any, str] | None = None
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+    for _ in range(MAX_LIST_PAGES):
+        page = client.list_multipart_uploads(**kwargs)
+        for u in page.get("Uploads", []):
+            if u.get("Key") == key and (newest is None or u["Initiated"] > newest[0]):
+                newest = (u["Initiated"], str(u["UploadId"]))
+        if not page.get("IsTruncated"):
+            break
+        kwargs["KeyMarker"], kwargs["UploadIdMarker"] = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+    return newest[1] if newest else None
+
+
+def _algorithm_of(name: str | None) -> Algorithm | None:
+    try:
+        return Algorithm(name.lower()) if name else None
+    except ValueError:
+        return None
+
+
+def find_resume(client: Any, bucket: str, key: str, size: int, plan: UploadPlan, journal: Journal | None) \
+        -> ResumeState | AlreadyComplete | None:
+    """What the store holds for an interrupted upload of ``size`` bytes to ``s3://bucket/key``."""
+    if journal is not None:
+        algorithm = _algorithm_of(journal.checksum_algorithm)
+        listed = list_parts(client, bucket, key, journal.upload_id, algorithm)
+        if listed is None:
+            if _object_size(client, bucket, key) == size:
+                return AlreadyComplete(journal)
+            log.warning("the interrupted multipart upload %s no longer exists on the store", journal.upload_id)
+            return None
+        resumed_plan = plan_upload(size, part_size=journal.part_size, workers=plan.workers)
+        return ResumeState(journal.upload_id, resumed_plan, algorithm, listed, journal)
+    upload_id = _newest_upload(client, bucket, key)
+    if upload_id is None:
+        return None
+    listed = list_parts(client, bucket, key, upload_id, None) or {}
+    part_size = _infer_part_size(listed, size) or plan.part_size
+    try:
+        resumed_plan = plan_upload(size, part_size=part_size, workers=plan.workers)
+    except ValueError:
+        log.warning("the unfinished upload %s does not fit this file: it is not resumed", upload_id)
+        return None
+    return ResumeState(upload_id, resumed_plan, None, listed, None)
+
+
+def _infer_part_size(listed: dict[int, ListedPart], size: int) -> int | None:
+    """The part size of an upload we have no journal for: every part but the file's last has it."""
+    if not listed:
+        return None
+    biggest = max(p.size for p in listed.values())
+    if biggest <= 0 or biggest * MAX_PARTS < size:
+        return None
+    return biggest
+
+
+def _object_size(client: Any, bucket: str, key: str) -> int | None:
+    try:
+        return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except Exception:  # noqa: BLE001 - absent or unreadable: not complete
+        return None
+
+
+def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_md5: bool, threads: int,
+                 cancel: CancelFlag | None = None) -> None:
+    """Fill ``state.reusable`` with the listed parts whose size and digest match the local bytes."""
+    plan = state.plan
+    candidates: list[ListedPart] = []
+    for number, listed in sorted(state.listed.items()):
+        if number > plan.parts_total or listed.size != plan.part(number).length:
+            continue  # a part of another plan (or a probe part): not ours
+        record = state.journal.parts.get(number) if state.journal is not None else None
+        if trust_journal and record is not None and record.size == listed.size and (
+                (record.etag and record.etag.lower() == listed.etag.lower())
+                or (record.checksum is not None and record.checksum == listed.checksum)):
+            state.reusable[number] = listed
+        else:
+            candidates.append(listed)
+    if not candidates:
+        return
+    if not etag_is_md5 and not any(c.checksum for c in candidates):
+        log.warning("%d stored parts cannot be checked against the file (no MD5 ETags, no checksums): "
+                    "they are uploaded again", len(candidates))
+        return
+
+    def check(listed: ListedPart) -> ListedPart | None:
+        part = plan.part(listed.number)
+        md5 = new_hasher(Algorithm.MD5)
+        algo = new_hasher(state.algorithm) if (state.algorithm and listed.checksum) else None
+        hashers = [h for h in (md5, algo) if h is not None]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            digest_range(fd, part.offset, part.length, hashers, cancel=cancel)
+        finally:
+            os.close(fd)
+        if algo is not None and listed.checksum is not None:
+            return listed if b64(algo.digest()) == listed.checksum else None
+        return listed if etag_is_md5 and md5.digest().hex() == listed.etag.lower() else None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mpupload-verify") as pool:
+        for listed, ok in zip(candidates, pool.map(check, candidates)):
+            if ok is not None:
+                state.reusable[listed.number] = listed
+            else:
+                log.info("stored part %d does not match the file: it is uploaded again", listed.number)
+
+
+def unb64(value: str | None) -> bytes:
+    return base64.b64decode(value or "")

@@ -1,0 +1,321 @@
+"""Housekeeping: orphaned multipart uploads on the store, and resume journals on this machine.
+
+An interrupted run leaves a multipart upload on the store (its parts are billed until someone aborts it)
+and, when it can be resumed, a journal in the state directory (:mod:`mpupload.journal`). This module finds
+both and decides what is stale; it prints nothing and parses no command line (``mpupload cleanup`` and
+``mpupload resumable`` do that).
+
+* :func:`find_orphans` lists the incomplete multipart uploads under a prefix (ListMultipartUploads) with
+  their age, size and part count (ListParts). Both listings are paginated with a hard bound on the number
+  of pages, so a store that always answers "truncated" cannot keep us looping: the bound raises
+  :class:`ListingIncomplete`, which carries what was listed so far.
+* :func:`abort` aborts one upload; an upload that is already gone counts as done.
+* :func:`has_abort_lifecycle_rule` tells whether the bucket expires incomplete uploads by itself.
+* :func:`stale_journals` picks the local journals whose upload no longer exists on the store, and
+  :func:`remove_journal` removes one safely (not while a run holds it, not when it changed meanwhile).
+* :func:`resumable_summary` and :func:`resume_command` describe a journal for people and scripts.
+
+A note on age: an upload is *idle* since its newest part was uploaded (or since it was initiated when it has
+no parts). ``cleanup`` decides on the idle time, so a long upload, or one resumed today, is never mistaken
+for an orphan because it was initiated long ago. (moto 5.2.5 also reports every upload as initiated on
+2010-11-10; the parts' times are real.)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import errors as E
+from .journal import CorruptJournal, Journal, JournalLock, load
+from .storage import classify
+from .storage.errors import error_code
+
+__all__ = [
+    "MAX_UPLOAD_PAGES", "MAX_PART_PAGES", "Orphan", "ListingIncomplete", "find_orphans",
+    "abort", "has_abort_lifecycle_rule", "stale_journals", "remove_journal", "resumable_summary",
+    "resume_command", "same_endpoint", "format_age",
+]
+
+#: ListMultipartUploads pages of up to 1000 uploads each: a million uploads under one prefix is plenty
+MAX_UPLOAD_PAGES = 1000
+#: ListParts pages of up to 1000 parts each: S3 allows at most 10,000 parts per upload
+MAX_PART_PAGES = 11
+#: error codes that mean "this multipart upload does not exist (any more)"; Ceph RGW answers ListParts of an
+#: aborted upload with NoSuchKey
+_GONE_CODES = frozenset({"NoSuchUpload", "NoSuchKey", "404"})
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An incomplete multipart upload found on the store."""
+
+    key: str
+    upload_id: str
+    initiated: _dt.datetime
+    #: seconds since ``initiated`` (never negative, even when the store's clock is ahead)
+    age_s: float
+    #: bytes held in its parts; ``None`` when ListParts failed
+    size: int | None
+    #: number of parts; ``None`` when ListParts failed
+    parts: int | None
+    #: when its newest part was uploaded; ``None`` without parts or when ListParts failed
+    last_part_at: _dt.datetime | None = None
+    #: seconds since the last activity: the newest part, else the initiation
+    idle_s: float = 0.0
+
+
+class ListingIncomplete(E.UploadFailed):
+    """The store kept answering "truncated" past the page bound; ``partial`` holds what was listed."""
+
+    def __init__(self, message: str, *, bucket: str, partial: list[Orphan]) -> None:
+        super().__init__(message, bucket=bucket)
+        self.partial = partial
+
+
+def _seconds_between(earlier: _dt.datetime, later: _dt.datetime) -> float:
+    return max(0.0, (later - earlier).total_seconds())
+
+
+def _as_utc(value: Any) -> _dt.datetime:
+    """A botocore timestamp (aware datetime) or an ISO-8601 string, as an aware UTC datetime."""
+    stamp = _dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    if not isinstance(stamp, _dt.datetime):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=_dt.UTC)
+    return stamp.astimezone(_dt.UTC)
+
+
+@dataclass(frozen=True)
+class _PartsSummary:
+    size: int
+    count: int
+    last_part_at: _dt.datetime | None
+
+
+def _parts_summary(client: Any, bucket: str, key: str, upload_id: str,
+                       *, max_pages: int = MAX_PART_PAGES) -> _PartsSummary | None:
+    """Total size, count and newest time of an upload's parts; ``None`` when ListParts fails or never ends."""
+    size = count = 0
+    newest: _dt.datetime | None = None
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+    for _ in range(max_pages):
+        try:
+            page = client.list_parts(**kwargs)
+        except Exception:  # noqa: BLE001 - any failure only means "size unknown"
+            return None
+        for part in page.get("Parts", []):
+            size += int(part.get("Size", 0))
+            count += 1
+            if part.get("LastModified") is not None:
+                stamp = _as_utc(part["LastModified"])
+                newest = stamp if newest is None else max(newest, stamp)
+        marker = page.get("NextPartNumberMarker")
+        if not page.get("IsTruncated"):
+            return _PartsSummary(size, count, newest)
+        if not marker or str(marker) == str(kwargs.get("PartNumberMarker")):
+            return None  # truncated without a way forward
+        kwargs["PartNumberMarker"] = marker
+    return None
+
+
+def _orphan(client: Any, bucket: str, upload: dict[str, Any], now: _dt.datetime) -> Orphan:
+    initiated = _as_utc(upload["Initiated"])
+    parts = _parts_summary(client, bucket, upload["Key"], upload["UploadId"])
+    last = parts.last_part_at if parts else None
+    active = max(initiated, last) if last is not None else initiated
+    return Orphan(
+        key=str(upload["Key"]),
+        upload_id=str(upload["UploadId"]),
+        initiated=initiated,
+        age_s=_seconds_between(initiated, now),
+        size=parts.size if parts else None,
+        parts=parts.count if parts else None,
+        last_part_at=last,
+        idle_s=_seconds_between(active, now),
+    )
+
+
+def _next_markers(page: dict[str, Any]) -> tuple[str, str] | None:
+    """Where the next ListMultipartUploads page starts; ``None`` when the answer gives no way forward."""
+    uploads = page.get("Uploads") or []
+    key = page.get("NextKeyMarker") or (uploads[-1]["Key"] if uploads else None)
+    upload_id = page.get("NextUploadIdMarker") or (uploads[-1]["UploadId"] if uploads else None)
+    if not key:
+        return None
+    return str(key), str(upload_id or "")
+
+
+def find_orphans(client: Any, bucket: str, prefix: str, now: _dt.datetime,
+                 *, max_pages: int = MAX_UPLOAD_PAGES) -> list[Orphan]:
+    """Every incomplete multipart upload whose key starts with ``prefix``, oldest first.
+
+    Raises the classified store error (:class:`~mpupload.errors.BucketNotFound`,
+    :class:`~mpupload.errors.AuthError`, ...) when ListMultipartUploads fails, and
+    :class:`ListingIncomplete` when the listing does not end within ``max_pages`` pages.
+    """
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    found: list[Orphan] = []
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    seen: set[tuple[str, str]] = set()
+    pages = 0
+    while pages < max_pages:
+        pages += 1
+        try:
+            page = client.list_multipart_uploads(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - mapped to the error tree
+            raise classify(exc, bucket=bucket, endpoint=endpoint) from exc
+        found.extend(_orphan(client, bucket, u, now) for u in page.get("Uploads") or [])
+        if not page.get("IsTruncated"):
+            return sorted(found, key=lambda o: (o.initiated, o.key))
+        markers = _next_markers(page)
+        if markers is None or markers in seen:
+            break
+        seen.add(markers)
+        kwargs["KeyMarker"], kwargs["UploadIdMarker"] = markers
+    raise ListingIncomplete(
+        f"the store's list of multipart uploads in s3://{bucket}/{prefix} did not end after {pages} "
+        "page(s) (it keeps answering 'truncated'): narrow the prefix and run the command again",
+        bucket=bucket, partial=sorted(found, key=lambda o: (o.initiated, o.key)),
+    )
+
+
+def abort(client: Any, bucket: str, orphan: Orphan) -> bool:
+    """Abort one upload: ``True`` when this call aborted it, ``False`` when it was already gone.
+
+    Any other failure raises the classified store error.
+    """
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=orphan.key, UploadId=orphan.upload_id)
+    except Exception as exc:  # noqa: BLE001 - mapped to the error tree
+        if (error_code(exc) or "") in _GONE_CODES:
+            return False
+        raise classify(exc, bucket=bucket, key=orphan.key, upload_id=orphan.upload_id) from exc
+    return True
+
+
+def has_abort_lifecycle_rule(client: Any, bucket: str) -> bool | None:
+    """Whether an enabled lifecycle rule aborts incomplete multipart uploads.
+
+    ``False`` when the bucket has no lifecycle configuration (or none of its rules does it); ``None`` when the
+    store does not support the question or does not allow us to ask it.
+    """
+    try:
+        answer = client.get_bucket_lifecycle_configuration(Bucket=bucket)
+    except Exception as exc:  # noqa: BLE001 - sorted below
+        code = error_code(exc)
+        if code == "NoSuchLifecycleConfiguration":
+            return False
+        if code == "NoSuchBucket":
+            raise classify(exc, bucket=bucket) from exc
+        if code is not None:  # NotImplemented, AccessDenied, MethodNotAllowed, ...: the store won't say
+            return None
+        raise classify(exc, bucket=bucket) from exc
+    for rule in answer.get("Rules") or []:
+        if rule.get("Status") == "Enabled" and rule.get("AbortIncompleteMultipartUpload"):
+            return True
+    return False
+
+
+def format_age(seconds: float | None) -> str:
+    """``42`` -> ``'42s'``, ``750`` -> ``'12m'``, ``12000`` -> ``'3h 20m'``, ``190000`` -> ``'2d 4h'``."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    total = int(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m"
+    if total < 86400:
+        return f"{total // 3600}h {total % 3600 // 60}m"
+    return f"{total // 86400}d {total % 86400 // 3600}h"
+
+
+def _normal_endpoint(endpoint: str | None) -> str:
+    if not endpoint:
+        return ""
+    parts = urlsplit(endpoint.strip())
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"
+
+
+def same_endpoint(a: str | None, b: str | None) -> bool:
+    """Whether two endpoint URLs name the same store (``None`` and ``""`` both mean AWS's default)."""
+    return _normal_endpoint(a) == _normal_endpoint(b)
+
+
+def stale_journals(journals: Iterable[Journal], bucket: str, prefix: str, endpoint: str | None,
+                   live_upload_ids: Iterable[str]) -> list[Journal]:
+    """The journals for this endpoint and bucket, with a key under ``prefix``, whose upload is not live.
+
+    ``live_upload_ids`` must be every upload the store still holds under ``prefix``, listed *after* the
+    journals were read (an upload created later cannot belong to a journal read earlier).
+    """
+    live = set(live_upload_ids)
+    return [
+        j for j in journals
+        if j.bucket == bucket and j.key.startswith(prefix) and same_endpoint(j.endpoint, endpoint)
+        and j.upload_id not in live
+    ]
+
+
+def remove_journal(journal: Journal) -> bool:
+    """Remove a stale journal; ``False`` (and nothing removed) when a run holds it or it changed meanwhile."""
+    try:
+        lock = JournalLock(journal.path).acquire()
+    except E.UsageError:
+        return False
+    try:
+        try:
+            current = load(journal.path)
+        except CorruptJournal:
+            return False
+        if current is None:
+            return True
+        if current.upload_id != journal.upload_id:
+            return False
+        current.remove()
+        return True
+    finally:
+        lock.release()  # the .lock file stays: unlinking it could let two later runs lock different files
+
+
+def resume_command(journal: Journal) -> str:
+    """The shell command that resumes the upload a journal describes."""
+    argv = ["mpupload", "upload", journal.source.path, f"s3://{journal.bucket}/{journal.key}", "--resume"]
+    if journal.endpoint:
+        argv += ["--endpoint-url", journal.endpoint]
+    return shlex.join(argv)
+
+
+def resumable_summary(journal: Journal, now: _dt.datetime) -> dict[str, Any]:
+    """A journal as plain data: where from and to, how far, how old, and how to resume it."""
+    total = journal.source.size
+    done = min(journal.bytes_done, total) if total else journal.bytes_done
+    percent = 100.0 * done / total if total else (100.0 if len(journal.parts) >= journal.parts_total else 0.0)
+    age_s: float | None
+    try:
+        age_s = _seconds_between(_as_utc(journal.created_at), now)
+    except ValueError:
+        age_s = None
+    return {
+        "source": journal.source.path,
+        "destination": f"s3://{journal.bucket}/{journal.key}",
+        "endpoint": journal.endpoint,
+        "upload_id": journal.upload_id,
+        "bytes_done": done,
+        "total_bytes": total,
+        "percent": round(percent, 1),
+        "parts_done": len(journal.parts),
+        "parts_total": journal.parts_total,
+        "created_at": journal.created_at,
+        "updated_at": journal.updated_at,
+        "age_seconds": age_s,
+        "journal": str(journal.path),
+        "resume_command": resume_command(journal),
+    }
