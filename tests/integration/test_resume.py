@@ -17,7 +17,15 @@ import pytest
 
 from tests.conftest import SERVERS
 from tests.support.cli import (
-    CliProcess, cli_env, events, make_file, multipart_uploads, run_cli, sha256_file, sha256_object, start_cli,
+    CliProcess,
+    cli_env,
+    events,
+    make_file,
+    multipart_uploads,
+    run_cli,
+    sha256_file,
+    sha256_object,
+    start_cli,
 )
 from tests.support.proxy import ProxyHandle, start_proxy
 from tests.support.s3server import S3Server
