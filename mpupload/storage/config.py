@@ -87,7 +87,7 @@ class StoreConfig:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE in the environment win, as for the AWS CLI
-            retries=None if _retries_configured() else {"mode": "standard", "max_attempts": self.max_attempts},
+            retries=None if _retries_configured() else {"mode": "standard", "total_max_attempts": self.max_attempts},
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
             max_pool_connections=self.max_pool_connections,

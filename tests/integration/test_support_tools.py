@@ -373,3 +373,416 @@ def test_children_die_with_their_parent(tmp_path: Path) -> None:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
     assert gone(moto_pid) and gone(proxy_pid)
+
+
+# ---------------------------------------------------------------------------------------------- network faults
+
+
+def fault_client(server: S3Server, endpoint_url: str, read_timeout: float = 60, verify: Any = None) -> Any:
+    """Exactly one attempt per call.  botocore's ``retries={"max_attempts": 1}`` means one *retry* (two
+    attempts), which hides a one-off fault; ``total_max_attempts`` counts the first attempt too."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name=server.region,
+        verify=verify if verify is not None else True,
+        config=Config(
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            read_timeout=read_timeout,
+            connect_timeout=10,
+        ),
+    )
+
+
+def part_faults(proxy: Any) -> list[tuple[int | None, Any]]:
+    """(part number or None, fault) of each logged request, in log order."""
+    out = []
+    for r in proxy.requests():
+        q = dict(kv.partition("=")[::2] for kv in r["query"].split("&") if kv)
+        out.append((int(q["partNumber"]) if "partNumber" in q else None, r["fault"]))
+    return out
+
+
+def uploaded_parts(direct: Any, key: str, upload_id: str) -> dict[int, str]:
+    """Part number -> ETag as the server (asked directly, not through the proxy) has them."""
+    parts = direct.list_parts(Bucket="tools", Key=key, UploadId=upload_id).get("Parts", [])
+    return {p["PartNumber"]: p["ETag"].strip('"') for p in parts}
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.mark.parametrize("use_tls", [False, True], ids=["plain", "tls"])
+def test_reset_part_resets_the_first_upload_of_that_part_once(
+    moto: S3Server, tls: TlsFiles, tmp_path: Path, use_tls: bool
+) -> None:
+    import io
+
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, SSLError
+
+    part1, part2 = os.urandom(5 * MiB), os.urandom(3 * MiB)
+    # the RST mostly arrives while the body is being sent: urllib3 swallows ECONNRESET there and then reads
+    # EOF -- RemoteDisconnected (ConnectionClosedError) in plain HTTP, "EOF occurred in violation of
+    # protocol" (botocore SSLError) over TLS
+    expected: tuple[type[Exception], ...] = (ConnectionClosedError, EndpointConnectionError)
+    expected += (SSLError,) if use_tls else ()
+    direct = fault_client(moto, moto.endpoint_url)
+    with start_proxy(
+        "127.0.0.1",
+        moto_port(moto),
+        tls=tls if use_tls else None,
+        reset_part=2,
+        reset_after=MiB,
+        log_path=tmp_path / "reset.jsonl",
+    ) as proxy:
+        s3 = fault_client(moto, proxy.url(), verify=str(tls.ca_pem) if use_tls else None)
+        upload_id = s3.create_multipart_upload(Bucket="tools", Key="reset")["UploadId"]
+        etag1 = s3.upload_part(Bucket="tools", Key="reset", UploadId=upload_id, PartNumber=1, Body=part1)["ETag"]
+        with pytest.raises(expected) as caught:
+            s3.upload_part(Bucket="tools", Key="reset", UploadId=upload_id, PartNumber=2, Body=io.BytesIO(part2))
+        assert any(word in str(caught.value).lower() for word in ("closed", "reset", "eof")), caught.value
+        assert 2 not in uploaded_parts(direct, "reset", upload_id), "the server never got the whole part"
+        # once: the new attempt (a new connection) goes through unchanged
+        etag2 = s3.upload_part(Bucket="tools", Key="reset", UploadId=upload_id, PartNumber=2, Body=part2)["ETag"]
+        assert etag2.strip('"') == md5(part2)
+        s3.complete_multipart_upload(
+            Bucket="tools",
+            Key="reset",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag1}, {"PartNumber": 2, "ETag": etag2}]},
+        )
+        assert direct.get_object(Bucket="tools", Key="reset")["Body"].read() == part1 + part2
+        wait_until(lambda: len(proxy.requests()) >= 5, 10, "the log lines")
+        resets = [r for r in proxy.requests() if r["fault"] == "reset"]
+    assert len(resets) == 1 and resets[0]["complete"] is False
+    assert resets[0]["content_length"] == len(part2) and "partNumber=2" in resets[0]["query"].split("&")
+    assert sorted(part_faults(proxy), key=str) == sorted(
+        [(None, None), (1, None), (2, "reset"), (2, None), (None, None)], key=str
+    )
+    assert proxy.returncode == 0
+
+
+def test_slowdown_answers_503_to_the_first_uploads_without_forwarding_them(moto: S3Server, tmp_path: Path) -> None:
+    import http.client
+    import io
+
+    from botocore.exceptions import ClientError
+
+    body = os.urandom(2 * MiB)
+    direct = fault_client(moto, moto.endpoint_url)
+    with start_proxy("127.0.0.1", moto_port(moto), slowdown=3, log_path=tmp_path / "slow.jsonl") as proxy:
+        s3 = fault_client(moto, proxy.url())
+        upload_id = s3.create_multipart_upload(Bucket="tools", Key="slow")["UploadId"]  # not an UploadPart
+        # a client that sends the body right after the head (no Expect): the proxy takes it all, then answers
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        try:
+            conn.request("PUT", f"/tools/slow?partNumber=1&uploadId={upload_id}", body=body)
+            raw = conn.getresponse()
+            assert (raw.status, raw.reason) == (503, "Slow Down")
+            assert raw.getheader("Content-Type") == "application/xml"
+            assert raw.getheader("Connection") == "close"
+            xml = raw.read()
+            assert xml == b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            assert int(raw.getheader("Content-Length", "-1")) == len(xml)
+            assert conn.sock is None or conn.sock.recv(1) == b"", "the proxy closed the connection"
+        finally:
+            conn.close()
+        # boto3 sends every UploadPart body (bytes too) after "Expect: 100-continue": the proxy answers right
+        # after the head, botocore takes that as the final answer and never sends the body
+        for payload in (body, io.BytesIO(body)):
+            with pytest.raises(ClientError) as caught:
+                s3.upload_part(Bucket="tools", Key="slow", UploadId=upload_id, PartNumber=1, Body=payload)
+            error = caught.value.response
+            assert error["Error"]["Code"] == "SlowDown"
+            assert error["Error"]["Message"] == "Please reduce your request rate."
+            assert error["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert uploaded_parts(direct, "slow", upload_id) == {}, "the server never saw them"
+        # the fourth UploadPart is forwarded unchanged
+        etag = s3.upload_part(Bucket="tools", Key="slow", UploadId=upload_id, PartNumber=1, Body=io.BytesIO(body))
+        assert etag["ETag"].strip('"') == md5(body)
+        assert uploaded_parts(direct, "slow", upload_id) == {1: md5(body)}
+        log = proxy.requests()
+    assert part_faults(proxy) == [(None, None), (1, "slowdown"), (1, "slowdown"), (1, "slowdown"), (1, None)]
+    assert [r["complete"] for r in log] == [True, True, False, False, True], "only the raw client sent a body"
+    assert proxy.returncode == 0
+
+
+def test_stall_part_stops_one_upload_until_the_client_times_out(moto: S3Server, tmp_path: Path) -> None:
+    from botocore.exceptions import ReadTimeoutError
+
+    body = os.urandom(2 * MiB)  # 1 MiB passes, the rest fits in the socket buffers: the client waits to read
+    direct = fault_client(moto, moto.endpoint_url)
+    with start_proxy("127.0.0.1", moto_port(moto), stall_part=1, log_path=tmp_path / "stall.jsonl") as proxy:
+        s3 = fault_client(moto, proxy.url(), read_timeout=2)
+        upload_id = s3.create_multipart_upload(Bucket="tools", Key="stall")["UploadId"]
+        t0 = time.monotonic()
+        with pytest.raises(ReadTimeoutError):
+            s3.upload_part(Bucket="tools", Key="stall", UploadId=upload_id, PartNumber=1, Body=body)
+        assert time.monotonic() - t0 >= 2
+        assert uploaded_parts(direct, "stall", upload_id) == {}
+        # once: the next attempt of the same part passes
+        etag = s3.upload_part(Bucket="tools", Key="stall", UploadId=upload_id, PartNumber=1, Body=body)["ETag"]
+        assert etag.strip('"') == md5(body) and uploaded_parts(direct, "stall", upload_id) == {1: md5(body)}
+    # the stalled request is logged when its connection ends (here: when the proxy stops)
+    assert sorted(part_faults(proxy), key=str) == sorted([(None, None), (1, "stall"), (1, None)], key=str)
+    assert [r["complete"] for r in proxy.requests() if r["fault"] == "stall"] == [False]
+    assert proxy.returncode == 0
+
+
+def test_stall_ends_after_stall_seconds(moto: S3Server, tmp_path: Path) -> None:
+    body = os.urandom(3 * MiB)
+    with start_proxy("127.0.0.1", moto_port(moto), stall_part=1, stall_seconds=1.5) as proxy:
+        s3 = fault_client(moto, proxy.url())
+        upload_id = s3.create_multipart_upload(Bucket="tools", Key="stall-ends")["UploadId"]
+        t0 = time.monotonic()
+        etag = s3.upload_part(Bucket="tools", Key="stall-ends", UploadId=upload_id, PartNumber=1, Body=body)
+        assert time.monotonic() - t0 >= 1.5
+        assert etag["ETag"].strip('"') == md5(body), "the body went on unchanged after the stall"
+
+
+def test_truncate_response_cuts_the_first_upload_part_answers(moto: S3Server, tmp_path: Path) -> None:
+    from botocore.exceptions import ConnectionClosedError
+
+    body = os.urandom(MiB)
+    direct = fault_client(moto, moto.endpoint_url)
+    with start_proxy(
+        "127.0.0.1", moto_port(moto), truncate_response=2, log_path=tmp_path / "cut.jsonl"
+    ) as proxy:
+        s3 = fault_client(moto, proxy.url())
+        upload_id = s3.create_multipart_upload(Bucket="tools", Key="cut")["UploadId"]  # answered in full
+        for number in (1, 2):
+            with pytest.raises(ConnectionClosedError):
+                s3.upload_part(Bucket="tools", Key="cut", UploadId=upload_id, PartNumber=number, Body=body)
+            # the server did store the part: only its answer was lost
+            assert uploaded_parts(direct, "cut", upload_id).get(number) == md5(body)
+        etag = s3.upload_part(Bucket="tools", Key="cut", UploadId=upload_id, PartNumber=3, Body=body)["ETag"]
+        assert etag.strip('"') == md5(body)
+        assert s3.list_parts(Bucket="tools", Key="cut", UploadId=upload_id)["Parts"][0]["PartNumber"] == 1
+        log = part_faults(proxy)
+    assert log == [(None, None), (1, "truncate"), (2, "truncate"), (3, None), (None, None)]
+    assert proxy.returncode == 0
+
+
+def test_delay_complete_response_holds_the_answer_after_the_object_exists(
+    moto: S3Server, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    delay = 2.0
+    direct = fault_client(moto, moto.endpoint_url)
+    with start_proxy(
+        "127.0.0.1", moto_port(moto), delay_complete_response=delay, log_path=tmp_path / "delay.jsonl"
+    ) as proxy:
+        s3 = fault_client(moto, proxy.url())
+        with ThreadPoolExecutor(1) as pool:
+            for key in ("delayed-1", "delayed-2"):  # every CompleteMultipartUpload is held
+                body = os.urandom(MiB)
+                upload_id = s3.create_multipart_upload(Bucket="tools", Key=key)["UploadId"]
+                etag = s3.upload_part(Bucket="tools", Key=key, UploadId=upload_id, PartNumber=1, Body=body)["ETag"]
+
+                def complete(key: str = key, upload_id: str = upload_id, etag: str = etag) -> tuple[float, Any]:
+                    t0 = time.monotonic()
+                    answer = s3.complete_multipart_upload(
+                        Bucket="tools",
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+                    )
+                    return time.monotonic() - t0, answer
+
+                future = pool.submit(complete)
+                wait_until(lambda key=key: direct.head_object(Bucket="tools", Key=key) is not None, 30, key)
+                assert not future.done(), "the object exists on the server, the client has no answer yet"
+                elapsed, answer = future.result(timeout=60)
+                assert elapsed >= delay
+                assert answer["Key"] == key
+                assert direct.get_object(Bucket="tools", Key=key)["Body"].read() == body
+        faults = [(r["method"], r["query"].split("&")[0].split("=")[0], r["fault"]) for r in proxy.requests()]
+    assert [f for f in faults if f[2] is not None] == [("POST", "uploadId", "delay")] * 2
+    assert len(faults) == 6
+    assert proxy.returncode == 0
+
+
+def test_faults_combine_with_each_other_and_the_log(moto: S3Server, tmp_path: Path) -> None:
+    from botocore.exceptions import ClientError, ConnectionClosedError
+
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(2 * MiB)]
+    with start_proxy(
+        "127.0.0.1",
+        moto_port(moto),
+        slowdown=1,
+        truncate_response=1,
+        reset_part=2,
+        reset_after=256 * 1024,
+        stall_part=3,
+        stall_seconds=1.0,
+        delay_complete_response=1.0,
+        flip_part=None,
+        log_path=tmp_path / "all.jsonl",
+    ) as proxy:
+        s3 = fault_client(moto, proxy.url())
+        upload_id = s3.create_multipart_upload(Bucket="tools", Key="all")["UploadId"]
+
+        def put(number: int) -> str:
+            answer = s3.upload_part(
+                Bucket="tools", Key="all", UploadId=upload_id, PartNumber=number, Body=parts[number - 1]
+            )
+            return str(answer["ETag"])
+
+        with pytest.raises(ClientError, match="SlowDown"):  # the first UploadPart
+            put(1)
+        with pytest.raises(ConnectionClosedError):  # the second one: its answer is cut
+            put(1)
+        etags = {1: put(1)}
+        with pytest.raises(ConnectionClosedError):  # the first part 2: reset
+            put(2)
+        etags[2] = put(2)
+        t0 = time.monotonic()
+        etags[3] = put(3)  # stalled for a second, then on
+        assert time.monotonic() - t0 >= 1.0
+        t0 = time.monotonic()
+        s3.complete_multipart_upload(
+            Bucket="tools",
+            Key="all",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags.items()]},
+        )
+        assert time.monotonic() - t0 >= 1.0
+        assert s3.get_object(Bucket="tools", Key="all")["Body"].read() == b"".join(parts)
+        log = proxy.requests()
+    assert sorted(part_faults(proxy), key=str) == sorted(
+        [
+            (None, None),
+            (1, "slowdown"),
+            (1, "truncate"),
+            (1, None),
+            (2, "reset"),
+            (2, None),
+            (3, "stall"),
+            (None, "delay"),
+            (None, None),
+        ],
+        key=str,
+    )
+    assert all(set(r) == {*log[0]} for r in log), "every line has the same keys"
+    assert {"method", "path", "query", "content_length", "flipped", "chunked", "complete", "fault"} == set(log[0])
+
+
+# -- the parsers behind the faults, fed in chunks of every size
+
+
+def _run(parser: Any, stream: bytes, size: int) -> tuple[bytes, list[tuple[str, int]]]:
+    """(bytes forwarded, [(fault kind, forwarded bytes before it)])."""
+    from tests.support.proxy import Fault
+
+    out = bytearray()
+    faults: list[tuple[str, int]] = []
+    for i in range(0, len(stream), size):
+        for item in parser.process(stream[i : i + size]):
+            if isinstance(item, Fault):
+                faults.append((item.kind, len(out)))
+            else:
+                out += item
+    return bytes(out), faults
+
+
+SIZES = (1, 2, 3, 7, 64, 1000, 10**6)
+
+
+def test_request_faults_split_anywhere() -> None:
+    from tests.support.proxy import Faults
+
+    get = b"GET /b/k HTTP/1.1\r\nHost: x\r\n\r\n"
+    part1 = b"PUT /b/k?partNumber=1&uploadId=u HTTP/1.1\r\nContent-Length: 50\r\n\r\n" + b"1" * 50
+    part2_head = b"PUT /b/k?uploadId=u&partNumber=2 HTTP/1.1\r\nContent-Length: 50\r\n\r\n"
+    part2 = part2_head + b"2" * 50
+    expect = b"PUT /b/k?partNumber=1&uploadId=u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 50\r\n\r\n"
+    for size in SIZES:
+        # slowdown: the request is swallowed whole, then the answer; nothing after it is forwarded
+        log = ListLog()
+        p = RequestStream(FlipState(None), log, Faults(slowdown=1))  # type: ignore[arg-type]
+        assert _run(p, get + part1 + get, size) == (get, [("slowdown", len(get))]), size
+        assert [(e["fault"], e["complete"]) for e in log.entries] == [(None, True), ("slowdown", True)]
+        # with Expect: 100-continue the answer comes right after the head
+        p = RequestStream(FlipState(None), None, Faults(slowdown=1))
+        assert _run(p, expect, size) == (b"", [("slowdown", 0)]), size
+        # reset: the first part 2 stops after reset_after body bytes, for good
+        log = ListLog()
+        p = RequestStream(FlipState(None), log, Faults(reset_part=2, reset_after=10))  # type: ignore[arg-type]
+        cut = len(part1) + len(part2_head) + 10
+        assert _run(p, part1 + part2 + part2, size) == ((part1 + part2)[:cut], [("reset", cut)]), size
+        p.close()
+        assert [(e["fault"], e["complete"]) for e in log.entries] == [(None, True), ("reset", False)]
+        # stall: after min(1 MiB, length - 1) body bytes, then everything else (once)
+        p = RequestStream(FlipState(None), None, Faults(stall_part=2, stall_seconds=7))
+        at = len(part1) + len(part2) - 1
+        assert _run(p, part1 + part2 + part2, size) == (part1 + part2 + part2, [("stall", at)]), size
+    # the Fault carries the stall duration, and a request that ends before its point gives the fault back
+    p = RequestStream(FlipState(None), None, Faults(stall_part=1, stall_seconds=7))
+    assert [x.seconds for x in p.process(part1) if not isinstance(x, bytes)] == [7]
+    p = RequestStream(FlipState(None), None, Faults(reset_part=1, reset_after=0))
+    p.process(part1[:-50])
+    p.close()
+    p = RequestStream(FlipState(None), None, p.faults)
+    assert _run(p, part1, 1000)[1] == [("reset", len(part1) - 50)]
+
+
+def test_response_faults_split_anywhere() -> None:
+    from collections import deque
+
+    from tests.support.proxy import Exchange, Faults, ResponseStream
+
+    cont = b"HTTP/1.1 100 Continue\r\n\r\n"
+    ok_body = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"  # to a HEAD: no body
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    cut_body = b"HTTP/1.1 200 OK\r\nETag: x\r\nContent-Length: 10\r\n\r\n0123456789"
+    cut_empty = b"HTTP/1.1 200 OK\r\nETag: y\r\nContent-Length: 0\r\n\r\n"
+    stream = cont + ok_body + head_answer + chunked + cont + cut_body + cut_empty
+    prefix = stream[: stream.index(b"0123456789") + 5]
+    for size in SIZES:
+        faults = Faults(truncate_response=2, delay_complete_response=3)
+        log = ListLog()
+        kinds = [("PUT", False, None), ("HEAD", False, None), ("POST", False, 3.0), ("PUT", True, None)]
+        pending = deque()
+        for method, truncate, delay in kinds:
+            ex = Exchange(method, {"fault": "truncate" if truncate else None}, log, faults)  # type: ignore[arg-type]
+            ex.truncate, ex.delay = truncate, delay
+            ex.request_done(True)
+            pending.append(ex)
+        r = ResponseStream(pending)
+        delay_at = len(cont + ok_body + head_answer)
+        assert _run(r, stream, size) == (prefix, [("delay", delay_at), ("truncate", len(prefix))]), size
+        assert not pending and [e["fault"] for e in log.entries] == [None, None, None, "truncate"]
+        # no body: the head goes without its final CRLF
+        ex = Exchange("PUT", {}, None, faults)
+        ex.truncate = True
+        r = ResponseStream(deque([ex]))
+        assert _run(r, cut_empty, size) == (cut_empty[:-2], [("truncate", len(cut_empty) - 2)]), size
+
+
+def test_fault_flags_on_the_command_line() -> None:
+    from tests.support.proxy import _parse_args
+
+    cfg = _parse_args(
+        ["127.0.0.1", "9000", "--reset-part", "3", "--reset-after", "12", "--slowdown", "2", "--stall-part", "4",
+         "--stall-seconds", "1.5", "--truncate-response", "5", "--delay-complete-response", "0.25"]
+    )
+    assert (cfg.reset_part, cfg.reset_after, cfg.slowdown, cfg.stall_part, cfg.stall_seconds) == (3, 12, 2, 4, 1.5)
+    assert (cfg.truncate_response, cfg.delay_complete_response) == (5, 0.25)
+    defaults = _parse_args(["127.0.0.1", "9000"])
+    assert (defaults.reset_part, defaults.reset_after, defaults.slowdown, defaults.stall_part) == (None, MiB, 0, None)
+    assert (defaults.stall_seconds, defaults.truncate_response, defaults.delay_complete_response) == (3600, 0, None)
+    assert not defaults.faults().any
+    for bad in (["--reset-part", "0"], ["--slowdown", "-1"], ["--delay-complete-response", "-1"]):
+        with pytest.raises(SystemExit):
+            _parse_args(["127.0.0.1", "9000", *bad])

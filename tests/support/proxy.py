@@ -6,16 +6,26 @@ Command line (run from the repository root)::
         [--tls-cert server.pem --tls-key server-key.pem]   # terminate TLS; plain TCP to the target
         [--throttle-bps N]                                 # client->server at most N bytes/s per connection
         [--flip-part N [--flip-offset K]]                  # flip one bit in one request body, once
+        [--reset-part N [--reset-after BYTES]]             # RST the first UploadPart of part N mid-body, once
+        [--slowdown COUNT]                                 # answer 503 SlowDown to the first COUNT UploadParts
+        [--stall-part N [--stall-seconds S]]               # stop the first UploadPart of part N mid-body, once
+        [--truncate-response COUNT]                        # cut the first COUNT answers to UploadParts
+        [--delay-complete-response S]                      # hold each CompleteMultipartUpload answer S s
         [--log requests.jsonl]                             # one JSON line per client->server request
 
 It listens on 127.0.0.1 (port 0 = one the kernel picks), prints ``LISTENING <port>`` on stdout once it accepts
 connections, and prints nothing else there (diagnostics go to stderr).  It exits 0 on SIGTERM or SIGINT,
-dropping open connections.  Each client connection gets its own connection to the target; the
-server->client direction is always a raw byte pipe (so ``100 Continue`` and keep-alive just work).
+dropping open connections.  Each client connection gets its own connection to the target.
 
-``--flip-part N`` parses the client->server stream as HTTP/1.1 requests (head up to CRLFCRLF, body framed by
-Content-Length; chunked bodies are followed but never altered) and flips the lowest bit of the body byte at
-offset K (default 1000, clamped to the body's last byte) of the first request that is
+When any of --flip-part, --log or a fault is given, the client->server stream is parsed as HTTP/1.1 requests
+(head up to CRLFCRLF, forwarded once complete; body framed by Content-Length or chunked coding, chunked
+bodies never altered); a stream that cannot be parsed is passed through untouched from then on.  The
+server->client direction is a raw byte pipe (so ``100 Continue`` and keep-alive just work), except with
+--truncate-response or --delay-complete-response: then its responses are parsed too and matched, in order,
+with the requests sent on that connection (``1xx`` answers are interim: passed on, not counted).
+
+``--flip-part N`` flips the lowest bit of the body byte at offset K (default 1000, clamped to the body's last
+byte) of the first request that is
 
 * for N >= 1, an UploadPart: ``PUT`` with query ``partNumber=N`` and ``uploadId``, body not empty, no
   ``x-amz-copy-source``;
@@ -23,13 +33,51 @@ offset K (default 1000, clamped to the body's last byte) of the first request th
   empty, no ``x-amz-copy-source``.
 
 This happens once per proxy process; a matching request whose connection dies before byte K passes does
-not count, and the next matching request is corrupted instead.  ``--log`` lines look like
-``{"method": "PUT", "path": "/b/k", "query": "partNumber=2&uploadId=x", "content_length": 5242880,
-"flipped": true, "chunked": false, "complete": true}``, written when the request's body has passed (or the
-connection ended mid-request: ``"complete": false``), flushed each time.
+not count, and the next matching request is corrupted instead.
+
+Faults.  An UploadPart here is any ``PUT`` whose query has ``partNumber`` and ``uploadId``; a
+CompleteMultipartUpload is a ``POST`` whose query has ``uploadId`` and no ``uploads``.  Counts are taken over
+all connections, in the order the request heads arrive.  All modes combine (with each other, --flip-part,
+--throttle-bps, TLS and --log); one request gets at most one fault, tried in this order: slowdown, reset,
+stall, truncate (a request taken by one is not counted by the next ones), delay.
+
+* ``--slowdown COUNT``: the first COUNT UploadParts are not forwarded.  The proxy answers
+  ``HTTP/1.1 503 Slow Down`` (``Content-Type: application/xml``, ``Connection: close``, body
+  ``<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>``) and closes
+  the connection, as S3 does: right after the head when it has ``Expect: 100-continue`` (botocore then
+  never sends the body), else after reading and dropping the whole body.  Then it half-closes and reads
+  (and drops) what the client still sends for up to 5 s, so that the client reads the answer before the
+  connection goes.
+* ``--reset-part N`` (``--reset-after BYTES``, default 1 MiB): the first UploadPart of part N with a
+  non-empty body: after BYTES bytes of its body (at most its length - 1) have been forwarded, both
+  connections are closed with a RST (SO_LINGER 1, 0).  Once.
+* ``--stall-part N`` (``--stall-seconds S``, default 3600): the first UploadPart of part N with a non-empty
+  body: after 1 MiB of its body (at most its length - 1) has been forwarded, nothing is forwarded and the
+  client socket is not read (its sends block once the socket buffers are full) for S seconds or until the
+  proxy stops; then forwarding goes on.  Once.
+* ``--truncate-response COUNT``: the answers to the first COUNT UploadParts (taken when their heads pass)
+  are cut with a RST on both connections: after the middle of the body when it has a Content-Length > 0,
+  right after the head for a chunked or read-until-close body, and one CRLF before the end of the head when
+  there is no body (moto's and S3's UploadPart answers) -- never at a point where the answer looks whole.
+* ``--delay-complete-response S``: every CompleteMultipartUpload is forwarded at once, but the server's
+  answer is held S seconds before it is passed on (the object exists before the client knows it).
+
+A reset or stall taken by a request that ends (or whose connection dies) before its point, and a truncation
+taken by a request whose connection ends before the answer comes, go to the next matching request.
+
+``--log`` lines look like ``{"method": "PUT", "path": "/b/k", "query": "partNumber=2&uploadId=x",
+"content_length": 5242880, "flipped": true, "chunked": false, "fault": null, "complete": true}``, written
+when the request's body has passed (or the connection ended mid-request: ``"complete": false``), flushed
+each time.  ``fault`` is ``"reset"``, ``"slowdown"``, ``"stall"``, ``"truncate"``, ``"delay"`` or null.  The
+line of a request whose answer is to be truncated waits for the cut (or for the connection's end, which
+makes it null), so lines are not always in arrival order.  A request answered with SlowDown after its
+``Expect: 100-continue`` head has ``"complete": false`` (its body never came); a reset or stalled request
+is logged when its connection ends.
 
 From Python, ``start_proxy(...)`` runs it as a child that dies with the calling thread (PR_SET_PDEATHSIG)
-and returns a ``ProxyHandle``::
+and returns a ``ProxyHandle``; the faults are keyword arguments named like the flags (``reset_part``,
+``reset_after``, ``slowdown``, ``stall_part``, ``stall_seconds``, ``truncate_response``,
+``delay_complete_response``)::
 
     proxy = start_proxy("127.0.0.1", moto_port, tls=make_tls(tmp), flip_part=2, log_path=tmp / "log.jsonl")
     try:
@@ -38,6 +86,14 @@ and returns a ``ProxyHandle``::
         assert [r for r in proxy.requests() if r["flipped"]]
     finally:
         proxy.stop()                 # SIGTERM, wait; SIGKILL after the timeout; returns the exit status
+
+Seen from botocore (1.44, urllib3 2): ``retries={"max_attempts": 1}`` means one *retry*; use
+``{"total_max_attempts": 1}`` to see a fault.  A reset mostly arrives while the body is being sent: urllib3
+swallows that ECONNRESET, then reads EOF -- ``ConnectionClosedError`` (RemoteDisconnected) in HTTP, an
+``SSLError`` ("EOF occurred in violation of protocol") over TLS.  A stall gives ``ReadTimeoutError`` when
+the rest of the body fits in the socket buffers; when the client's send blocks instead, the socket timeout in
+force is the *connect* timeout and the error is ``ConnectionClosedError`` (TimeoutError).  A truncation gives
+``ConnectionClosedError`` (ConnectionResetError).
 """
 
 from __future__ import annotations
