@@ -79,14 +79,23 @@ def _interrupted_first_run(s3: S3Server, slow: ProxyHandle, src: Path, bucket: s
 
 def _resume(s3: S3Server, slow: ProxyHandle, src: Path, bucket: str, state: Path, *extra: str) \
         -> tuple[Any, list[int]]:
-    """The second run, through the same endpoint as the first (the journal belongs to that endpoint);
-    returns its result and the part numbers it sent."""
-    before = len(slow.requests())
-    proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--resume", "--progress",
-                   "json", "--workers", "4", *extra, env=cli_env(slow.s3server(s3), MPUPLOAD_STATE_DIR=str(state)))
-    evs = events(proc.stdout)
-    upload_id = evs[0].get("store_upload_id") if evs else None
-    return proc, _parts_sent(slow, upload_id, skip=before)
+    """The second run. It goes to the same endpoint URL as the first (the journal belongs to that endpoint),
+    served by a fresh, unthrottled proxy on the first one's port: requests of the first run that were still
+    draining through the old proxy cannot be counted as the second run's. Returns the run and the part
+    numbers it sent."""
+    port = slow.port
+    slow.stop()
+    target = urlsplit(s3.endpoint_url)
+    log = Path(str(slow.log_path) + ".second")
+    second = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), log_path=log, listen_port=port)
+    try:
+        proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--resume", "--progress",
+                       "json", *extra, env=cli_env(second.s3server(s3), MPUPLOAD_STATE_DIR=str(state)))
+        evs = events(proc.stdout)
+        upload_id = evs[0].get("store_upload_id") if evs else None
+        return proc, _parts_sent(second, upload_id)
+    finally:
+        second.stop()
 
 
 def _assert_whole(s3: S3Server, bucket: str, src: Path) -> None:
@@ -176,9 +185,14 @@ def test_changed_source_is_refused(s3: S3Server, slow: ProxyHandle, bucket: str,
     client = s3.client()
     with pytest.raises(Exception):
         client.head_object(Bucket=bucket, Key="k")  # nothing spliced
-    # starting over, as the message says, gives the new file
-    proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB",
-                   env=cli_env(slow.s3server(s3), MPUPLOAD_STATE_DIR=str(state_dir)))
+    # starting over, as the message says, gives the new file and aborts the old upload
+    target = urlsplit(s3.endpoint_url)
+    again = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), listen_port=slow.port)
+    try:
+        proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB",
+                       env=cli_env(again.s3server(s3), MPUPLOAD_STATE_DIR=str(state_dir)))
+    finally:
+        again.stop()
     assert proc.returncode == 0, proc.stderr
     _assert_whole(s3, bucket, src)
 

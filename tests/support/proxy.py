@@ -1236,6 +1236,7 @@ def start_proxy(
     stall_seconds: float = STALL_SECONDS,
     truncate_response: int = 0,
     delay_complete_response: float | None = None,
+    listen_port: int = 0,
     timeout: float = 30.0,
 ) -> ProxyHandle:
     """Start ``python -m tests.support.proxy`` as a child process; return once it listens.
@@ -1247,6 +1248,8 @@ def start_proxy(
     from tests.support.s3server import die_with_parent
 
     cmd = [sys.executable, "-m", "tests.support.proxy", target_host, str(target_port)]
+    if listen_port:  # e.g. a proxy restarted on the port of one that was stopped: the same endpoint URL
+        cmd += ["--listen-port", str(listen_port)]
     if tls is not None:
         cmd += [
             "--tls-cert",
