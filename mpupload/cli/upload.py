@@ -73,7 +73,8 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted upload of this file to this key: only missing parts are sent")
     t.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
-                   help="give up on a request when no byte moves for this long (default 120)")
+                   help="retry a request when no byte moves for this long (default: 10 s sending, 120 s for "
+                        "the answer)")
     o = p.add_argument_group("object")
     o.add_argument("--content-type", help="default: guessed from the file name")
     o.add_argument("--metadata", action="append", default=[], metavar="K=V", help="user metadata (repeatable)")
@@ -132,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stall_timeout is not None:
         if args.stall_timeout <= 0:
             raise E.UsageError("--stall-timeout must be a positive number of seconds")
-        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout)
+        # urllib3 bounds a body send by the connect timeout and the wait for the answer by the read timeout
+        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout,
+                                    connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
     sinks = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
     token = CancelToken()
     try:

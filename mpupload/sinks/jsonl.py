@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..events import Event, Snapshot
+from ..events import Event, Snapshot, Status
 
 __all__ = ["JsonLinesSink"]
 
@@ -28,13 +28,16 @@ class JsonLinesSink:
         self._min_interval_s = min_interval_s
         self._clock = clock
         self._last_line_at: float | None = None
+        self._last_status: Status | None = None
 
     def emit(self, snapshot: Snapshot) -> None:
         now = self._clock()
         if (snapshot.event is Event.PROGRESS and self._last_line_at is not None
-                and now - self._last_line_at < self._min_interval_s):
+                and now - self._last_line_at < self._min_interval_s
+                and snapshot.status is self._last_status):  # a status change (finalizing) always goes out
             return
         self._last_line_at = now
+        self._last_status = snapshot.status
         self._stream.write(json.dumps(snapshot.to_dict(), separators=(",", ":")) + "\n")
         self._stream.flush()
 

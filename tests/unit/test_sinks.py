@@ -416,3 +416,17 @@ def test_final_line_says_what_was_resumed() -> None:
     line = final_line(snap(Event.COMPLETED, TOTAL, eta=0.0, elapsed=12.4, parts_done=19, verified="md5",
                            resumed_bytes=18 * 64 * MiB, resumed_parts=18))
     assert line.endswith("; resumed 1.1 GiB of 1.2 GiB, 18/19 parts"), line
+
+
+def test_jsonl_writes_every_status_change_even_within_the_interval() -> None:
+    stream = io.StringIO()
+    t = [0.0]
+    sink = JsonLinesSink(stream, min_interval_s=1.0, clock=lambda: t[0])
+    sink.emit(started())
+    t[0] = 0.5
+    sink.emit(snap(Event.PROGRESS, 100))  # throttled
+    t[0] = 0.6
+    finalizing = Snapshot(**{**snap(Event.PROGRESS, 200).__dict__, "status": Status.FINALIZING})
+    sink.emit(finalizing)  # a new status: written
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["status"] for line in lines] == ["uploading", "finalizing"]
