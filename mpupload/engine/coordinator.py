@@ -21,6 +21,7 @@ import contextlib
 import logging
 import mimetypes
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -526,6 +527,9 @@ class Coordinator:
                 self.cancel.left_behind = None
             kept = not (err.abort_upload or isinstance(err, E.Cancelled))
             self._journal_end(keep=kept)
+            if kept and self.options.resume_command:
+                advice = re.sub(r"(, then|:) run the same command again$", "", err.message)
+                err.message = f"{advice}; the upload was kept: continue it with {self.options.resume_command}"
             if isinstance(err, E.Cancelled):
                 self.agg.finish(Event.STOPPED, Status.STOPPED, {"aborted": True, "reason": "interrupted"},
                                 sent_bytes=counter.total(), parts_done=len(done))

@@ -98,7 +98,8 @@ def final_line(snapshot: Snapshot) -> str:
         return line + "; multipart upload kept"
     if snapshot.event is Event.FAILED:
         # the error itself is the CLI's one line on stderr, right after this one
-        return f"failed: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"
+        line = f"failed: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"
+        return line + ("; multipart upload kept" if extra.get("store_upload_id") else "")
     return progress_line(snapshot)
 
 

@@ -113,7 +113,8 @@ def test_store_gone_mid_upload_keeps_the_upload_and_exits_1(s3: S3Server, bucket
         cli.kill_group()
         proxy.stop()
     last = cli.stderr.strip().splitlines()[-1]
-    assert last.startswith("mpupload: error:") and "again" in last, last
+    assert last.startswith("mpupload: error:") and "continue it with mpupload upload" in last, last
+    assert last.endswith("--resume")
     final = events(cli.stdout)[-1]
     assert final["event"] == "failed" and final["store_upload_id"]
     uploads = multipart_uploads(s3.client(), bucket)
