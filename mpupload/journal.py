@@ -175,7 +175,7 @@ class Journal:
             )
         except CorruptJournal:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CorruptJournal(f"malformed journal ({type(exc).__name__}: {exc})") from None
         if journal.part_size <= 0 or not 1 <= journal.parts_total <= 10_000:
             raise CorruptJournal("malformed journal (part size or part count out of range)")
@@ -244,6 +244,10 @@ def set_aside(path: Path) -> Path:
     """Rename an untrusted journal out of the way (kept for inspection); returns the new name."""
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():  # set aside twice within a second: keep both
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, target)
     return target
