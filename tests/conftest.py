@@ -40,12 +40,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def moto_https(moto_server: S3Server, tls_files: Any) -> Iterator[S3Server]:
     """moto behind a TLS-terminating proxy: the client speaks HTTPS verified against our own CA."""
-    from urllib.parse import urlsplit
+    from tests.support.proxy import proxy_for
 
-    from tests.support.proxy import start_proxy
-
-    target = urlsplit(moto_server.endpoint_url)
-    proxy = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), tls=tls_files)
+    proxy = proxy_for(moto_server, tls=tls_files)
     yield S3Server(name="moto+https", endpoint_url=f"https://127.0.0.1:{proxy.port}",
                    access_key=moto_server.access_key, secret_key=moto_server.secret_key,
                    ca_bundle=str(tls_files.ca_pem))

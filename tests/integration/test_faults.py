@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,24 +18,18 @@ from tests.support.cli import (
     sha256_object,
     start_cli,
 )
-from tests.support.proxy import start_proxy
+from tests.support.proxy import proxy_for
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 
 
-def _proxy(s3: S3Server, tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def]
-    target = urlsplit(s3.endpoint_url)
-    return start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), log_path=tmp_path / "proxy.jsonl",
-                       **kw)  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("s3", SERVERS, indirect=True)
 @pytest.mark.parametrize("checksum", ["auto", "crc32c", "md5"])
 def test_flipped_byte_in_a_part_is_caught(s3: S3Server, bucket: str, tmp_path: Path, checksum: str) -> None:
     src = make_file(tmp_path / "f.bin", 17 * MiB, seed=11)
-    proxy = _proxy(s3, tmp_path, flip_part=2)
+    proxy = proxy_for(s3, log_path=tmp_path / "proxy.jsonl", flip_part=2)
     try:
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--checksum", checksum,
                        "--progress", "json", env=cli_env(proxy.s3server(s3)))
@@ -62,7 +55,7 @@ def test_flipped_byte_in_a_part_is_caught(s3: S3Server, bucket: str, tmp_path: P
 @pytest.mark.parametrize("s3", SERVERS, indirect=True)
 def test_flipped_byte_in_a_single_put_is_caught(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     src = make_file(tmp_path / "f.bin", 3 * MiB, seed=12)
-    proxy = _proxy(s3, tmp_path, flip_part=0)
+    proxy = proxy_for(s3, log_path=tmp_path / "proxy.jsonl", flip_part=0)
     try:
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--progress", "json",
                        env=cli_env(proxy.s3server(s3)))
@@ -77,7 +70,7 @@ def test_flipped_byte_in_a_single_put_is_caught(s3: S3Server, bucket: str, tmp_p
 @pytest.mark.parametrize("s3", SERVERS, indirect=True)
 def test_source_changed_during_upload_aborts_with_exit_2(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     src = make_file(tmp_path / "f.bin", 30 * MiB)
-    proxy = _proxy(s3, tmp_path, throttle_bps=4 * MiB)
+    proxy = proxy_for(s3, log_path=tmp_path / "proxy.jsonl", throttle_bps=4 * MiB)
     try:
         cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--workers", "2",
                         "--progress", "json", env=cli_env(proxy.s3server(s3)))
@@ -101,7 +94,7 @@ def test_source_changed_during_upload_aborts_with_exit_2(s3: S3Server, bucket: s
 def test_store_gone_mid_upload_keeps_the_upload_and_exits_1(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     """Retrying later can succeed: the multipart upload is kept, the command exits 1 and says so."""
     src = make_file(tmp_path / "f.bin", 30 * MiB)
-    proxy = _proxy(s3, tmp_path, throttle_bps=4 * MiB)
+    proxy = proxy_for(s3, log_path=tmp_path / "proxy.jsonl", throttle_bps=4 * MiB)
     env = cli_env(proxy.s3server(s3), AWS_MAX_ATTEMPTS="1")
     cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--workers", "2",
                     "--progress", "json", env=env)

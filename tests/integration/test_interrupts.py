@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -26,7 +25,7 @@ from tests.support.cli import (
     signal_group,
     start_cli,
 )
-from tests.support.proxy import ProxyHandle, start_proxy
+from tests.support.proxy import ProxyHandle, proxy_for
 from tests.support.s3server import S3Server, wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,10 +35,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def slow(s3: S3Server, tmp_path: Path) -> Iterator[tuple[S3Server, ProxyHandle]]:
     """The server behind a proxy that lets each connection send about 3 MiB/s."""
-    target = urlsplit(s3.endpoint_url)
-    if target.scheme != "http":
-        pytest.fail("the throttling proxy needs a plain-HTTP server")
-    proxy = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), throttle_bps=3 * MiB,
+    proxy = proxy_for(s3, throttle_bps=3 * MiB,
                         log_path=tmp_path / "proxy.jsonl")
     yield proxy.s3server(s3), proxy
     proxy.stop()

@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,18 +23,12 @@ from tests.support.cli import (
     sha256_object,
     start_cli,
 )
-from tests.support.proxy import ProxyHandle, start_proxy
+from tests.support.proxy import proxy_for
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 SIZE = 6 * 5 * MiB + 4321  # 7 parts of 5 MiB
-
-
-def _proxy(s3: S3Server, tmp_path: Path, **kw: Any) -> ProxyHandle:
-    target = urlsplit(s3.endpoint_url)
-    return start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), log_path=tmp_path / "faults.jsonl",
-                       **kw)
 
 
 def _check_events(stdout: str) -> list[dict[str, Any]]:
@@ -59,7 +52,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_ends_in_a_correct_object(s3: S3Server, bucket: str, tmp_path: Path, fault: str) -> None:
     src = make_file(tmp_path / "f.bin", SIZE, seed=31)
-    proxy = _proxy(s3, tmp_path, **FAULTS[fault])
+    proxy = proxy_for(s3, log_path=tmp_path / "faults.jsonl", **FAULTS[fault])
     try:
         began = time.monotonic()
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress", "json",
@@ -87,7 +80,7 @@ def test_faults_beyond_the_retry_budget_fail_cleanly_and_resume(s3: S3Server, bu
     src = make_file(tmp_path / "f.bin", SIZE, seed=32)
     state = tmp_path / "state"
     state.mkdir()
-    proxy = _proxy(s3, tmp_path, slowdown=10_000)
+    proxy = proxy_for(s3, log_path=tmp_path / "faults.jsonl", slowdown=10_000)
     try:
         env = cli_env(proxy.s3server(s3), MPUPLOAD_STATE_DIR=str(state), AWS_MAX_ATTEMPTS="1")
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress", "json",
@@ -102,8 +95,7 @@ def test_faults_beyond_the_retry_budget_fail_cleanly_and_resume(s3: S3Server, bu
     assert [u["UploadId"] for u in multipart_uploads(s3.client(), bucket)] == [failed["store_upload_id"]]
     assert list(state.glob("*.json")), "the journal is kept"
     # the same endpoint, healthy now
-    target = urlsplit(s3.endpoint_url)
-    healthy = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), listen_port=port)
+    healthy = proxy_for(s3, listen_port=port)
     try:
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress", "json",
                        "--resume", env=cli_env(healthy.s3server(s3), MPUPLOAD_STATE_DIR=str(state)))
@@ -119,7 +111,7 @@ def test_sigkill_during_complete_then_resume_reports_done(s3: S3Server, bucket: 
     src = make_file(tmp_path / "f.bin", SIZE, seed=33)
     state = tmp_path / "state"
     state.mkdir()
-    proxy = _proxy(s3, tmp_path, delay_complete_response=600)
+    proxy = proxy_for(s3, log_path=tmp_path / "faults.jsonl", delay_complete_response=600)
     port = proxy.port
     try:
         cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress", "json",
@@ -137,8 +129,7 @@ def test_sigkill_during_complete_then_resume_reports_done(s3: S3Server, bucket: 
     finally:
         proxy.stop()
     assert list(state.glob("*.json"))
-    target = urlsplit(s3.endpoint_url)
-    again = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), listen_port=port,
+    again = proxy_for(s3, listen_port=port,
                         log_path=tmp_path / "again.jsonl")
     try:
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress", "json",

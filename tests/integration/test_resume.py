@@ -11,7 +11,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
 
@@ -27,7 +27,7 @@ from tests.support.cli import (
     sha256_object,
     start_cli,
 )
-from tests.support.proxy import ProxyHandle, start_proxy
+from tests.support.proxy import ProxyHandle, proxy_for
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,6 @@ def state_dir(tmp_path: Path) -> Path:
     d = tmp_path / "state"
     d.mkdir()
     return d
-
-
-def _proxy(s3: S3Server, tmp_path: Path, name: str, **kw: Any) -> ProxyHandle:
-    target = urlsplit(s3.endpoint_url)
-    return start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), log_path=tmp_path / f"{name}.jsonl",
-                       **kw)
 
 
 def _parts_sent(proxy: ProxyHandle, upload_id: str | None, skip: int = 0) -> list[int]:
@@ -63,7 +57,7 @@ def _parts_sent(proxy: ProxyHandle, upload_id: str | None, skip: int = 0) -> lis
 
 @pytest.fixture
 def slow(s3: S3Server, tmp_path: Path) -> Iterator[ProxyHandle]:
-    proxy = _proxy(s3, tmp_path, "slow", throttle_bps=4 * MiB)
+    proxy = proxy_for(s3, log_path=tmp_path / "slow.jsonl", throttle_bps=4 * MiB)
     yield proxy
     proxy.stop()
 
@@ -85,9 +79,7 @@ def _resume(s3: S3Server, slow: ProxyHandle, src: Path, bucket: str, state: Path
     numbers it sent."""
     port = slow.port
     slow.stop()
-    target = urlsplit(s3.endpoint_url)
-    log = Path(str(slow.log_path) + ".second")
-    second = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), log_path=log, listen_port=port)
+    second = proxy_for(s3, log_path=Path(str(slow.log_path) + ".second"), listen_port=port)
     try:
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--resume", "--progress",
                        "json", *extra, env=cli_env(second.s3server(s3), MPUPLOAD_STATE_DIR=str(state)))
@@ -186,8 +178,7 @@ def test_changed_source_is_refused(s3: S3Server, slow: ProxyHandle, bucket: str,
     with pytest.raises(Exception):
         client.head_object(Bucket=bucket, Key="k")  # nothing spliced
     # starting over, as the message says, gives the new file and aborts the old upload
-    target = urlsplit(s3.endpoint_url)
-    again = start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), listen_port=slow.port)
+    again = proxy_for(s3, listen_port=slow.port)
     try:
         proc = run_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB",
                        env=cli_env(again.s3server(s3), MPUPLOAD_STATE_DIR=str(state_dir)))

@@ -1220,6 +1220,16 @@ class ProxyHandle:
         self.stop()
 
 
+def proxy_for(server: S3Server, **kwargs: Any) -> ProxyHandle:
+    """``start_proxy`` in front of ``server``'s (plain-HTTP) endpoint; keyword arguments as for it."""
+    from urllib.parse import urlsplit
+
+    target = urlsplit(server.endpoint_url)
+    if target.scheme != "http":
+        raise ValueError(f"the proxy forwards to plain HTTP, not {server.endpoint_url}")
+    return start_proxy(target.hostname or "127.0.0.1", int(target.port or 80), **kwargs)
+
+
 def start_proxy(
     target_host: str,
     target_port: int,
