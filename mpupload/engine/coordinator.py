@@ -515,6 +515,9 @@ class Coordinator:
                     extra["resume_command"] = self.options.resume_command
             self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=counter.total(),
                             parts_done=len(done))
+            if not aborted and self.options.resume_command:
+                raise E.Cancelled(f"{self.cancel.reason or 'interrupted'}; the multipart upload was kept: "
+                                  f"continue it with {self.options.resume_command}", upload_id=self.upload_id) from None
             raise
         except BaseException as exc:
             self._flag.set()

@@ -92,9 +92,7 @@ def final_line(snapshot: Snapshot) -> str:
         line = f"stopped: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"
         if extra.get("aborted"):
             return line + "; multipart upload aborted"
-        resume = extra.get("resume_command")
-        if resume:
-            return line + f"; multipart upload kept, resume with: {resume}"
+        # the command that continues it is the CLI's own last line
         return line + "; multipart upload kept"
     if snapshot.event is Event.FAILED:
         # the error itself is the CLI's one line on stderr, right after this one

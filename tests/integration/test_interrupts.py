@@ -69,10 +69,13 @@ def test_signal_aborts_and_exits_130(slow: tuple[S3Server, ProxyHandle], s3: S3S
                                      tmp_path: Path, sig: int) -> None:
     server, _ = slow
     src = make_file(tmp_path / "f.bin", 60 * MiB)
+    state = tmp_path / "state"
+    state.mkdir()
     cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--workers", "2",
-                    "--progress", "json", env=cli_env(server))
+                    "--progress", "json", env=cli_env(server, MPUPLOAD_STATE_DIR=str(state)))
     try:
         progressing(cli)
+        assert list(state.glob("*.json")), "a running multipart upload has a journal"
         signal_group(cli, sig)
         assert cli.wait(15) == 130, cli.stderr
     finally:
@@ -84,6 +87,7 @@ def test_signal_aborts_and_exits_130(slow: tuple[S3Server, ProxyHandle], s3: S3S
     assert "Traceback" not in cli.stderr
     assert cli.stderr.strip().splitlines()[-1].startswith("mpupload: stopped")
     assert multipart_uploads(s3.client(), bucket) == []
+    assert not list(state.glob("*.json")), "an aborted upload leaves no journal"
 
 
 @pytest.mark.parametrize("s3", SERVERS, indirect=True)

@@ -108,6 +108,8 @@ def test_keep_on_interrupt_then_resume_sends_only_the_missing_parts(
         cli.kill_group()
     stopped = events(cli.stdout)[-1]
     assert stopped["event"] == "stopped" and stopped["aborted"] is False
+    last = cli.stderr.strip().splitlines()[-1]
+    assert last.startswith("mpupload: stopped:") and last.endswith(stopped["resume_command"]), last
     assert stopped["resume_command"].endswith("--resume")
     assert f"s3://{bucket}/k" in stopped["resume_command"] and str(src) in stopped["resume_command"]
     assert list(state_dir.glob("*.json")), "the journal is kept with the upload"

@@ -156,7 +156,7 @@ def test_plain_started_line_mentions_resumed_bytes() -> None:
     (snap(Event.STOPPED, 456 * MiB, elapsed=5.0, aborted=False,
           resume_command="mpupload upload f.bin s3://bucket/data/train.bin --resume"),
      ("stopped: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:05;"
-      " multipart upload kept, resume with: mpupload upload f.bin s3://bucket/data/train.bin --resume")),
+      " multipart upload kept")),
     (snap(Event.FAILED, 456 * MiB, error="cannot reach the store at http://127.0.0.1:9: connection refused"),
      # the error itself is the CLI's own line: the sink says where the upload stopped
      "failed: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:04"),
