@@ -35,6 +35,7 @@ bench: venv
 	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd --runs 3 \
 		--out benchmarks/results/4gib.json
 	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json --readme README.md
+	$(PY) -m benchmarks.bar_cost
 
 bench-smoke: venv
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json

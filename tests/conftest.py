@@ -49,12 +49,20 @@ def moto_https(moto_server: S3Server, tls_files: Any) -> Iterator[S3Server]:
     proxy.stop()
 
 
-def _start_ceph(tmp_path_factory: pytest.TempPathFactory, tls: Any = None) -> S3Server:
-    from tests.support.ceph import missing_binaries, start_ceph
+def require_ceph() -> None:
+    """Missing Ceph programs: a failure under CI=true, a skip on a developer's machine."""
+    from tests.support.ceph import missing_binaries
 
     missing = missing_binaries()
-    if missing and not IN_CI:
-        pytest.skip(f"Ceph is not installed ({', '.join(missing)}): run make test, which installs it")
+    if missing:
+        message = f"Ceph is not installed ({', '.join(missing)}): make test installs it"
+        (pytest.fail if IN_CI else pytest.skip)(message)
+
+
+def _start_ceph(tmp_path_factory: pytest.TempPathFactory, tls: Any = None) -> S3Server:
+    from tests.support.ceph import start_ceph
+
+    require_ceph()
     server = start_ceph(tmp_path_factory.mktemp("ceph"),
                         tls=None if tls is None else (str(tls.cert_pem), str(tls.key_pem)))
     if tls is not None:

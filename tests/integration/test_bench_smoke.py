@@ -283,3 +283,14 @@ def test_discard_transfer_encoding_chunked(discard_url: str) -> None:
     status, text = _raw_request(discard_url, head, body)
     assert status == 200, text
     assert _client(discard_url).head_object(Bucket="t", Key="te")["ContentLength"] == len(payload)
+
+
+def test_bar_cost_instrument_runs() -> None:
+    """The bar-cost measurement (benchmarks/bar_cost.py) keeps working: it drives the real bar on a pty."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bar_cost", "--redraws", "20"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "ms CPU per redraw" in proc.stdout and "% of one core" in proc.stdout

@@ -23,24 +23,14 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import SSLError
 
-from tests.support.ceph import CephStartError, missing_binaries, start_ceph
+from tests.conftest import require_ceph
+from tests.support.ceph import CephStartError, start_ceph
 from tests.support.s3server import S3Server, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.ceph]
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
-
-
-def require_ceph() -> None:
-    """Skip when the Ceph programs are missing; under CI=true, fail instead."""
-    missing = missing_binaries()
-    if not missing:
-        return
-    message = f"Ceph programs missing: {', '.join(missing)} (scripts/ensure-system-deps.sh installs them)"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # --------------------------------------------------------------------------------------------------
