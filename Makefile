@@ -19,7 +19,11 @@ venv: $(STAMP)
 system-deps:
 	bash scripts/ensure-system-deps.sh
 
-test: venv system-deps
+# PostgreSQL and Redis run on the development machines; started here when they are down.
+services:
+	bash scripts/ensure-services.sh
+
+test: venv system-deps services
 	bash scripts/run-tests.sh
 
 unit: venv
