@@ -19,7 +19,7 @@ from typing import Protocol
 from awscrt import checksums as _crt
 
 __all__ = [
-    "Algorithm", "Hasher", "new_hasher", "b64", "composite_checksum", "multipart_etag", "boto_checksum_param",
+    "Algorithm", "Hasher", "new_hasher", "b64", "unb64", "composite_checksum", "multipart_etag", "boto_checksum_param",
 ]
 
 
@@ -73,6 +73,11 @@ def new_hasher(algorithm: Algorithm) -> Hasher:
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(value: str | None) -> bytes:
+    """The raw digest behind a base64 checksum (``b""`` for ``None``)."""
+    return base64.b64decode(value or "")
 
 
 def composite_checksum(algorithm: Algorithm, part_digests: Iterable[bytes]) -> str:

@@ -14,7 +14,6 @@ when the source's fingerprint is unchanged, otherwise the file is read again (:f
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -202,7 +201,3 @@ def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_
                 state.reusable[listed.number] = listed
             else:
                 log.info("stored part %d does not match the file: it is uploaded again", listed.number)
-
-
-def unb64(value: str | None) -> bytes:
-    return base64.b64decode(value or "")
