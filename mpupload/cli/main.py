@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
-from . import cleanup, demo, resumable, upload
+from . import cleanup, demo, resumable, serve, upload, users
 from .errors import EXIT_USAGE, debug_enabled, report_error
 
 __all__ = ["main", "build_parser"]
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     cleanup.add_parser(sub)
     resumable.add_parser(sub)
+    serve.add_parser(sub); users.add_parser(sub)  # noqa: E702 - the server commands
     return parser
 
 

@@ -1,0 +1,97 @@
+"""``mpupload users add|list|passwd|remove|revoke`` — manage the API server's accounts.
+
+Acts directly on the server's database (``--database-url`` or ``MPUPLOAD_DATABASE_URL``, the same as
+``mpupload serve``), running the migrations first. Passwords come from ``--password-stdin`` (one line) or,
+on a terminal, from a prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import UsageError
+from .errors import EXIT_OK
+
+__all__ = ["add_parser", "run", "read_password"]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("users", help="manage the API server's user accounts", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str, *, with_name: bool = True, password: bool = False) -> None:
+        q = actions.add_parser(name, help=help_text)
+        if with_name:
+            q.add_argument("name", metavar="NAME")
+        if password:
+            q.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        q.add_argument("--database-url", help="the server's database (env MPUPLOAD_DATABASE_URL)")
+        q.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+        q.set_defaults(func=run)
+
+    action("add", "create a user", password=True)
+    action("list", "list users", with_name=False)
+    action("passwd", "set a user's password (and revoke their tokens)", password=True)
+    action("remove", "delete a user, their tokens and their uploads")
+    action("revoke", "revoke every token of a user")
+
+
+def read_password(from_stdin: bool) -> str:
+    """The new password: one stdin line, or a confirmed prompt on a terminal."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UsageError("the passwords do not match; run the command again")
+    else:
+        raise UsageError("stdin is not a terminal: pass --password-stdin and pipe the password in")
+    if not password:
+        raise UsageError("the password is empty; give a non-empty password")
+    return password
+
+
+async def _with_db(database_url: str | None, body: Callable[[Any], Awaitable[int]]) -> int:
+    from ..server.db import make_engine, make_sessionmaker, upgrade
+    from ..server.settings import Settings
+
+    settings = Settings.from_env(database_url=database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        async with make_sessionmaker(engine)() as session:
+            return await body(session)
+    finally:
+        await engine.dispose()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from ..server import users_admin as admin
+    except ImportError as exc:
+        raise UsageError(f"this command needs the 'server' extra ({exc.name} is missing): "
+                         "pip install 'mpupload[server]'") from None
+    command = args.users_command
+    if command == "list":
+        return asyncio.run(_with_db(args.database_url, lambda s: admin.list_users(s, sys.stdout)))
+    name: str = args.name
+    if not name.strip():
+        raise UsageError("the user name is empty")
+    if command in ("add", "passwd"):
+        password = read_password(args.password_stdin)
+        fn = admin.add_user if command == "add" else admin.set_password
+        asyncio.run(_with_db(args.database_url, lambda s: fn(s, name, password)))
+        print(f"user {name!r} {'added' if command == 'add' else 'password changed'}")
+    elif command == "remove":
+        asyncio.run(_with_db(args.database_url, lambda s: admin.remove_user(s, name)))
+        print(f"user {name!r} removed")
+    else:
+        count = asyncio.run(_with_db(args.database_url, lambda s: admin.revoke_tokens(s, name)))
+        print(f"revoked {count} token(s) of {name!r}")
+    return EXIT_OK

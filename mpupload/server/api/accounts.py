@@ -1,0 +1,51 @@
+"""Sign in and out, and who am I: ``/auth/login``, ``/auth/logout``, ``/me``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from ..auth import issue_token, revoke_token, verify_password
+from ..db.models import User, as_utc
+from .deps import SessionDep, StateDep, TokenDep, UserDep
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+class LoginIn(BaseModel):
+    username: str
+    password: str
+
+
+@router.post("/auth/login")
+async def login(body: LoginIn, request: Request, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    address = request.client.host if request.client else "unknown"
+    wait = state.limiter.retry_after(body.username, address)
+    if wait is not None:
+        raise HTTPException(429, f"too many failed logins; try again in {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
+    user = (await session.execute(select(User).where(User.name == body.username))).scalar_one_or_none()
+    if not await verify_password(user.password_hash if user else None, body.password) or user is None:
+        state.limiter.failed(body.username, address)
+        raise HTTPException(401, "wrong user name or password", headers={"WWW-Authenticate": "Bearer"})
+    state.limiter.succeeded(body.username)
+    token, expires_at = await issue_token(session, user, state.settings.token_ttl_s)
+    return {"token": token, "expires_at": expires_at.isoformat().replace("+00:00", "Z")}
+
+
+@router.post("/auth/logout")
+async def logout(user: UserDep, token: TokenDep, session: SessionDep) -> dict[str, Any]:
+    await revoke_token(session, token)
+    return {"ok": True}
+
+
+@router.get("/me")
+async def me(user: UserDep) -> dict[str, Any]:
+    return {"id": user.id, "username": user.name,
+            "created_at": as_utc(user.created_at).isoformat().replace("+00:00", "Z")}

@@ -1,0 +1,70 @@
+"""Typed FastAPI dependencies: the app's state, a database session, the signed-in user."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..auth import LoginRateLimiter, token_user
+from ..bus.base import Bus
+from ..db.models import User
+from ..settings import Settings
+
+__all__ = ["ServerState", "server_state", "db_session", "bearer_token", "current_user", "StateDep", "SessionDep",
+           "UserDep", "TokenDep"]
+
+
+@dataclass
+class ServerState:
+    """What the lifespan builds and every request shares (``app.state.server``)."""
+
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    limiter: LoginRateLimiter
+    bus: Bus | None
+
+
+def server_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+StateDep = Annotated[ServerState, Depends(server_state)]
+
+
+async def db_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(db_session)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer_token(request: Request) -> str:
+    """The token of ``Authorization: Bearer TOKEN``; 401 when missing or malformed."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("missing bearer token: sign in with mpupload login")
+    return token.strip()
+
+
+TokenDep = Annotated[str, Depends(bearer_token)]
+
+
+async def current_user(session: SessionDep, token: TokenDep) -> User:
+    """The token's user; 401 when the token is unknown, expired or revoked."""
+    user = await token_user(session, token)
+    if user is None:
+        raise _unauthorized("invalid, expired or revoked token: sign in again with mpupload login")
+    return user
+
+
+UserDep = Annotated[User, Depends(current_user)]

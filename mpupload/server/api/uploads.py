@@ -1,0 +1,90 @@
+"""Upload records and progress ingestion: ``/uploads``, ``/uploads/{id}``, ``/uploads/{id}/progress``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel
+
+from .. import uploads as svc
+from .deps import SessionDep, StateDep, UserDep
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+class UploadIn(BaseModel):
+    filename: str
+    bucket: str
+    key: str
+    total_bytes: int
+    part_size: int = 0
+    parts_total: int = 0
+    host: str = ""
+
+
+class ProgressIn(BaseModel):
+    """A progress snapshot; extra snapshot fields (``event``, ``percent``, ...) are accepted and ignored."""
+
+    seq: int
+    status: str
+    bytes_done: int
+    speed_bps: float | None = None
+    avg_speed_bps: float | None = None
+    eta_seconds: float | None = None
+    parts_done: int | None = None
+    elapsed_seconds: float | None = None
+    checksum: str | None = None
+    etag: str | None = None
+    error: str | None = None
+    resume_command: str | None = None
+
+
+def _not_found(upload_id: str) -> HTTPException:
+    return HTTPException(404, f"no upload {upload_id!r}: check the id with mpupload list")
+
+
+@router.post("/uploads")
+async def create(body: UploadIn, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    try:
+        upload = await svc.create_upload(session, user, svc.NewUpload(**body.model_dump()))
+    except svc.ProgressError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from None
+    await svc.publish(state.bus, upload, state.settings.live_after_s)
+    return svc.upload_dict(upload, state.settings.live_after_s)
+
+
+@router.get("/uploads")
+async def list_all(user: UserDep, state: StateDep, session: SessionDep) -> list[dict[str, Any]]:
+    return [svc.upload_dict(u, state.settings.live_after_s) for u in await svc.list_uploads(session, user)]
+
+
+@router.get("/uploads/{upload_id}")
+async def get_one(upload_id: str, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    try:
+        upload = await svc.get_upload(session, user, upload_id)
+    except svc.NotFound:
+        raise _not_found(upload_id) from None
+    record = svc.upload_dict(upload, state.settings.live_after_s)
+    record["history"] = await svc.history(session, upload.id)
+    return record
+
+
+@router.post("/uploads/{upload_id}/progress")
+async def progress(upload_id: str, body: ProgressIn, user: UserDep, state: StateDep,
+                   session: SessionDep) -> dict[str, Any]:
+    try:
+        upload, accepted = await svc.apply_progress(session, user, upload_id, svc.ProgressReport(**body.model_dump()),
+                                                    state.settings.history_limit)
+    except svc.NotFound:
+        raise _not_found(upload_id) from None
+    except svc.ProgressError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from None
+    if accepted:
+        await svc.publish(state.bus, upload, state.settings.live_after_s)
+    answer: dict[str, Any] = {"ignored": not accepted, "upload": svc.upload_dict(upload, state.settings.live_after_s)}
+    if upload.stop_requested:
+        answer["action"] = "stop"
+    return answer

@@ -1,0 +1,54 @@
+"""The application factory: ``create_app(settings)`` builds a FastAPI app with no module-level state.
+
+The lifespan creates the engine, runs the migrations (safe with several replicas), builds the session
+factory, the login rate limiter and the bus, and disposes of the engine at shutdown. A test or another
+component may pass its own ``bus``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .api import build_router
+from .api.deps import ServerState
+from .auth import LoginRateLimiter
+from .bus import Bus, make_bus
+from .db import make_engine, make_sessionmaker, upgrade
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
+    """A ready-to-serve ASGI app for ``settings``."""
+    chosen_bus = bus if bus is not None else make_bus(settings.broker_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        started = False
+        try:
+            await upgrade(engine)
+            start = getattr(chosen_bus, "start", None)
+            if start is not None:
+                await start()
+            started = True
+            app.state.server = ServerState(
+                settings=settings, sessionmaker=make_sessionmaker(engine),
+                limiter=LoginRateLimiter(settings.login_max_per_user, settings.login_max_per_address,
+                                         settings.login_window_s),
+                bus=chosen_bus)
+            app.state.bus = chosen_bus
+            yield
+        finally:
+            close = getattr(chosen_bus, "close", None)
+            if started and close is not None:
+                await close()
+            await engine.dispose()
+
+    app = FastAPI(title="mpupload", lifespan=lifespan)
+    app.include_router(build_router())
+    return app

@@ -1,0 +1,18 @@
+"""The pub/sub port every backend implements (:mod:`.local`, :mod:`.pg`, :mod:`.redis`).
+
+The server publishes, after every accepted change, the upload's record on the channel named after the
+owner's user id (``str(user_id)``). Backends may also have ``async start()`` and ``async close()``; the
+app's lifespan calls them when present.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["Bus"]
+
+
+class Bus(Protocol):
+    """Publish a JSON-able payload on a channel; never raises because a broker is down."""
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...

@@ -1,0 +1,251 @@
+"""The pub/sub bus on every backend, against private brokers that the tests kill and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from mpupload.server.bus.local import BufferedSubscription, LocalBus
+from mpupload.server.bus.pg import PostgresBus
+from mpupload.server.bus.redis import RedisBus
+from tests.server.brokers import PrivatePostgres, PrivateRedis
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+AnyBus = LocalBus | PostgresBus | RedisBus
+BUFFER = 32
+WAIT = 10.0
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def rd() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+BusFactory = Callable[[], AnyBus]
+
+
+@pytest.fixture(params=["local", "postgres", "redis"])
+def make_bus(request: pytest.FixtureRequest) -> BusFactory:
+    """A factory of buses that share one broker (LocalBus: one shared instance, as a single process)."""
+    kind = request.param
+    if kind == "local":
+        shared = LocalBus(buffer_size=BUFFER)
+        return lambda: shared
+    if kind == "postgres":
+        server: PrivatePostgres = request.getfixturevalue("pg")
+        return lambda: PostgresBus(server.dsn, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
+    rserver: PrivateRedis = request.getfixturevalue("rd")
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    return lambda: RedisBus(rserver.url, prefix=prefix, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
+
+
+async def next_payload(sub: BufferedSubscription, timeout: float = WAIT) -> dict[str, Any]:
+    return await asyncio.wait_for(sub.__anext__(), timeout)
+
+
+async def wait_for_condition(cond: Callable[[], bool], deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s")
+        await asyncio.sleep(0.01)
+
+
+async def publish_until(
+    publish: Callable[[int], Awaitable[None]], sub: BufferedSubscription, deadline: float = 60.0
+) -> tuple[dict[str, Any], float]:
+    """Publish attempt after attempt until the subscriber gets one; bounded by ``deadline``."""
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        await publish(attempt)
+        try:
+            return await next_payload(sub, 0.25), time.monotonic() - start
+        except TimeoutError:
+            if time.monotonic() - start > deadline:
+                raise AssertionError(f"nothing received within {deadline}s ({attempt} attempts)") from None
+
+
+def test_publish_reaches_subscriber_and_every_subscriber(make_bus: BusFactory) -> None:
+    async def body() -> None:
+        bus = make_bus()
+        await bus.start()
+        try:
+            async with bus.subscribe("user:42") as a, bus.subscribe("user:42") as b:
+                await bus.publish("user:42", {"id": "u1", "bytes": 5})
+                assert await next_payload(a) == {"id": "u1", "bytes": 5}
+                assert await next_payload(b) == {"id": "u1", "bytes": 5}
+        finally:
+            await bus.close()
+
+    run(body())
+
+
+def test_channel_isolation(make_bus: BusFactory) -> None:
+    async def body() -> None:
+        bus = make_bus()
+        await bus.start()
+        try:
+            async with bus.subscribe("user:1") as one, bus.subscribe("user:2") as two:
+                await bus.publish("user:2", {"id": "theirs"})
+                await bus.publish("user:1", {"id": "mine"})
+                assert await next_payload(two) == {"id": "theirs"}
+                # Same publisher connection, same listener: user:2's message would have come first.
+                assert await next_payload(one) == {"id": "mine"}
+                assert one.drain() == []
+        finally:
+            await bus.close()
+
+    run(body())
+
+
+def test_slow_subscriber_is_bounded_and_keeps_latest_per_id(make_bus: BusFactory) -> None:
+    async def body() -> None:
+        bus = make_bus()
+        await bus.start()
+        try:
+            async with bus.subscribe("user:7") as slow, bus.subscribe("user:7") as probe:
+                ids = ["a", "b", "c"]
+                last: dict[str, int] = {}
+                for n in range(10_000):
+                    key = ids[n % 3]
+                    last[key] = n
+                    await bus.publish("user:7", {"id": key, "n": n})
+                    if n % 500 == 0:
+                        probe.drain()  # keep the probe itself from overflowing
+                await bus.publish("user:7", {"id": "done"})
+                # Both subscriptions are fed by the same callback: once the probe has "done", so has `slow`.
+                while (await next_payload(probe))["id"] != "done":
+                    pass
+                got = slow.drain()
+                assert len(got) <= BUFFER
+                assert got[-1] == {"id": "done"}
+                final = {p["id"]: p["n"] for p in got if p["id"] != "done"}
+                assert final == last
+                assert slow.dropped > 0
+        finally:
+            await bus.close()
+
+    run(body())
+
+
+def test_latest_wins_buffer_unit() -> None:
+    async def attach(sub: BufferedSubscription) -> None:
+        return None
+
+    sub = BufferedSubscription("c", attach, attach, maxsize=4)
+    for n in range(8):
+        sub.push({"id": n % 2, "n": n})
+    assert len(sub) == 4
+    sub.push({"id": "new"})  # collapses duplicates first: 0 -> n=6, 1 -> n=7
+    assert sub.drain() == [{"id": 0, "n": 6}, {"id": 1, "n": 7}, {"id": "new"}]
+    for n in range(10):
+        sub.push({"id": n})
+    assert [p["id"] for p in sub.drain()] == [6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureRequest) -> None:
+    server: PrivatePostgres | PrivateRedis
+    new_bus: Callable[[], PostgresBus | RedisBus]
+    if kind == "postgres":
+        pserver: PrivatePostgres = request.getfixturevalue("pg")
+        server = pserver
+        new_bus = lambda: PostgresBus(pserver.dsn, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
+    else:
+        rserver: PrivateRedis = request.getfixturevalue("rd")
+        server = rserver
+        prefix = f"restart-{uuid.uuid4().hex[:8]}:"
+        new_bus = lambda: RedisBus(rserver.url, prefix=prefix, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
+
+    async def body() -> None:
+        a, b = new_bus(), new_bus()
+        await a.start()
+        await b.start()
+        try:
+            async with b.subscribe("user:9") as sub:
+                await a.publish("user:9", {"id": "x", "phase": "before"})
+                assert await next_payload(sub) == {"id": "x", "phase": "before"}
+
+                await asyncio.to_thread(server.kill)
+                t0 = time.monotonic()
+                await asyncio.wait_for(a.publish("user:9", {"id": "x", "phase": "outage"}), WAIT)  # no raise
+                outage_publish = time.monotonic() - t0
+                # Stay down until replica B has noticed, plus a little, so its backoff grows.
+                await wait_for_condition(lambda: not b.connected, WAIT)
+                await asyncio.sleep(1.5)  # outage length, not synchronisation
+                await asyncio.to_thread(server.start)
+                restarted = time.monotonic()
+
+                async def pub(n: int) -> None:
+                    await a.publish("user:9", {"id": "x", "phase": "after", "n": n})
+
+                got, took = await publish_until(pub, sub)
+                assert got["phase"] == "after"
+                assert b.reconnects >= 1
+                await wait_for_condition(lambda: b.connected, WAIT)
+                print(
+                    f"{kind}: outage publish {outage_publish:.3f}s, flowing again {took:.2f}s after restart "
+                    f"({time.monotonic() - restarted:.2f}s)"
+                )
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_postgres_oversize_payload_becomes_id_only(pg: PrivatePostgres) -> None:
+    async def body() -> None:
+        a = PostgresBus(pg.dsn, buffer_size=BUFFER)
+        b = PostgresBus(pg.dsn, buffer_size=BUFFER)
+        await a.start()
+        await b.start()
+        try:
+            async with b.subscribe("user:big") as sub:
+                await a.publish("user:big", {"id": "u9", "blob": "é" * 4000})  # 8000 bytes of UTF-8
+                assert await next_payload(sub) == {"id": "u9", "refetch": True}
+                await a.publish("user:big", {"blob": "x" * 9000})  # no id: dropped, no raise
+                await a.publish("user:big", {"id": "small"})
+                assert await next_payload(sub) == {"id": "small"}
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_close_ends_iteration() -> None:
+    async def body() -> None:
+        bus = LocalBus()
+        async with bus.subscribe("user:1") as sub:
+            await bus.publish("user:1", {"id": 1})
+            await bus.close()
+            assert [p async for p in sub] == [{"id": 1}]
+
+    run(body())
