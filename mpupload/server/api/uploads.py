@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
 
 from .. import uploads as svc
 from .deps import SessionDep, StateDep, UserDep
@@ -13,33 +12,8 @@ from .deps import SessionDep, StateDep, UserDep
 __all__ = ["router"]
 
 router = APIRouter()
-
-
-class UploadIn(BaseModel):
-    filename: str
-    bucket: str
-    key: str
-    total_bytes: int
-    part_size: int = 0
-    parts_total: int = 0
-    host: str = ""
-
-
-class ProgressIn(BaseModel):
-    """A progress snapshot; extra snapshot fields (``event``, ``percent``, ...) are accepted and ignored."""
-
-    seq: int
-    status: str
-    bytes_done: int
-    speed_bps: float | None = None
-    avg_speed_bps: float | None = None
-    eta_seconds: float | None = None
-    parts_done: int | None = None
-    elapsed_seconds: float | None = None
-    checksum: str | None = None
-    etag: str | None = None
-    error: str | None = None
-    resume_command: str | None = None
+# Request bodies are the service layer's own frozen dataclasses (FastAPI validates them; extra snapshot
+# fields such as ``event`` or ``percent`` are ignored): one definition per payload.
 
 
 def _not_found(upload_id: str) -> HTTPException:
@@ -47,9 +21,9 @@ def _not_found(upload_id: str) -> HTTPException:
 
 
 @router.post("/uploads")
-async def create(body: UploadIn, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+async def create(body: svc.NewUpload, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
     try:
-        upload = await svc.create_upload(session, user, svc.NewUpload(**body.model_dump()))
+        upload = await svc.create_upload(session, user, body)
     except svc.ProgressError as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     await svc.publish(state.bus, upload, state.settings.live_after_s)
@@ -73,10 +47,10 @@ async def get_one(upload_id: str, user: UserDep, state: StateDep, session: Sessi
 
 
 @router.post("/uploads/{upload_id}/progress")
-async def progress(upload_id: str, body: ProgressIn, user: UserDep, state: StateDep,
+async def progress(upload_id: str, body: svc.ProgressReport, user: UserDep, state: StateDep,
                    session: SessionDep) -> dict[str, Any]:
     try:
-        upload, accepted = await svc.apply_progress(session, user, upload_id, svc.ProgressReport(**body.model_dump()),
+        upload, accepted = await svc.apply_progress(session, user, upload_id, body,
                                                     state.settings.history_limit)
     except svc.NotFound:
         raise _not_found(upload_id) from None
