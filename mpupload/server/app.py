@@ -17,7 +17,9 @@ from .api.deps import ServerState
 from .auth import LoginRateLimiter
 from .bus import Bus, make_bus
 from .db import make_engine, make_sessionmaker, upgrade
+from .graphql import build_graphql_router
 from .settings import Settings
+from .web import mount_dashboard
 
 __all__ = ["create_app"]
 
@@ -51,4 +53,6 @@ def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
 
     app = FastAPI(title="mpupload", lifespan=lifespan)
     app.include_router(build_router())
+    app.include_router(build_graphql_router(), prefix="/graphql")
+    mount_dashboard(app)
     return app

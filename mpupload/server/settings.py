@@ -11,6 +11,7 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_LOGIN_WINDOW``          the rate-limit window in seconds
 ``MPUPLOAD_LIVE_AFTER``            an upload is no longer ``live`` after this many silent seconds
 ``MPUPLOAD_HISTORY_LIMIT``         samples kept per upload for the chart
+``MPUPLOAD_TOKEN_RECHECK``         seconds between token re-checks on a long-lived WebSocket
 =================================  ==========================================================
 """
 
@@ -77,6 +78,7 @@ class Settings:
     login_window_s: float = 60.0
     live_after_s: float = DEFAULT_LIVE_AFTER_S
     history_limit: int = DEFAULT_HISTORY_LIMIT
+    token_recheck_s: float = 30.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -108,4 +110,5 @@ class Settings:
             login_window_s=_number(env, "MPUPLOAD_LOGIN_WINDOW", 60.0),
             live_after_s=_number(env, "MPUPLOAD_LIVE_AFTER", DEFAULT_LIVE_AFTER_S),
             history_limit=int(_number(env, "MPUPLOAD_HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT)),
+            token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 30.0),
         )

@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .bus.base import Bus
 from .db.models import Sample, Upload, UploadStatus, User, as_utc, utcnow
 
-__all__ = ["ALLOWED", "ProgressError", "NotFound", "ProgressReport", "NewUpload", "create_upload", "get_upload",
-           "list_uploads", "apply_progress", "stop_upload", "upload_dict", "history", "publish"]
+__all__ = ["ACTIVE", "ALLOWED", "ProgressError", "NotFound", "ProgressReport", "NewUpload", "create_upload",
+           "get_upload", "list_uploads", "apply_progress", "stop_upload", "upload_dict", "history", "publish"]
 
 S = UploadStatus
-_ACTIVE = frozenset({S.PENDING, S.UPLOADING, S.FINALIZING})
+ACTIVE = frozenset({S.PENDING, S.UPLOADING, S.FINALIZING})
 #: status -> the statuses a report may move it to
 ALLOWED: dict[UploadStatus, frozenset[UploadStatus]] = {
     S.PENDING: frozenset(S),
@@ -83,7 +83,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def is_live(upload: Upload, live_after_s: float, now: dt.datetime | None = None) -> bool:
     """Active and reported within the last ``live_after_s`` seconds."""
-    if upload.status not in _ACTIVE:
+    if upload.status not in ACTIVE:
         return False
     last = as_utc(upload.last_report_at or upload.created_at)
     return ((now or utcnow()) - last).total_seconds() < live_after_s
@@ -102,7 +102,7 @@ def upload_dict(upload: Upload, live_after_s: float) -> dict[str, Any]:
         "checksum": upload.checksum, "etag": upload.etag, "error": upload.error,
         "resume_command": upload.resume_command,
         "resumable": upload.status in (S.STOPPED, S.FAILED) and bool(upload.resume_command),
-        "stop_requested": upload.stop_requested, "live": is_live(upload, live_after_s),
+        "stop_requested": upload.stop_requested, "live": is_live(upload, live_after_s), "version": upload.version,
         "created_at": _iso(upload.created_at), "updated_at": _iso(upload.updated_at),
         "last_report_at": _iso(upload.last_report_at),
     }
@@ -117,7 +117,7 @@ async def create_upload(session: AsyncSession, user: User, new: NewUpload) -> Up
         id=secrets.token_urlsafe(12), owner_id=user.id, filename=new.filename, bucket=new.bucket, key=new.key,
         host=new.host, status=S.PENDING, total_bytes=new.total_bytes, bytes_done=0, part_size=new.part_size,
         parts_total=new.parts_total, parts_done=0, speed_bps=0.0, avg_speed_bps=0.0, eta_seconds=None,
-        elapsed_seconds=0.0, seq=None, stop_requested=False, created_at=now, updated_at=now)
+        elapsed_seconds=0.0, seq=None, stop_requested=False, version=1, created_at=now, updated_at=now)
     session.add(upload)
     await session.commit()
     return upload
@@ -179,7 +179,7 @@ async def apply_progress(session: AsyncSession, user: User, upload_id: str, repo
     if status not in ALLOWED[upload.status]:
         raise ProgressError(f"illegal transition {upload.status.value} -> {status.value}", status_code=409)
     now = utcnow()
-    if status is S.STOPPED or (upload.status in (S.STOPPED, S.FAILED) and status in _ACTIVE):
+    if status is S.STOPPED or (upload.status in (S.STOPPED, S.FAILED) and status in ACTIVE):
         upload.stop_requested = False  # the stop happened, or this is a fresh resume
     upload.status, upload.seq, upload.bytes_done = status, report.seq, report.bytes_done
     for name in ("speed_bps", "avg_speed_bps", "parts_done", "elapsed_seconds", "checksum", "etag", "error",
@@ -188,6 +188,7 @@ async def apply_progress(session: AsyncSession, user: User, upload_id: str, repo
         if value is not None:
             setattr(upload, name, value)
     upload.eta_seconds = report.eta_seconds
+    upload.version += 1
     upload.updated_at = upload.last_report_at = now
     session.add(Sample(upload_id=upload.id, at=now, bytes_done=upload.bytes_done, speed_bps=upload.speed_bps))
     await session.flush()
@@ -200,17 +201,20 @@ async def apply_progress(session: AsyncSession, user: User, upload_id: str, repo
     return upload, True
 
 
-async def stop_upload(session: AsyncSession, user: User, upload_id: str) -> Upload:
+async def stop_upload(session: AsyncSession, user: User, upload_id: str) -> tuple[Upload, bool]:
     """Mark the user's upload for stopping; its next progress answer carries ``{"action": "stop"}``.
 
-    A no-op on an upload that is already completed, stopped or failed. Raises :class:`NotFound`.
+    Returns the record and whether it changed (``False`` on an upload that is already completed, stopped
+    or failed, or already marked). Raises :class:`NotFound`.
     """
     upload = await get_upload(session, user, upload_id, for_update=True)
-    if upload.status in _ACTIVE and not upload.stop_requested:
+    changed = upload.status in ACTIVE and not upload.stop_requested
+    if changed:
         upload.stop_requested = True
+        upload.version += 1
         upload.updated_at = utcnow()
     await session.commit()
-    return upload
+    return upload, changed
 
 
 async def publish(bus: Bus | None, upload: Upload, live_after_s: float) -> None:

@@ -19,7 +19,7 @@ SERVER_ENV = {
     "MPUPLOAD_LOGIN_MAX_PER_ADDRESS": "1000",
 }
 PASSWORD = "correct horse battery staple"
-USERS = ("alice", "bob", "carol", "erin")
+USERS = ("alice", "bob", "carol", "erin", "grace")
 
 
 @dataclass

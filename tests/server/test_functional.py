@@ -54,8 +54,9 @@ async def _stop_flow(backend: Backend) -> None:
 
                 me = await token_user(session, token)
                 assert me is not None
-                stopped = await svc.stop_upload(session, me, upload_id)
-                assert stopped.stop_requested is True
+                stopped, changed = await svc.stop_upload(session, me, upload_id)
+                assert stopped.stop_requested is True and changed
+                assert (await svc.stop_upload(session, me, upload_id))[1] is False  # already marked
                 bob = await token_user(session, (await client.post("/api/v1/auth/login", json={
                     "username": "bob", "password": PASSWORD})).json()["token"])
                 assert bob is not None

@@ -1,15 +1,20 @@
-"""Migrations at start: two replicas starting at once on one fresh database both come up healthy."""
+"""Migrations at start: two replicas starting at once on one fresh database both come up healthy; an
+older schema with data in it is upgraded in place."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
 
-from mpupload.server.db import make_engine
+from mpupload.server.db import make_engine, migrate
 from mpupload.server.settings import normalize_database_url
 
 from .support import create_pg_database, drop_pg_database, start_server
@@ -29,6 +34,16 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         drop_pg_database(url)
 
 
+def _config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrate.__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+HEAD = ScriptDirectory.from_config(_config()).get_current_head()
+
+
 async def _versions(url: str) -> list[str]:
     engine = make_engine(normalize_database_url(url))
     try:
@@ -46,7 +61,44 @@ def test_two_replicas_start_at_once(fresh_url: str, tmp_path: Path) -> None:
     finally:
         for replica in replicas:
             replica.stop()
-    assert asyncio.run(_versions(fresh_url)) == ["0001"]
+    assert asyncio.run(_versions(fresh_url)) == [HEAD]
     # a restart on an up-to-date schema is a no-op
     again = start_server(fresh_url, tmp_path)
     again.stop()
+
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def test_an_older_schema_with_data_is_upgraded(fresh_url: str, tmp_path: Path) -> None:
+    async def at_0001() -> None:
+        engine = make_engine(normalize_database_url(fresh_url))
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda sync: command.upgrade(_config(sync), "0001"))
+                await conn.execute(text(
+                    "INSERT INTO users (id, name, password_hash, created_at) VALUES (1, 'old', 'x', :now)"),
+                    {"now": NOW})
+                await conn.execute(text(
+                    "INSERT INTO uploads (id, owner_id, filename, bucket, key, host, status, total_bytes, bytes_done,"
+                    " part_size, parts_total, parts_done, speed_bps, avg_speed_bps, elapsed_seconds, stop_requested,"
+                    " created_at, updated_at) VALUES ('u1', 1, 'f', 'b', 'k', 'h', 'completed', :big, :big, 0, 0, 0,"
+                    " 0, 0, 0, false, :now, :now)"), {"big": 200 * 1024**3, "now": NOW})
+        finally:
+            await engine.dispose()
+
+    async def row() -> tuple[int, int]:
+        engine = make_engine(normalize_database_url(fresh_url))
+        try:
+            async with engine.connect() as conn:
+                found = (await conn.execute(text("SELECT total_bytes, version FROM uploads WHERE id = 'u1'"))).one()
+                return int(found[0]), int(found[1])
+        finally:
+            await engine.dispose()
+
+    asyncio.run(at_0001())
+    assert asyncio.run(_versions(fresh_url)) == ["0001"]
+    server = start_server(fresh_url, tmp_path)
+    server.stop()
+    assert asyncio.run(_versions(fresh_url)) == [HEAD] and HEAD != "0001"
+    assert asyncio.run(row()) == (200 * 1024**3, 0)

@@ -6,6 +6,11 @@ whose key (``payload["id"]``) is already pending replaces the pending one in pla
 with a new key first collapses duplicates already pending, and if every pending payload has a distinct key
 the oldest one is dropped (counted in :attr:`BufferedSubscription.dropped`). Payloads without an ``"id"``
 are never merged.
+
+A subscription may be narrowed to one record with ``key``: it then receives only the channel's payloads
+whose ``"id"`` is that key (the fan-out finds them by key, so a hundred such subscribers on one channel cost
+nothing per unrelated payload). When a backend reconnects to its broker, whatever was published meanwhile is
+lost: it pushes :data:`RESYNC` to every subscription, and consumers re-read the state they follow.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER_SIZE = 256
+#: the payload a subscription receives after its bus reconnected: re-read the state from the database
+RESYNC: dict[str, Any] = {"resync": True}
 
 
 class _Entry:
@@ -39,10 +46,12 @@ class BufferedSubscription:
         attach: Callable[[BufferedSubscription], Awaitable[None]],
         detach: Callable[[BufferedSubscription], Awaitable[None]],
         maxsize: int = DEFAULT_BUFFER_SIZE,
+        key: str | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.channel = channel
+        self.key = key
         self.maxsize = maxsize
         self.dropped = 0
         self._attach = attach
@@ -146,36 +155,59 @@ class BufferedSubscription:
 
 
 class FanOut:
-    """Channel -> live subscriptions of one bus instance."""
+    """Channel -> key (``None``: every payload) -> live subscriptions of one bus instance."""
 
     def __init__(self) -> None:
-        self.subs: dict[str, set[BufferedSubscription]] = {}
+        self.subs: dict[str, dict[str | None, set[BufferedSubscription]]] = {}
 
     def add(self, sub: BufferedSubscription) -> bool:
         """Register ``sub``; True when it is the channel's first subscriber."""
-        subs = self.subs.setdefault(sub.channel, set())
-        subs.add(sub)
-        return len(subs) == 1
+        first = sub.channel not in self.subs
+        self.subs.setdefault(sub.channel, {}).setdefault(sub.key, set()).add(sub)
+        return first
 
     def remove(self, sub: BufferedSubscription) -> bool:
         """Unregister ``sub``; True when the channel has no subscriber left."""
-        subs = self.subs.get(sub.channel)
-        if subs is None:
+        by_key = self.subs.get(sub.channel)
+        if by_key is None:
             return False
-        subs.discard(sub)
-        if not subs:
+        subs = by_key.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del by_key[sub.key]
+        if not by_key:
             del self.subs[sub.channel]
             return True
         return False
 
+    def targets(self, channel: str, payload: dict[str, Any]) -> list[BufferedSubscription]:
+        """The subscriptions ``payload`` goes to: the channel's unkeyed ones and those keyed by its id."""
+        by_key = self.subs.get(channel)
+        if not by_key:
+            return []
+        out = list(by_key.get(None, ()))
+        key = payload.get("id")
+        if isinstance(key, str) and key in by_key:
+            out.extend(by_key[key])
+        return out
+
     def deliver(self, channel: str, payload: dict[str, Any]) -> None:
-        for sub in tuple(self.subs.get(channel, ())):
+        for sub in self.targets(channel, payload):
             sub.push(payload)
 
+    def resync(self) -> None:
+        """Tell every subscription that payloads may have been lost (after a reconnect)."""
+        for by_key in self.subs.values():
+            for subs in by_key.values():
+                for sub in subs:
+                    sub.push(dict(RESYNC))
+
     def end_all(self) -> None:
-        for subs in self.subs.values():
-            for sub in subs:
-                sub.end()
+        for by_key in self.subs.values():
+            for subs in by_key.values():
+                for sub in subs:
+                    sub.end()
         self.subs.clear()
 
 
@@ -193,11 +225,11 @@ class LocalBus:
         self._fanout.end_all()
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        for sub in tuple(self._fanout.subs.get(channel, ())):
+        for sub in self._fanout.targets(channel, payload):
             sub.push(dict(payload))
 
-    def subscribe(self, channel: str) -> BufferedSubscription:
-        return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size)
+    def subscribe(self, channel: str, key: str | None = None) -> BufferedSubscription:
+        return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size, key)
 
     async def _attach(self, sub: BufferedSubscription) -> None:
         self._fanout.add(sub)

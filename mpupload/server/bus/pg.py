@@ -3,7 +3,8 @@
 * One dedicated listener connection per bus instance, with a termination listener and a periodic
   ``SELECT 1`` health check. When it dies, a supervisor task reconnects with exponential backoff and LISTENs
   again on every channel that still has subscribers. Notifications sent while disconnected are lost
-  (at-most-once): consumers re-read state from the database after subscribing.
+  (at-most-once): after a reconnect every subscription receives :data:`~.local.RESYNC`, and consumers
+  re-read state from the database (they also do after subscribing).
 * Publishing uses its own connection (``SELECT pg_notify($1, $2)``), re-opened on the next publish after a
   failure. :meth:`PostgresBus.publish` never raises on a broker outage: it logs and drops.
 * Channel strings (``user:42``) are mapped to safe identifiers: ``prefix`` + the first 40 hex digits of
@@ -128,8 +129,8 @@ class PostgresBus:
 
     # -- subscribing --
 
-    def subscribe(self, channel: str) -> BufferedSubscription:
-        return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size)
+    def subscribe(self, channel: str, key: str | None = None) -> BufferedSubscription:
+        return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size, key)
 
     async def _attach(self, sub: BufferedSubscription) -> None:
         if self._fanout.add(sub):
@@ -216,6 +217,7 @@ class PostgresBus:
                 else:
                     self.reconnects += 1
                     log.warning("bus: PostgreSQL listener reconnected")
+                    self._fanout.resync()
                     break
 
     async def _healthy(self) -> bool:

@@ -6,7 +6,8 @@
   replica receives every message under the prefix, which is fine at this scale.
 * A supervisor task reads the connection; any error (or a failed health-check PING: the client sends one
   when the connection has been idle for ``health_interval`` seconds) closes it and reconnects with
-  exponential backoff. Messages published while disconnected are lost (at-most-once).
+  exponential backoff. Messages published while disconnected are lost (at-most-once); after a reconnect
+  every subscription receives :data:`~.local.RESYNC` so that consumers re-read state from the database.
 * :meth:`RedisBus.publish` never raises on a broker outage: it logs and drops.
 * ``prefix`` namespaces the Redis channels so that tests or deployments sharing a Redis do not collide.
 """
@@ -105,8 +106,8 @@ class RedisBus:
         except (TimeoutError, OSError, RedisError) as exc:
             log.warning("bus: publish on %r dropped: %s", channel, exc)
 
-    def subscribe(self, channel: str) -> BufferedSubscription:
-        return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size)
+    def subscribe(self, channel: str, key: str | None = None) -> BufferedSubscription:
+        return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size, key)
 
     async def _attach(self, sub: BufferedSubscription) -> None:
         self._fanout.add(sub)
@@ -192,4 +193,5 @@ class RedisBus:
                 else:
                     self.reconnects += 1
                     log.warning("bus: Redis pub/sub reconnected")
+                    self._fanout.resync()
                     break

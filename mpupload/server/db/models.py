@@ -87,6 +87,8 @@ class Upload(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     resume_command: Mapped[str | None] = mapped_column(Text, nullable=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: rises by one on every accepted change (create, report, stop): what subscribers compare
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     last_report_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,146 @@
+"""The subscriptions' streams: subscribe first, then read the state, then forward only what is newer.
+
+The bus is at-most-once and the ``connection_ack`` comes before a subscription is registered, so a stream
+never trusts the bus alone:
+
+1. it subscribes to the owner's channel (narrowed to one upload for ``uploadProgress``),
+2. then reads the current state from the database and sends it,
+3. then forwards bus payloads, dropping any whose ``version`` is not above what it already sent.
+
+Anything the bus lost is re-read from the database: after a broker reconnect (:data:`..bus.local.RESYNC`),
+for a payload too big for the broker (``refetch``), and when a live upload's reports stop: once
+``live_after_s`` has passed since its last report the record is re-read and sent again with ``live`` false
+(or newer, if a report was missed). A slow subscriber never holds an unbounded queue: the bus buffer keeps
+the latest state per upload. A token that expires or is revoked ends the connection (4403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from ..uploads import ACTIVE, NotFound
+from .context import GraphQLContext
+
+__all__ = ["Follower", "follow", "TOKEN_REJECTED_CODE"]
+
+TOKEN_REJECTED_CODE = 4403
+#: re-read a record this long after its ``live`` deadline, so that the server agrees it is no longer live
+_LIVE_GRACE_S = 0.05
+_RETRY_S = 0.25
+_ACTIVE = frozenset(status.value for status in ACTIVE)
+
+
+def _epoch(value: str) -> float:
+    return dt.datetime.fromisoformat(value).timestamp()
+
+
+class Follower:
+    """What one stream has sent (per upload: version and ``live``) and when each live upload goes quiet."""
+
+    def __init__(self, live_after_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.live_after_s = live_after_s
+        self.clock = clock
+        self._sent: dict[str, tuple[int, bool]] = {}
+        self._quiet_at: dict[str, float] = {}
+
+    def remember(self, record: dict[str, Any]) -> None:
+        """Note a record as sent without sending it (the state a client already has)."""
+        self._sent[record["id"]] = (int(record["version"]), bool(record["live"]))
+        self._schedule(record)
+
+    def offer(self, record: dict[str, Any]) -> bool:
+        """True when ``record`` must be sent: a newer version, or the same one that is no longer live."""
+        key, version, live = record["id"], int(record["version"]), bool(record["live"])
+        sent = self._sent.get(key)
+        if sent is not None and (version < sent[0] or (version == sent[0] and (live or not sent[1]))):
+            if live and key not in self._quiet_at:  # re-read a little too early: try again shortly
+                self._quiet_at[key] = self.clock() + _RETRY_S
+            return False
+        self._sent[key] = (version, live)
+        self._schedule(record)
+        return True
+
+    def _schedule(self, record: dict[str, Any]) -> None:
+        key = record["id"]
+        if record["live"] and record["status"] in _ACTIVE:
+            last = record.get("last_report_at") or record["created_at"]
+            self._quiet_at[key] = max(_epoch(last) + self.live_after_s + _LIVE_GRACE_S, self.clock() + _LIVE_GRACE_S)
+        else:
+            self._quiet_at.pop(key, None)
+
+    def next_in(self) -> float | None:
+        """Seconds until the next live upload goes quiet, or None when none is live."""
+        if not self._quiet_at:
+            return None
+        return max(0.0, min(self._quiet_at.values()) - self.clock())
+
+    def due(self) -> list[str]:
+        """The uploads that have gone quiet since they were last sent (to be re-read)."""
+        now = self.clock()
+        keys = [k for k, at in self._quiet_at.items() if at <= now]
+        for key in keys:
+            del self._quiet_at[key]
+        return keys
+
+
+async def _reject(context: GraphQLContext) -> None:
+    connection = context.connection
+    if isinstance(connection, WebSocket) and connection.application_state == WebSocketState.CONNECTED:
+        await connection.close(TOKEN_REJECTED_CODE, "token expired or revoked: sign in again")
+
+
+async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterator[dict[str, Any]]:
+    """Records of one upload (``upload_id``), or of all the viewer's uploads (None), as they change.
+
+    For one upload the current state comes first (:class:`..uploads.NotFound` when it is not the
+    viewer's). For all uploads, the active ones come first; the others are known but not re-sent.
+    """
+    bus = context.state.bus
+    if bus is None:
+        raise RuntimeError("the server has no bus")
+    follower = Follower(context.live_after_s)
+    recheck_s = context.state.settings.token_recheck_s
+
+    async def current() -> list[dict[str, Any]]:
+        if upload_id is None:
+            return await context.uploads()
+        record = await context.upload(upload_id)
+        if record is None:
+            raise NotFound(upload_id)
+        return [record]
+
+    async with bus.subscribe(str(context.user.id), upload_id) as subscription:
+        for record in await current():
+            if upload_id is None and record["status"] not in _ACTIVE:
+                follower.remember(record)
+            elif follower.offer(record):
+                yield record
+        while True:
+            quiet_in = follower.next_in()
+            timeout = recheck_s if quiet_in is None else min(quiet_in, recheck_s)
+            try:
+                payload = await asyncio.wait_for(anext(subscription), timeout)
+            except TimeoutError:
+                if not await context.token_still_valid():
+                    await _reject(context)
+                    return
+                records = [r for r in [await context.upload(k) for k in follower.due()] if r is not None]
+            except StopAsyncIteration:
+                return
+            else:
+                if payload.get("resync"):
+                    records = await current()
+                elif payload.get("refetch"):
+                    refetched = await context.upload(str(payload.get("id")))
+                    records = [] if refetched is None else [refetched]
+                else:
+                    records = [payload]
+            for record in records:
+                if follower.offer(record):
+                    yield record

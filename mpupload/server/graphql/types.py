@@ -1,0 +1,110 @@
+"""The GraphQL types: ``Upload``, ``Sample``, ``UploadStatus`` and the 64-bit ``Int64`` byte scalar.
+
+GraphQL's ``Int`` is 32-bit and breaks at 2 GiB, so every byte count is an ``Int64``: a JSON number on the
+wire (exact up to 2^53 in JavaScript, which is 8 PiB), validated on input to fit a signed 64-bit integer.
+An ``Upload`` is built from the service layer's record dictionary (:func:`..uploads.upload_dict`), the same
+data the REST API returns and the bus carries; ``history`` is read from the database only when asked for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NewType
+
+import strawberry
+from strawberry.types import Info
+
+from ..db.models import UploadStatus as DbStatus
+from .context import GraphQLContext
+
+__all__ = ["Int64", "INT64_SCALAR", "UploadStatus", "Sample", "Upload"]
+
+Int64 = NewType("Int64", int)
+_INT64_MAX = 2**63 - 1
+
+
+def _parse_int64(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"Int64 cannot represent {value!r}")
+    number = int(value)
+    if number != value and str(number) != value:
+        raise ValueError(f"Int64 cannot represent a non-integer {value!r}")
+    if not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+        raise ValueError(f"Int64 cannot represent {value!r}: out of the signed 64-bit range")
+    return number
+
+
+INT64_SCALAR = strawberry.scalar(
+    name="Int64",
+    description="A signed 64-bit integer (byte counts), serialized as a JSON number.",
+    serialize=int,
+    parse_value=_parse_int64,
+)
+
+UploadStatus = strawberry.enum(DbStatus, name="UploadStatus", description="Where an upload stands.")
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+@strawberry.type(description="One point of an upload's speed-over-time chart.")
+class Sample:
+    at: dt.datetime
+    bytes_done: Int64
+    speed_bps: float
+
+
+@strawberry.type(description="An upload the viewer owns, as its CLI last reported it.")
+class Upload:
+    id: strawberry.ID
+    filename: str
+    bucket: str
+    key: str
+    host: str
+    status: UploadStatus  # type: ignore[valid-type]
+    total_bytes: Int64
+    bytes_done: Int64
+    percent: float
+    speed_bps: float
+    avg_speed_bps: float
+    eta_seconds: float | None = strawberry.field(description="Null while the remaining time is unknown.")
+    parts_done: int
+    parts_total: int
+    part_size: Int64
+    elapsed_seconds: float
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_report_at: dt.datetime | None
+    error: str | None
+    checksum: str | None
+    etag: str | None
+    resumable: bool = strawberry.field(description="Stopped or failed with the upload kept: it can be resumed.")
+    resume_command: str | None
+    stop_requested: bool = strawberry.field(description="Stop was pressed; the CLI stops at its next report.")
+    live: bool = strawberry.field(description="Active and reported recently; false once reports have stopped.")
+    version: Int64 = strawberry.field(description="Rises with every change of the record.")
+
+    @strawberry.field(description="The newest samples, oldest first (bounded by the server).")
+    async def history(self, info: Info[GraphQLContext, None]) -> list[Sample]:
+        rows = await info.context.history(str(self.id))
+        return [Sample(at=dt.datetime.fromisoformat(r["at"]), bytes_done=Int64(r["bytes_done"]),
+                       speed_bps=r["speed_bps"]) for r in rows]
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Upload:
+        """The GraphQL view of a record dictionary (:func:`..uploads.upload_dict`)."""
+        created = _time(record["created_at"])
+        updated = _time(record["updated_at"])
+        assert created is not None and updated is not None
+        return cls(
+            id=strawberry.ID(record["id"]), filename=record["filename"], bucket=record["bucket"], key=record["key"],
+            host=record["host"], status=DbStatus(record["status"]), total_bytes=Int64(record["total_bytes"]),
+            bytes_done=Int64(record["bytes_done"]), percent=record["percent"], speed_bps=record["speed_bps"],
+            avg_speed_bps=record["avg_speed_bps"], eta_seconds=record["eta_seconds"],
+            parts_done=record["parts_done"], parts_total=record["parts_total"],
+            part_size=Int64(record["part_size"]), elapsed_seconds=record["elapsed_seconds"], created_at=created,
+            updated_at=updated, last_report_at=_time(record.get("last_report_at")), error=record["error"],
+            checksum=record["checksum"], etag=record["etag"], resumable=record["resumable"],
+            resume_command=record["resume_command"], stop_requested=record["stop_requested"],
+            live=record["live"], version=Int64(record["version"]))
