@@ -4,6 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p artifacts
+export MPUPLOAD_ARTIFACTS_DIR="${MPUPLOAD_ARTIFACTS_DIR:-$PWD/artifacts}"  # screenshots and other test artifacts
 .venv/bin/python -m ruff check mpupload tests benchmarks || exit 1
 .venv/bin/python -m mypy || exit 1
 .venv/bin/python -m pytest tests -p no:cacheprovider --durations=15 "$@"
