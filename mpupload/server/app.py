@@ -26,7 +26,7 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
     """A ready-to-serve ASGI app for ``settings``."""
-    chosen_bus = bus if bus is not None else make_bus(settings.broker_url)
+    chosen_bus = bus if bus is not None else make_bus(settings.broker_url, settings.subscriber_buffer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_LIVE_AFTER``            an upload is no longer ``live`` after this many silent seconds
 ``MPUPLOAD_HISTORY_LIMIT``         samples kept per upload for the chart
 ``MPUPLOAD_TOKEN_RECHECK``         seconds between token re-checks on a long-lived WebSocket
+``MPUPLOAD_SUBSCRIBER_BUFFER``     events held for a subscriber that reads slowly (then latest wins)
 =================================  ==========================================================
 """
 
@@ -79,6 +80,7 @@ class Settings:
     live_after_s: float = DEFAULT_LIVE_AFTER_S
     history_limit: int = DEFAULT_HISTORY_LIMIT
     token_recheck_s: float = 30.0
+    subscriber_buffer: int = 256
 
     @property
     def is_sqlite(self) -> bool:
@@ -111,4 +113,5 @@ class Settings:
             live_after_s=_number(env, "MPUPLOAD_LIVE_AFTER", DEFAULT_LIVE_AFTER_S),
             history_limit=int(_number(env, "MPUPLOAD_HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT)),
             token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 30.0),
+            subscriber_buffer=int(_number(env, "MPUPLOAD_SUBSCRIBER_BUFFER", 256)),
         )

@@ -17,6 +17,7 @@ SERVER_ENV = {
     "MPUPLOAD_HISTORY_LIMIT": "5",
     "MPUPLOAD_LOGIN_MAX_PER_USER": "3",
     "MPUPLOAD_LOGIN_MAX_PER_ADDRESS": "1000",
+    "MPUPLOAD_SUBSCRIBER_BUFFER": "16",
 }
 PASSWORD = "correct horse battery staple"
 USERS = ("alice", "bob", "carol", "erin", "grace")

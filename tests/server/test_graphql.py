@@ -4,6 +4,7 @@ the ``graphql-transport-ws`` subscriptions, with a real WebSocket client."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -266,4 +267,56 @@ def test_a_revoked_token_ends_the_websocket(quick_server: ServerProcess) -> None
                               headers={"Authorization": f"Bearer {tok}"}).status_code == 200
             closed = await ws.closed(timeout=10)
             assert closed.code == 4403
+    run(body())
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the bound is the server's: checked once
+def test_a_subscriber_that_stops_reading_costs_bounded_memory(server: ServerProcess, backend: Backend) -> None:
+    """A subscriber that stops reading (its TCP window fills up) must not make the server queue every event:
+    the server keeps at most the bus buffer per subscription, latest state per upload, and once the client
+    reads again the last state it gets is the newest one."""
+    tok = token(server.base_url, "carol")
+    headers = {"Authorization": f"Bearer {tok}"}
+    record = create(server, headers, total=10**12)
+    big = secrets.token_urlsafe(150_000)  # every event carries 200 kB that do not compress
+    reports = 200  # 40 MB of events if the server queued them all; it holds 16 (MPUPLOAD_SUBSCRIBER_BUFFER)
+
+    async def body() -> None:
+        from websockets.asyncio.client import connect
+
+        url = server.base_url.replace("http://", "ws://") + "/graphql"
+        async with connect(url, subprotocols=["graphql-transport-ws"], max_queue=1,  # type: ignore[list-item]
+                           max_size=None, open_timeout=15) as ws, \
+                httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            import json
+
+            await ws.send(json.dumps({"type": "connection_init", "payload": {"token": tok}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "connection_ack"
+            query = "subscription($id: ID!) { uploadProgress(id: $id) { bytesDone error version } }"
+            await ws.send(json.dumps({"id": "1", "type": "subscribe",
+                                      "payload": {"query": query, "variables": {"id": record["id"]}}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["payload"]["data"]["uploadProgress"]
+            before = _rss_bytes(server.proc.pid)
+            for seq in range(1, reports + 1):  # the client reads nothing meanwhile
+                await areport(client, headers, record["id"], seq, "uploading", seq, error=big)
+            grown = _rss_bytes(server.proc.pid) - before
+            last: dict[str, Any] = {}
+            received = 0
+            while last.get("bytesDone") != reports:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                if message.get("type") == "ping":
+                    continue
+                last = message["payload"]["data"]["uploadProgress"]
+                received += 1
+            assert grown < 20 * 1024**2, f"server grew {grown / 1024**2:.0f} MiB for a paused subscriber"
+            assert received < reports, "every event was queued for the paused subscriber"
+            print(f"paused subscriber: server grew {grown / 1024**2:.1f} MiB, got {received} of {reports} events")
     run(body())

@@ -81,3 +81,12 @@ def test_transition_table() -> None:
     assert S.UPLOADING in ALLOWED[S.STOPPED] and S.UPLOADING in ALLOWED[S.FAILED]
     assert S.UPLOADING not in ALLOWED[S.FINALIZING]
     assert all(status in ALLOWED[status] for status in S)  # a repeated status is always fine
+
+
+def test_the_documented_graphql_schema_is_the_served_one() -> None:
+    from pathlib import Path
+
+    from mpupload.server.graphql import schema
+
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "schema.graphql").read_text()
+    assert documented == schema.as_str() + "\n", "regenerate docs/schema.graphql (see docs/server.md)"
