@@ -79,7 +79,8 @@ def upload_file(
     """Upload one regular file to ``s3://bucket/key`` and verify the stored object.
 
     ``cancel`` lets a caller stop the upload (the CLI cancels it from its SIGINT/SIGTERM handlers);
-    ``upload_id`` is the API server's record id when there is one (it becomes the events' ``upload_id``).
+    ``upload_id`` is the API server's record id when there is one (it becomes the events' ``upload_id``, and
+    is kept in the resume journal so that ``--resume`` continues the same record).
     Raises a subclass of :class:`~mpupload.errors.MpuploadError`.
     """
     store = store or StoreConfig()
@@ -98,7 +99,7 @@ def upload_file(
         lock = JournalLock(journal_path).acquire()  # a second run on the same journal: UsageError (exit 2)
     try:
         return Coordinator(source, bucket, key, plan, store=store, options=options, aggregator=agg,
-                           cancel=token, journal_path=journal_path).run()
+                           cancel=token, journal_path=journal_path, record_id=upload_id).run()
     finally:
         if lock is not None:
             lock.release()

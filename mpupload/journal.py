@@ -15,7 +15,11 @@ Format (version 1)::
      "destination": {"endpoint", "bucket", "key"},
      "upload_id", "part_size", "parts_total", "checksum_algorithm", "md5",
      "created_at", "updated_at",
-     "parts": {"<number>": {"size", "etag", "checksum", "md5"}}}
+     "parts": {"<number>": {"size", "etag", "checksum", "md5"}},
+     "record_id"}
+
+``record_id`` (optional, may be absent or null) is the API server's record of the upload, so that
+``--resume`` continues the same record; journals written before it existed read as ``null``.
 
 Writes go to a temporary file in the same directory, are fsynced, then renamed over the journal (and the
 directory fsynced): a crash leaves the old journal or the new one, never half of one. A journal that does
@@ -129,6 +133,8 @@ class Journal:
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
     parts: dict[int, PartRecord] = field(default_factory=dict)
+    #: the API server's record id of this upload (None: not reported, or registered late)
+    record_id: str | None = None
 
     # -- serialisation --------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +151,7 @@ class Journal:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "parts": {str(n): asdict(p) for n, p in sorted(self.parts.items())},
+            "record_id": self.record_id,
         }
 
     @classmethod
@@ -172,6 +179,7 @@ class Journal:
                 updated_at=str(data.get("updated_at") or _now()),
                 parts={int(n): PartRecord(int(p["size"]), str(p["etag"]), p.get("checksum"), p.get("md5"))
                        for n, p in dict(data.get("parts") or {}).items()},
+                record_id=str(data["record_id"]) if data.get("record_id") else None,
             )
         except CorruptJournal:
             raise

@@ -1,70 +1,109 @@
-"""``mpupload demo`` — the embedded default: moto's S3 server as its own process, a sample file, an
-upload with the live bar. (The API server and the dashboard join the demo when they exist.)"""
+"""``mpupload demo`` — the embedded default, end to end on this machine.
+
+It starts the API server (SQLite in a scratch directory) and moto's S3 server as processes of their own,
+creates a demo user and signs in, prints the dashboard's address and the demo credentials, makes a sample
+file and uploads it with ``mpupload upload`` — the live bar here, the live row in the dashboard. Then it keeps
+serving the dashboard until Ctrl+C (or exits at once with ``--exit-after-upload``); everything it started is
+stopped by PID on the way out. Ctrl+C during the upload stops the upload (the dashboard shows STOPPED) and
+then the demo.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from .. import errors as E
-from ..api import upload_file
-from ..engine.cancel import CancelToken
-from ..options import UploadOptions
-from ..sinks import make_sinks
 from ..storage import StoreConfig
 from ..units import MiB, format_bytes, parse_size
 from .errors import EXIT_OK
-from .signals import cancel_on_signals
 
 __all__ = ["add_parser", "run"]
 
+START_DEADLINE_S = 60.0
+
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="local S3 server + sample upload with the live bar", description=__doc__)
-    p.add_argument("--size", default="256MiB", help="sample file size (default 256MiB)")
+    p = sub.add_parser("demo", help="local API server + S3 server + a sample upload with the live bar and dashboard",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="1GiB", help="sample file size (default 1GiB)")
     p.add_argument("--part-size", default="16MiB")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--port", type=int, default=8000, help="the dashboard's port (default 8000, else a free one)")
     p.add_argument("--progress", choices=["auto", "bar", "plain", "json", "none"], default="auto")
     p.add_argument("--exit-after-upload", action="store_true", help="stop everything after the upload (for CI)")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=run)
 
 
-def _free_port() -> int:
-    import socket
+def _port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise E.UploadFailed("no free port on 127.0.0.1")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-def _start_moto(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
-    try:
-        import moto.server  # noqa: F401
-    except ImportError:
-        raise E.UsageError("the demo needs moto's server: pip install 'mpupload[demo]'") from None
-    port = _free_port()
-    log = open(os.path.join(workdir, "moto.log"), "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+def _wait_up(proc: subprocess.Popen[bytes], url: str, what: str, log: str) -> None:
+    deadline = time.monotonic() + START_DEADLINE_S
     while True:
         try:
-            urllib.request.urlopen(url + "/", timeout=1).close()  # noqa: S310 - loopback
-            return proc, url
-        except Exception:  # noqa: BLE001 - not up yet
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise E.UploadFailed(f"moto's S3 server did not start; see {workdir}/moto.log") from None
+                raise E.UploadFailed(f"{what} did not start; see {log}") from None
             time.sleep(0.1)
+
+
+def _spawn(args: list[str], log_path: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        # its own session: Ctrl+C in this terminal reaches the upload, not the servers (stopped by PID)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        data: dict[str, Any] = json.load(answer)
+    return data
+
+
+def _get_json(url: str, token: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        return json.load(answer)
 
 
 def _make_sample(path: str, size: int) -> None:
@@ -76,34 +115,103 @@ def _make_sample(path: str, size: int) -> None:
             left -= n
 
 
+def _say(message: str) -> None:
+    print(f"mpupload demo: {message}", file=sys.stderr, flush=True)
+
+
+def _run_upload(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the upload in the foreground; Ctrl+C and SIGTERM reach it (it stops cleanly and reports it)."""
+    # Its own process group: a terminal's Ctrl+C reaches only the demo, which forwards each signal exactly
+    # once (the upload's second signal means "exit at once"). It still draws on this terminal.
+    child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, process_group=0)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    handlers: dict[signal.Signals, Callable[[int, Any], Any] | int | None] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, forward)
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        _stop_child(child)
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
-    workdir = tempfile.mkdtemp(prefix="mpupload-demo-")
-    proc = None
+    part_size = parse_size(args.part_size)
     try:
-        proc, url = _start_moto(workdir)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
-        store = StoreConfig(endpoint_url=url, region="us-east-1")
-        store.make_client().create_bucket(Bucket="demo")
+        import moto.server  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise E.UsageError(f"the demo needs the 'demo' and 'server' extras ({exc.name} is missing): "
+                           "pip install 'mpupload[demo,server]'") from None
+    workdir = tempfile.mkdtemp(prefix="mpupload-demo-")
+    os.chmod(workdir, 0o700)
+    s3: subprocess.Popen[bytes] | None = None
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
+               "AWS_DEFAULT_REGION": "us-east-1", "MPUPLOAD_CONFIG_DIR": os.path.join(workdir, "config"),
+               "MPUPLOAD_STATE_DIR": os.path.join(workdir, "state")}
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                     "MPUPLOAD_API_URL", "MPUPLOAD_TOKEN", "MPUPLOAD_DATABASE_URL", "MPUPLOAD_BROKER_URL"):
+            env.pop(name, None)
+        s3_port, api_port = _port(0), _port(args.port)
+        s3_url, api_url = f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{api_port}"
+        database = f"sqlite:///{os.path.join(workdir, 'server.db')}"
+        password = secrets.token_urlsafe(12)
+        added = subprocess.run([sys.executable, "-m", "mpupload", "users", "add", "demo", "--password-stdin",
+                                "--database-url", database], input=password + "\n", text=True,
+                               capture_output=True, env=env)
+        if added.returncode != 0:
+            raise E.UploadFailed(f"could not create the demo user: {added.stderr.strip()}")
+        s3 = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                    os.path.join(workdir, "moto.log"))
+        api = _spawn([sys.executable, "-m", "mpupload", "serve", "--port", str(api_port), "--database-url",
+                      database], os.path.join(workdir, "server.log"), env)
+        _wait_up(s3, s3_url + "/", "moto's S3 server", os.path.join(workdir, "moto.log"))
+        _wait_up(api, api_url + "/healthz", "the API server", os.path.join(workdir, "server.log"))
+        token = _post_json(api_url + "/api/v1/auth/login", {"username": "demo", "password": password})["token"]
+        os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+        StoreConfig(endpoint_url=s3_url, region="us-east-1").make_client().create_bucket(Bucket="demo")
+        _say(f"dashboard {api_url}/  (user demo, password {password})")
         sample = os.path.join(workdir, "sample.bin")
         _make_sample(sample, size)
-        print(f"mpupload demo: S3 server (moto) at {url}, uploading a {format_bytes(size)} sample to s3://demo/",
-              file=sys.stderr)
-        token = CancelToken()
-        with cancel_on_signals(token):
-            upload_file(sample, "demo", "sample.bin", store=store,
-                        options=UploadOptions(part_size=parse_size(args.part_size), workers=args.workers),
-                        sinks=make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=False),
-                        cancel=token)
-        print("mpupload demo: done (the API server and dashboard come with the server issue)", file=sys.stderr)
+        _say(f"S3 server (moto) at {s3_url}; uploading a {format_bytes(size)} sample to s3://demo/sample.bin")
+        cmd = [sys.executable, "-m", "mpupload", "upload", sample, "s3://demo/sample.bin", "--endpoint-url", s3_url,
+               "--part-size", str(part_size), "--progress", args.progress, "--api-url", api_url]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        if args.debug:
+            cmd.append("--debug")
+        rc = _run_upload(cmd, {**env, "MPUPLOAD_TOKEN": token})
+        records = _get_json(api_url + "/api/v1/uploads", token)
+        status = records[0]["status"].upper() if records else "not recorded"
+        _say(f"the server recorded the upload as {status}")
+        if rc != EXIT_OK:
+            return rc
+        if args.exit_after_upload:
+            return EXIT_OK
+        _say(f"the dashboard stays at {api_url}/ (user demo, password {password}); Ctrl+C stops everything")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return EXIT_OK
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(api)
+        _stop(s3)
         shutil.rmtree(workdir, ignore_errors=True)
+

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
-from . import cleanup, demo, resumable, serve, upload, users
+from . import cleanup, demo, listing, login, resumable, serve, upload, users
 from .errors import EXIT_USAGE, debug_enabled, report_error
 
 __all__ = ["main", "build_parser"]
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_parser(sub)
     resumable.add_parser(sub)
     serve.add_parser(sub); users.add_parser(sub)  # noqa: E702 - the server commands
+    login.add_parsers(sub)
+    listing.add_parsers(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``mpupload serve`` — run the API server (REST now; GraphQL and the dashboard come with it later).
+"""``mpupload serve`` — run the API server: REST for the CLI, GraphQL at /graphql, the dashboard at /.
 
 The database defaults to SQLite in the user's data directory; ``--database-url`` (or
 ``MPUPLOAD_DATABASE_URL``) takes ``sqlite:///PATH`` or ``postgresql://USER@HOST/DB``. Migrations run at start.

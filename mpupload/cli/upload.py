@@ -12,12 +12,15 @@ from typing import Any
 from .. import errors as E
 from ..api import upload_file
 from ..engine.cancel import CancelToken
+from ..events import Status
 from ..options import ChecksumMode, UploadOptions
 from ..plan import MAX_WORKERS
-from ..sinks import make_sinks
+from ..sinks import Sink, make_sinks
+from ..sinks.push import REPORT_INTERVAL_S, PushSink
 from ..units import parse_size
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
+from .reporting import start_reporting
 from .signals import cancel_on_signals
 
 __all__ = ["add_parser", "parse_s3_url", "run"]
@@ -85,7 +88,11 @@ def add_parser(sub: Any) -> None:
     r = p.add_argument_group("output")
     r.add_argument("--progress", choices=["auto", "bar", "plain", "json", "none"], default="auto",
                    help="auto: a bar on a terminal, plain lines otherwise; json: events on stdout")
+    r.add_argument("--api-url", metavar="URL",
+                   help="report progress to this API server (default: MPUPLOAD_API_URL, else mpupload login's)")
     r.add_argument("--no-report", action="store_true", help="do not report progress to an API server")
+    r.add_argument("--report-interval", type=float, default=REPORT_INTERVAL_S, metavar="SECONDS",
+                   help=f"seconds between progress reports (default {REPORT_INTERVAL_S:g})")
     r.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     r.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.set_defaults(func=run)
@@ -136,11 +143,25 @@ def run(args: argparse.Namespace) -> int:
         # urllib3 bounds a body send by the connect timeout and the wait for the answer by the read timeout
         store = dataclasses.replace(store, read_timeout_s=args.stall_timeout,
                                     connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
-    sinks = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
     token = CancelToken()
+    push: PushSink | None = None
     try:
         with cancel_on_signals(token, quiet=args.quiet):
-            upload_file(args.source, bucket, key, store=store, options=options, sinks=sinks, cancel=token)
+            # authenticated and registered before the store sees anything (see .reporting)
+            push = start_reporting(args, bucket=bucket, key=key, store=store, options=options, token=token)
+            sinks: list[Sink] = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
+            if push is not None:
+                sinks.append(push)
+            try:
+                upload_file(args.source, bucket, key, store=store, options=options, sinks=sinks, cancel=token,
+                            upload_id=push.record_id if push is not None else None)
+            except BaseException as exc:
+                if push is not None:  # ended before a final snapshot (e.g. a missing bucket): say so
+                    stopped = isinstance(exc, (E.Cancelled, KeyboardInterrupt))
+                    push.fail(Status.STOPPED if stopped else Status.FAILED, None if stopped else str(exc))
+                raise
     finally:
+        if push is not None:
+            push.finish()
         token.close()
     return EXIT_OK

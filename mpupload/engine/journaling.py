@@ -44,6 +44,8 @@ class Journaling(UploadSession):
                 existing.remove()
             return None
         if existing is not None:
+            # a run without reporting keeps the record of the interrupted run for a later one
+            self.record_id = self.record_id or existing.record_id
             changed = existing.source.differences(self.fingerprint())
             if changed:
                 raise E.SourceChanged(
@@ -101,7 +103,7 @@ class Journaling(UploadSession):
             return
         journal = Journal(self.journal_path, self.fingerprint(), effective_endpoint(self.store.endpoint_url),
                           self.bucket, self.key, self.upload_id, self.plan.part_size, self.plan.parts_total,
-                          algorithm.value if algorithm else None, md5)
+                          algorithm.value if algorithm else None, md5, record_id=self.record_id)
         for number, result in reused.items():
             journal.record(number, PartRecord(result.size, result.etag or "", result.checksum, result.md5))
         self.journal = journal

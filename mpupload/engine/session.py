@@ -78,6 +78,7 @@ class UploadSession:
         aggregator: Aggregator,
         cancel: CancelToken,
         journal_path: Path | None = None,
+        record_id: str | None = None,
     ) -> None:
         self.source = source
         self.bucket = bucket
@@ -92,6 +93,8 @@ class UploadSession:
         self.upload_id: str | None = None
         self._flag = CancelFlag()
         self.journal_path = journal_path
+        #: the API server's record id, kept in the journal so that --resume continues the same record
+        self.record_id = record_id
         self.journal: Journal | None = None
         self._fingerprint: journal_mod.SourceFingerprint | None = None
         self._journal_saved_at = 0.0
