@@ -7,12 +7,23 @@ import re
 import select
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.support.cli import ROOT, cli_env, make_file, mpupload_cmd, run_cli, sha256_file, sha256_object
+from tests.support.cli import (
+    ROOT,
+    cli_env,
+    make_file,
+    mpupload_cmd,
+    run_cli,
+    sha256_file,
+    sha256_object,
+    signal_group,
+    start_cli,
+)
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
@@ -65,11 +76,52 @@ def test_bar_is_drawn_on_a_terminal(s3: S3Server, bucket: str, tmp_path: Path) -
 
 
 def test_demo_uploads_and_leaves_no_process_behind() -> None:
-    before = {p.pid for p in psutil.process_iter()}
+    tag = uuid.uuid4().hex  # every process the demo starts inherits it
     proc = run_cli("demo", "--size", "24MiB", "--part-size", "5MiB", "--exit-after-upload", "--progress", "plain",
-                   env=cli_env(None), timeout=180)
+                   env={**cli_env(None), "MPUPLOAD_TEST_TAG": tag}, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "done: s3://demo/sample.bin" in proc.stderr
-    leftovers = [p for p in psutil.process_iter(["pid", "cmdline"])
-                 if p.pid not in before and "moto.server" in " ".join(p.info["cmdline"] or [])]
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/ +\(user demo, password \S+\)", proc.stderr)
+    assert "the server recorded the upload as COMPLETED" in proc.stderr  # the push reached the API server
+
+    def tagged(p: psutil.Process) -> bool:
+        try:
+            return p.environ().get("MPUPLOAD_TEST_TAG") == tag
+        except (psutil.Error, OSError):
+            return False
+
+    leftovers = [p for p in psutil.process_iter(["pid", "cmdline"]) if tagged(p)]
+    assert leftovers == [], [p.info["cmdline"] for p in leftovers]
+
+
+@pytest.mark.parametrize("when", ["during the upload", "while serving"])
+def test_demo_ctrl_c_stops_everything(when: str) -> None:
+    tag = uuid.uuid4().hex
+    size = "400MiB" if when == "during the upload" else "8MiB"
+    proc = start_cli("demo", "--size", size, "--part-size", "5MiB", "--workers", "2", "--progress", "plain",
+                     "--port", "0", env={**cli_env(None), "MPUPLOAD_TEST_TAG": tag})
+    try:
+        if when == "during the upload":
+            proc.wait_line(lambda line: line.startswith("upload: s3://demo/"), 120, stream="stderr")
+        else:
+            proc.wait_line(lambda line: "Ctrl+C stops everything" in line, 120, stream="stderr")
+        signal_group(proc.popen)  # as a terminal's Ctrl+C does
+        rc = proc.wait(60)
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+    stderr = "\n".join(proc.stderr_lines)
+    if when == "during the upload":
+        assert rc == 130, stderr
+        assert "the server recorded the upload as STOPPED" in stderr
+        assert "second signal" not in stderr  # the upload saw exactly one Ctrl+C
+    else:
+        assert rc == 0, stderr
+    leftovers = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.environ().get("MPUPLOAD_TEST_TAG") == tag:
+                leftovers.append(p.info["cmdline"])
+        except (psutil.Error, OSError):
+            pass
     assert leftovers == []
