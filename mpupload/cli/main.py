@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
+from ..sinks.base import TERMINAL_LOCK
 from . import cleanup, demo, listing, login, resumable, serve, upload, users
 from .errors import EXIT_USAGE, debug_enabled, report_error
 
@@ -35,8 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log records on stderr, never in the middle of the bar's redraw."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with TERMINAL_LOCK:
+            super().emit(record)
+
+
 def _setup_logging(debug: bool, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _TerminalHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("mpupload: %(levelname)s: %(message)s"))
     root = logging.getLogger("mpupload")
     root.handlers[:] = [handler]

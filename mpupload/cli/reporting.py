@@ -26,6 +26,7 @@ from ..api import check_source, make_plan
 from ..client import ApiAuthError, ApiClient, ApiError, ApiNotFound, ApiTarget, resolve_target
 from ..engine.cancel import CancelToken
 from ..options import UploadOptions
+from ..sinks.base import TERMINAL_LOCK
 from ..sinks.push import PushSink
 from ..storage import StoreConfig
 from ..storage.config import effective_endpoint
@@ -42,8 +43,9 @@ STOP_REASON = "stopped from the dashboard"
 def warn_line(quiet: bool) -> Callable[[str], None]:
     def say(line: str) -> None:
         if not quiet:
-            sys.stderr.write(f"mpupload: warning: {line}\n")
-            sys.stderr.flush()
+            with TERMINAL_LOCK:  # never in the middle of the bar's redraw
+                sys.stderr.write(f"mpupload: warning: {line}\n")
+                sys.stderr.flush()
     return say
 
 

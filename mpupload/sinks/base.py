@@ -1,10 +1,17 @@
-"""The port every progress sink implements."""
+"""The port every progress sink implements, and the lock that keeps terminal output in one piece."""
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from ..events import Snapshot
+
+__all__ = ["Sink", "TERMINAL_LOCK"]
+
+#: held while anything writes to the terminal from a thread of its own (the bar's renderer, the API push's
+#: warnings, log records), so that a warning never lands in the middle of a bar's redraw
+TERMINAL_LOCK = threading.RLock()
 
 
 class Sink(Protocol):

@@ -38,6 +38,7 @@ import enlighten  # noqa: E402
 
 from ..events import Event, Snapshot
 from ..units import format_bytes, format_duration, format_rate
+from .base import TERMINAL_LOCK
 from .plain import final_line
 
 __all__ = ["BAR_FORMAT", "TerminalSink", "render_fields", "shorten", "status_text"]
@@ -194,11 +195,12 @@ class TerminalSink:
             return
         # Final snapshot: the bar keeps its last state, the status line gives way to the outcome.
         self._join_renderer()
-        self._draw(snapshot)
-        self._status.close(clear=True)
-        self._stop()
-        self._stream.write(final_line(snapshot) + "\n")
-        self._stream.flush()
+        with TERMINAL_LOCK:
+            self._draw(snapshot)
+            self._status.close(clear=True)
+            self._stop()
+            self._stream.write(final_line(snapshot) + "\n")
+            self._stream.flush()
 
     def _render_loop(self) -> None:
         while True:
@@ -230,9 +232,10 @@ class TerminalSink:
                 self._cond.wait(left)
 
     def _render(self, snapshot: Snapshot) -> None:
-        self._draw(snapshot)
-        width = int(self._manager.width)
-        self._status.update(shorten(status_text(snapshot, self._started), max(1, width - 1)), force=True)
+        with TERMINAL_LOCK:
+            self._draw(snapshot)
+            width = int(self._manager.width)
+            self._status.update(shorten(status_text(snapshot, self._started), max(1, width - 1)), force=True)
 
     def _join_renderer(self) -> None:
         with self._cond:
