@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from .api import build_router
 from .api.deps import ServerState
+from .api.ingest import ProgressEndpoint
 from .auth import LoginRateLimiter
 from .bus import Bus, make_bus
 from .db import make_engine, make_sessionmaker, upgrade
@@ -25,7 +26,13 @@ __all__ = ["create_app"]
 
 
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
-    """A ready-to-serve ASGI app for ``settings``."""
+    """A ready-to-serve ASGI app for ``settings`` (FastAPI, with the progress endpoint in front)."""
+    app = _build(settings, bus)
+    app.add_middleware(ProgressEndpoint, fastapi_app=app)
+    return app
+
+
+def _build(settings: Settings, bus: Bus | None) -> FastAPI:
     chosen_bus = bus if bus is not None else make_bus(settings.broker_url, settings.subscriber_buffer)
 
     @asynccontextmanager
@@ -51,7 +58,8 @@ def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
                 await close()
             await engine.dispose()
 
-    app = FastAPI(title="mpupload", lifespan=lifespan)
+    # No /docs or /redoc: they load their scripts from a CDN (the OpenAPI schema stays at /openapi.json)
+    app = FastAPI(title="mpupload", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(build_router())
     app.include_router(build_graphql_router(), prefix="/graphql")
     mount_dashboard(app)

@@ -6,7 +6,13 @@ Rules of a progress report:
   so late or duplicated reports never move a record backwards.
 * ``bytes_done`` is between 0 and ``total_bytes``; ``status`` is one of :class:`UploadStatus`.
 * Transitions follow :data:`ALLOWED`; a resumed upload may go from stopped or failed back to uploading.
-* Every accepted report appends a sample; only the newest ``history_limit`` samples are kept.
+* Every accepted report appends a sample; only the newest ``history_limit`` samples are shown, and older
+  ones are deleted every :data:`PRUNE_EVERY` changes (so at most ``history_limit + PRUNE_EVERY`` are stored).
+
+The hot path, :func:`ingest`, is one ``UPDATE ... RETURNING`` whose ``WHERE`` holds every rule at once — the
+token (live, not revoked), the owner, a rising ``seq``, a legal transition, bytes within the total — then
+one ``INSERT`` of the sample and the commit. Only a report that the ``UPDATE`` refuses takes the slow path
+(:func:`apply_progress`), which finds out why and says so: 401, 404, ignored (stale ``seq``), 409 or 422.
 """
 
 from __future__ import annotations
@@ -14,16 +20,33 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from .auth import hash_token, token_user
 from .bus.base import Bus
-from .db.models import Sample, Upload, UploadStatus, User, as_utc, utcnow
+from .db.models import Sample, Token, Upload, UploadStatus, User, as_utc, utcnow
 
 __all__ = ["ACTIVE", "ALLOWED", "ProgressError", "NotFound", "ProgressReport", "NewUpload", "create_upload",
-           "get_upload", "list_uploads", "apply_progress", "stop_upload", "upload_dict", "history", "publish"]
+           "get_upload", "list_uploads", "apply_progress", "ingest", "Unauthorized", "PRUNE_EVERY",
+           "stop_upload", "parse_report", "upload_dict", "history", "publish"]
 
 S = UploadStatus
 ACTIVE = frozenset({S.PENDING, S.UPLOADING, S.FINALIZING})
@@ -36,6 +59,16 @@ ALLOWED: dict[UploadStatus, frozenset[UploadStatus]] = {
     S.STOPPED: frozenset({S.STOPPED, S.PENDING, S.UPLOADING, S.FINALIZING, S.FAILED}),
     S.FAILED: frozenset({S.FAILED, S.PENDING, S.UPLOADING, S.FINALIZING, S.STOPPED}),
 }
+
+
+#: delete samples beyond the history limit every this many changes of a record
+PRUNE_EVERY = 16
+_REPORTED = ("speed_bps", "avg_speed_bps", "parts_done", "elapsed_seconds", "checksum", "etag", "error",
+             "resume_command")
+
+
+class Unauthorized(PermissionError):
+    """The token is unknown, expired or revoked."""
 
 
 class NotFound(LookupError):
@@ -75,6 +108,38 @@ class ProgressReport:
     etag: str | None = None
     error: str | None = None
     resume_command: str | None = None
+
+
+_REQUIRED = {"seq": int, "status": str, "bytes_done": int}
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "speed_bps": (int, float), "avg_speed_bps": (int, float), "eta_seconds": (int, float), "parts_done": (int,),
+    "elapsed_seconds": (int, float), "checksum": (str,), "etag": (str,), "error": (str,), "resume_command": (str,),
+}
+
+
+def parse_report(data: object) -> ProgressReport:
+    """A report from decoded JSON; :class:`ProgressError` (422) names the first field that is wrong.
+
+    Other fields of the snapshot (``event``, ``percent``, ...) are ignored.
+    """
+    if not isinstance(data, dict):
+        raise ProgressError("a progress report is a JSON object with seq, status and bytes_done")
+    values: dict[str, Any] = {}
+    for name, kind in _REQUIRED.items():
+        value = data.get(name)
+        if value is None:
+            raise ProgressError(f"missing field {name!r}: a report needs seq, status and bytes_done")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProgressError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+        values[name] = value
+    for name, kinds in _OPTIONAL.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ProgressError(f"{name} must be {'a string' if kinds == (str,) else 'a number'}, got {value!r}")
+        values[name] = float(value) if float in kinds and isinstance(value, int | float) else value
+    return ProgressReport(**values)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -141,28 +206,39 @@ async def list_uploads(session: AsyncSession, user: User) -> list[Upload]:
     return list(rows.scalars())
 
 
-async def history(session: AsyncSession, upload_id: str) -> list[dict[str, Any]]:
-    """The kept samples of one upload, oldest first."""
-    rows = await session.execute(select(Sample).where(Sample.upload_id == upload_id).order_by(Sample.id))
-    return [{"at": _iso(s.at), "bytes_done": s.bytes_done, "speed_bps": s.speed_bps} for s in rows.scalars()]
+async def history(session: AsyncSession, upload_id: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` samples of one upload, oldest first."""
+    rows = await session.execute(
+        select(Sample).where(Sample.upload_id == upload_id).order_by(Sample.id.desc()).limit(limit))
+    samples = list(rows.scalars())[::-1]
+    return [{"at": _iso(s.at), "bytes_done": s.bytes_done, "speed_bps": s.speed_bps} for s in samples]
 
 
-def _validate(upload: Upload, report: ProgressReport) -> UploadStatus:
+def _status(report: ProgressReport) -> UploadStatus:
     try:
-        status = UploadStatus(report.status)
+        return UploadStatus(report.status)
     except ValueError:
         names = ", ".join(s.value for s in UploadStatus)
         raise ProgressError(f"unknown status {report.status!r}; expected one of: {names}") from None
+
+
+def _validate_values(report: ProgressReport) -> None:
+    """The rules that do not depend on the record."""
     if report.seq < 0:
         raise ProgressError(f"seq must not be negative, got {report.seq}")
     if report.bytes_done < 0:
         raise ProgressError(f"bytes_done must not be negative, got {report.bytes_done}")
-    if report.bytes_done > upload.total_bytes:
-        raise ProgressError(f"bytes_done {report.bytes_done} exceeds total_bytes {upload.total_bytes}")
     for name in ("speed_bps", "avg_speed_bps", "eta_seconds", "parts_done", "elapsed_seconds"):
         value = getattr(report, name)
         if value is not None and value < 0:
             raise ProgressError(f"{name} must not be negative, got {value}")
+
+
+def _validate(upload: Upload, report: ProgressReport) -> UploadStatus:
+    status = _status(report)
+    _validate_values(report)
+    if report.bytes_done > upload.total_bytes:
+        raise ProgressError(f"bytes_done {report.bytes_done} exceeds total_bytes {upload.total_bytes}")
     if report.parts_done is not None and report.parts_done > upload.parts_total > 0:
         raise ProgressError(f"parts_done {report.parts_done} exceeds parts_total {upload.parts_total}")
     return status
@@ -182,23 +258,104 @@ async def apply_progress(session: AsyncSession, user: User, upload_id: str, repo
     if status is S.STOPPED or (upload.status in (S.STOPPED, S.FAILED) and status in ACTIVE):
         upload.stop_requested = False  # the stop happened, or this is a fresh resume
     upload.status, upload.seq, upload.bytes_done = status, report.seq, report.bytes_done
-    for name in ("speed_bps", "avg_speed_bps", "parts_done", "elapsed_seconds", "checksum", "etag", "error",
-                 "resume_command"):
+    for name in _REPORTED:
         value = getattr(report, name)
         if value is not None:
             setattr(upload, name, value)
     upload.eta_seconds = report.eta_seconds
     upload.version += 1
     upload.updated_at = upload.last_report_at = now
-    session.add(Sample(upload_id=upload.id, at=now, bytes_done=upload.bytes_done, speed_bps=upload.speed_bps))
     await session.flush()
-    cutoff = (await session.execute(
-        select(Sample.id).where(Sample.upload_id == upload.id).order_by(Sample.id.desc())
-        .offset(history_limit).limit(1))).scalar_one_or_none()
-    if cutoff is not None:
-        await session.execute(delete(Sample).where(Sample.upload_id == upload.id, Sample.id <= cutoff))
+    await _add_sample(session, upload, now, history_limit)
     await session.commit()
     return upload, True
+
+
+async def _add_sample(session: AsyncSession, upload: Upload, now: dt.datetime, history_limit: int) -> None:
+    session.add(Sample(upload_id=upload.id, at=now, bytes_done=upload.bytes_done, speed_bps=upload.speed_bps))
+    if upload.version % PRUNE_EVERY == 0:
+        await session.flush()
+        await _prune(session, upload.id, history_limit)
+
+
+async def _prune(session: AsyncSession | AsyncConnection, upload_id: str, history_limit: int) -> None:
+    cutoff = (await session.execute(
+        select(Sample.id).where(Sample.upload_id == upload_id).order_by(Sample.id.desc())
+        .offset(history_limit).limit(1))).scalar_one_or_none()
+    if cutoff is not None:
+        await session.execute(delete(Sample).where(Sample.upload_id == upload_id, Sample.id <= cutoff))
+
+
+def _ingest_statements() -> tuple[Any, Any]:
+    """The hot path's two statements, built once (a statement built per call costs more than running it)."""
+    t, samples, tokens = (cast(Table, model.__table__) for model in (Upload, Sample, Token))
+    owner = (select(tokens.c.user_id).where(tokens.c.token_hash == bindparam("token_hash"),
+                                           tokens.c.revoked.is_(False), tokens.c.expires_at > bindparam("now"))
+             .scalar_subquery())
+    keep = {name: func.coalesce(bindparam(f"r_{name}", type_=t.c[name].type), t.c[name]) for name in _REPORTED}
+    resume = and_(t.c.status.in_((S.STOPPED, S.FAILED)), bindparam("r_active", type_=Boolean()))
+    update_stmt = (
+        update(t)
+        .where(t.c.id == bindparam("upload_id"), t.c.owner_id == owner,
+               or_(t.c.seq.is_(None), t.c.seq < bindparam("r_seq")),
+               t.c.status.in_(bindparam("sources", expanding=True)),
+               t.c.total_bytes >= bindparam("r_bytes_done"),
+               or_(bindparam("r_parts_done", type_=Integer()).is_(None), t.c.parts_total == 0,
+                   t.c.parts_total >= bindparam("r_parts_done", type_=Integer())))
+        .values(status=bindparam("r_status", type_=t.c.status.type), seq=bindparam("r_seq"),
+                bytes_done=bindparam("r_bytes_done"), eta_seconds=bindparam("r_eta_seconds", type_=Float()),
+                version=t.c.version + 1, updated_at=bindparam("now"), last_report_at=bindparam("now"),
+                # the stop happened, or this is a fresh resume (see apply_progress)
+                stop_requested=case((or_(bindparam("r_stopped", type_=Boolean()), resume), false()),
+                                    else_=t.c.stop_requested),
+                **keep)
+        .returning(*t.c))
+    insert_stmt = insert(samples).values(upload_id=bindparam("upload_id"), at=bindparam("now"),
+                                         bytes_done=bindparam("s_bytes_done"), speed_bps=bindparam("s_speed_bps"))
+    return update_stmt, insert_stmt
+
+
+_UPDATE, _INSERT_SAMPLE = _ingest_statements()
+
+
+async def ingest(sessions: async_sessionmaker[AsyncSession], token: str, upload_id: str, report: ProgressReport,
+                 history_limit: int) -> tuple[Any, bool]:
+    """Apply one report sent with ``token`` (the hot path; see the module docstring).
+
+    Returns the record (a row with the record's attributes, or the :class:`Upload`) and whether the report
+    was accepted. Raises :class:`Unauthorized`, :class:`NotFound` or :class:`ProgressError`.
+    """
+    try:
+        status = _status(report)
+        _validate_values(report)
+    except ProgressError:
+        async with sessions() as session:  # a bad token is a 401 whatever the report says
+            if await token_user(session, token) is None:
+                raise Unauthorized("invalid, expired or revoked token") from None
+        raise
+    now = utcnow()
+    params: dict[str, Any] = {
+        "token_hash": hash_token(token), "now": now, "upload_id": upload_id, "r_seq": report.seq,
+        "sources": [old for old, targets in ALLOWED.items() if status in targets], "r_status": status,
+        "r_bytes_done": report.bytes_done, "r_parts_done": report.parts_done, "r_eta_seconds": report.eta_seconds,
+        "r_stopped": status is S.STOPPED, "r_active": status in ACTIVE,
+        **{f"r_{name}": getattr(report, name) for name in _REPORTED},
+    }
+    engine = sessions.kw["bind"]  # a connection, not a session: the ORM's bookkeeping costs more than the SQL
+    async with engine.begin() as conn:
+        row = (await conn.execute(_UPDATE, params)).first()
+        if row is not None:
+            await conn.execute(_INSERT_SAMPLE, {"upload_id": upload_id, "now": now, "s_bytes_done": row.bytes_done,
+                                                "s_speed_bps": row.speed_bps})
+            if row.version % PRUNE_EVERY == 0:
+                await _prune(conn, upload_id, history_limit)
+    if row is not None:
+        return row, True
+    async with sessions() as session:  # refused: find out why, on the slow path
+        user = await token_user(session, token)
+        if user is None:
+            raise Unauthorized("invalid, expired or revoked token")
+        return await apply_progress(session, user, upload_id, report, history_limit)
 
 
 async def stop_upload(session: AsyncSession, user: User, upload_id: str) -> tuple[Upload, bool]:

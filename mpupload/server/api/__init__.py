@@ -12,7 +12,7 @@ __all__ = ["build_router"]
 def build_router() -> APIRouter:
     """Every REST route of the server."""
     router = APIRouter()
-    router.include_router(health.router)
+    router.include_router(uploads.router, prefix="/api/v1")  # first: progress reports are the hot path
     router.include_router(accounts.router, prefix="/api/v1")
-    router.include_router(uploads.router, prefix="/api/v1")
+    router.include_router(health.router)
     return router

@@ -1,4 +1,4 @@
-"""Upload records and progress ingestion: ``/uploads``, ``/uploads/{id}``, ``/uploads/{id}/progress``."""
+"""Upload records: ``/uploads``, ``/uploads/{id}`` (progress ingestion is :mod:`.ingest`)."""
 
 from __future__ import annotations
 
@@ -42,23 +42,7 @@ async def get_one(upload_id: str, user: UserDep, state: StateDep, session: Sessi
     except svc.NotFound:
         raise _not_found(upload_id) from None
     record = svc.upload_dict(upload, state.settings.live_after_s)
-    record["history"] = await svc.history(session, upload.id)
+    record["history"] = await svc.history(session, upload.id, state.settings.history_limit)
     return record
 
-
-@router.post("/uploads/{upload_id}/progress")
-async def progress(upload_id: str, body: svc.ProgressReport, user: UserDep, state: StateDep,
-                   session: SessionDep) -> dict[str, Any]:
-    try:
-        upload, accepted = await svc.apply_progress(session, user, upload_id, body,
-                                                    state.settings.history_limit)
-    except svc.NotFound:
-        raise _not_found(upload_id) from None
-    except svc.ProgressError as exc:
-        raise HTTPException(exc.status_code, str(exc)) from None
-    if accepted:
-        await svc.publish(state.bus, upload, state.settings.live_after_s)
-    answer: dict[str, Any] = {"ignored": not accepted, "upload": svc.upload_dict(upload, state.settings.live_after_s)}
-    if upload.stop_requested:
-        answer["action"] = "stop"
-    return answer
+# POST /uploads/{upload_id}/progress is answered in front of FastAPI: see .ingest (the hot path).

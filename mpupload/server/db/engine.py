@@ -29,7 +29,9 @@ def make_engine(database_url: str) -> AsyncEngine:
         engine = create_async_engine(database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(database_url, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per request. A connection that died with a database restart fails
+    # one request and the pool is invalidated (SQLAlchemy does that on a disconnect error); the CLI retries.
+    return create_async_engine(database_url, pool_size=10, max_overflow=20)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -79,7 +79,7 @@ class GraphQLContext(BaseContext):
     async def history(self, upload_id: str) -> list[dict[str, Any]]:
         async with self.state.sessionmaker() as session:
             await svc.get_upload(session, self.user, upload_id)  # NotFound for anyone else's
-            return await svc.history(session, upload_id)
+            return await svc.history(session, upload_id, self.state.settings.history_limit)
 
     async def stop(self, upload_id: str) -> dict[str, Any]:
         async with self.state.sessionmaker() as session:
