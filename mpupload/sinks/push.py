@@ -21,8 +21,10 @@ How it works::
 * 401 (token expired or revoked), 404, 409 and 422 stop the reporting; the upload goes on, and ``say``
   is called once with a line that says why.
 * :meth:`PushSink.close` waits at most ``final_wait_s`` for the final report, then says once when it could
-  not be delivered. When the server has not answered since the outage reported at the start, it waits
-  only :data:`OUTAGE_FINAL_WAIT_S` and says nothing more: the user was told already.
+  not be delivered. When the server is so slow that the reports still pending could not all be delivered
+  in half that time (by the last round trip), the final report replaces them. When the server has not
+  answered since the outage reported at the start, it waits only :data:`OUTAGE_FINAL_WAIT_S` and says
+  nothing more: the user was told already.
 """
 
 from __future__ import annotations
@@ -127,6 +129,13 @@ class ReportBuffer:
     def clear(self) -> None:
         self._items.clear()
 
+    def drop_pending(self, keep_head: bool) -> int:
+        """Drop the non-final reports not yet sent (the head too unless ``keep_head``: it is in flight)."""
+        head = [self._items[0]] if keep_head and self._items else []
+        dropped = len(self._items) - len(head)
+        self._items = deque(head)
+        return dropped
+
     def has_final(self) -> bool:
         return bool(self._items) and self._items[-1].final
 
@@ -188,6 +197,8 @@ class PushSink:
         self._said_once = False
         self._outage_reported = outage_reported
         self._last_error: str | None = None
+        #: the latest round trip of a delivered report (seconds)
+        self._rtt_s = 0.0
         self.final_seen = False
         self.final_delivered = False
         self.stop_requested = False
@@ -207,6 +218,10 @@ class PushSink:
                             urgent=final or snapshot.event is Event.STARTED or snapshot.status is not self._last_status)
             self._last_status = snapshot.status
             self.final_seen = final
+            if final and self._rtt_s * (len(self._buffer) + 1) > self._final_wait_s / 2:
+                # a slow server could not take every pending report before the final wait runs out: the
+                # final report supersedes them (a subscriber may then not see FINALIZING, never a wrong end)
+                self._buffer.drop_pending(keep_head=self._in_flight)
             self._buffer.put(report)
             self._cond.notify_all()
 
@@ -294,6 +309,7 @@ class PushSink:
             report = self._next()
             if report is None:
                 return
+            sent_at = self._clock()
             try:
                 delivered = self._deliver(report)
             except Exception as exc:  # noqa: BLE001 - the sender never dies silently on a surprise
@@ -305,6 +321,7 @@ class PushSink:
                 self._in_flight = False
                 now = self._clock()
                 if delivered:
+                    self._rtt_s = now - sent_at
                     self._attempts = 0
                     self._retry_at = 0.0
                     self._last_sent_at = now

@@ -315,3 +315,49 @@ def test_journal_record_id_round_trips_and_old_journals_read_as_none(tmp_path: A
     path.write_text(json.dumps(data))
     old = journal_mod.load(path)
     assert old is not None and old.record_id is None and old.upload_id == "mpu-1"
+
+
+class SlowServer(FakeServer):
+    """Every report takes ``delay`` seconds to answer."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def report(self, record_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        time.sleep(self.delay)
+        return super().report(record_id, body)
+
+
+def test_a_slow_server_still_gets_the_final_status_within_the_wait() -> None:
+    server = SlowServer(0.3)
+    push, said = sink(server, final_wait_s=1.0)  # three reports in a row would take 0.9 s of the 1 s
+    push.emit(snap(Event.STARTED, Status.UPLOADING))
+    wait_for(lambda: server.statuses() == ["uploading"])  # the round trip is known now
+    push.emit(snap(Event.PROGRESS, Status.UPLOADING, 50))
+    time.sleep(0.05)  # in flight now
+    push.emit(snap(Event.PROGRESS, Status.FINALIZING, 100))
+    push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100))
+    push.close()
+    assert push.final_delivered and said == []
+    assert server.statuses()[-1] == "completed" and "finalizing" not in server.statuses()
+
+
+def test_a_fast_server_sees_every_status() -> None:
+    server = FakeServer()
+    push, said = sink(server, final_wait_s=1.0)
+    push.emit(snap(Event.STARTED, Status.UPLOADING))
+    wait_for(lambda: server.statuses() == ["uploading"])
+    push.emit(snap(Event.PROGRESS, Status.FINALIZING, 100))
+    push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100))
+    push.close()
+    assert server.statuses()[-2:] == ["finalizing", "completed"] and said == []
+
+
+def test_drop_pending_keeps_the_report_in_flight() -> None:
+    buffer = ReportBuffer()
+    first, second = Report(1, Status.UPLOADING, {}), Report(2, Status.FINALIZING, {})
+    buffer.put(first)
+    buffer.put(second)
+    assert buffer.drop_pending(keep_head=True) == 1 and buffer.peek() is first
+    assert buffer.drop_pending(keep_head=False) == 1 and buffer.peek() is None
