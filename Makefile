@@ -40,6 +40,8 @@ bench: venv
 		--out benchmarks/results/4gib.json
 	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json --readme README.md
 	$(PY) -m benchmarks.bar_cost
+	$(PY) -m benchmarks.push --out benchmarks/results/push.json --readme benchmarks/README.md
+	$(PY) -m benchmarks.ingest --backend both --generators 1 --out benchmarks/results/ingest.json
 
 bench-smoke: venv
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json
