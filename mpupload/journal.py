@@ -36,13 +36,13 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import errors as E
+from .fsutil import write_atomic
 
 __all__ = [
     "JOURNAL_VERSION", "CorruptJournal", "SourceFingerprint", "PartRecord", "Journal", "state_dir",
@@ -203,23 +203,7 @@ class Journal:
         """Write atomically: temporary file, fsync, rename over the journal, fsync the directory."""
         self.updated_at = _now()
         payload = json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, payload)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):

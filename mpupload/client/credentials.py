@@ -18,17 +18,16 @@ Precedence: ``--api-url`` > ``MPUPLOAD_API_URL`` > the stored URL; ``MPUPLOAD_TO
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import errors as E
+from ..fsutil import write_atomic
 
 __all__ = ["ApiTarget", "Credentials", "config_dir", "credentials_path", "load_credentials", "save_credentials",
            "remove_credentials", "resolve_target", "normalize_url"]
@@ -102,23 +101,7 @@ def save_credentials(creds: Credentials, path: Path | None = None) -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     payload = json.dumps(creds.to_json(), indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, payload, 0o600)
     return path
 
 

@@ -8,27 +8,15 @@ still counts), and its status texts likewise, plus the console errors the page l
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
 #: deadline of each DOM condition
 TIMEOUT_MS = 15_000
 
@@ -52,15 +40,6 @@ _RECORD_CELLS = """
   if (document.documentElement) start(); else document.addEventListener("DOMContentLoaded", start);
 })();
 """
-
-
-def require_chromium() -> None:
-    """A missing Chromium fails under CI=true and skips elsewhere."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium (scripts/ensure-system-deps.sh)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @contextmanager

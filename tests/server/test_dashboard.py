@@ -24,22 +24,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, WebSocketRoute, expect, sync_playwright
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
 from .conftest import PASSWORD, token_for
 from .support import ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MiB = 1024**2
 GiB = 1024**3
 TIMEOUT_MS = 10_000  # deadline of each DOM condition
@@ -47,11 +38,7 @@ TIMEOUT_MS = 10_000  # deadline of each DOM condition
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium_present() -> None:
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: apt-get install chromium (scripts/ensure-system-deps.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_chromium()
 
 
 @dataclass
