@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(database_url=args.database_url, broker_url=args.broker_url, host=args.host,
                                  port=args.port, token_ttl_s=args.token_ttl)
     app = create_app(settings)
+    # No permessage-deflate: events are a few hundred bytes, and compressing every one of them for every
+    # subscriber cost more CPU than it saved bytes.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="debug" if args.debug else "info",
-                access_log=args.access_log, lifespan="on")
+                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False)
     return EXIT_OK

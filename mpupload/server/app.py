@@ -1,7 +1,8 @@
 """The application factory: ``create_app(settings)`` builds a FastAPI app with no module-level state.
 
 The lifespan creates the engine, runs the migrations (safe with several replicas), builds the session
-factory, the login rate limiter and the bus, and disposes of the engine at shutdown. A test or another
+factory, the progress writer (group commit), the login rate limiter and the bus, and at shutdown writes
+what is queued and disposes of the engine. A test or another
 component may pass its own ``bus``.
 """
 
@@ -21,6 +22,7 @@ from .bus import Bus, make_bus
 from .db import make_engine, make_sessionmaker, upgrade
 from .graphql import build_graphql_router
 from .settings import Settings
+from .uploads import progress_writer
 from .web import mount_dashboard
 
 __all__ = ["create_app"]
@@ -39,6 +41,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
+        writer = progress_writer(engine)
         started = False
         try:
             await upgrade(engine)
@@ -50,7 +53,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
                 settings=settings, sessionmaker=make_sessionmaker(engine),
                 limiter=LoginRateLimiter(settings.login_max_per_user, settings.login_max_per_address,
                                          settings.login_window_s),
-                bus=chosen_bus)
+                bus=chosen_bus, writer=writer)
             app.state.bus = chosen_bus
             # Everything imported and built so far lives as long as the process: keep it out of the cyclic
             # collector's generations, and collect less often (every report allocates; pauses show in p99).
@@ -58,6 +61,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
             gc.set_threshold(50_000, 20, 100)
             yield
         finally:
+            await writer.close()
             close = getattr(chosen_bus, "close", None)
             if started and close is not None:
                 await close()

@@ -38,15 +38,19 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from .auth import hash_token, token_user
 from .bus.base import Bus
+from .db.engine import make_sqlite_writer_engine
+from .db.group_commit import AsyncGroupCommit, GroupCommit, ThreadedGroupCommit
 from .db.models import Sample, Token, Upload, UploadStatus, User, as_utc, utcnow
 
 __all__ = ["ACTIVE", "ALLOWED", "ProgressError", "NotFound", "ProgressReport", "NewUpload", "create_upload",
            "get_upload", "list_uploads", "apply_progress", "ingest", "Unauthorized", "PRUNE_EVERY",
-           "stop_upload", "parse_report", "upload_dict", "history", "publish"]
+           "stop_upload", "parse_report", "upload_dict", "history", "publish", "ProgressWriter",
+           "progress_writer"]
 
 S = UploadStatus
 ACTIVE = frozenset({S.PENDING, S.UPLOADING, S.FINALIZING})
@@ -60,6 +64,10 @@ ALLOWED: dict[UploadStatus, frozenset[UploadStatus]] = {
     S.FAILED: frozenset({S.FAILED, S.PENDING, S.UPLOADING, S.FINALIZING, S.STOPPED}),
 }
 
+
+#: status -> the statuses a report of it may come from
+_SOURCES: dict[UploadStatus, list[UploadStatus]] = {
+    new: [old for old, targets in ALLOWED.items() if new in targets] for new in UploadStatus}
 
 #: delete samples beyond the history limit every this many changes of a record
 PRUNE_EVERY = 16
@@ -278,16 +286,12 @@ async def _add_sample(session: AsyncSession, upload: Upload, now: dt.datetime, h
         await _prune(session, upload.id, history_limit)
 
 
-async def _prune(session: AsyncSession | AsyncConnection, upload_id: str, history_limit: int) -> None:
-    cutoff = (await session.execute(
-        select(Sample.id).where(Sample.upload_id == upload_id).order_by(Sample.id.desc())
-        .offset(history_limit).limit(1))).scalar_one_or_none()
-    if cutoff is not None:
-        await session.execute(delete(Sample).where(Sample.upload_id == upload_id, Sample.id <= cutoff))
+async def _prune(session: AsyncSession, upload_id: str, history_limit: int) -> None:
+    await session.execute(_PRUNE, {"upload_id": upload_id, "keep": history_limit})
 
 
-def _ingest_statements() -> tuple[Any, Any]:
-    """The hot path's two statements, built once (a statement built per call costs more than running it)."""
+def _ingest_statements() -> tuple[Any, Any, Any]:
+    """The hot path's statements, built once (a statement built per call costs more than running it)."""
     t, samples, tokens = (cast(Table, model.__table__) for model in (Upload, Sample, Token))
     owner = (select(tokens.c.user_id).where(tokens.c.token_hash == bindparam("token_hash"),
                                            tokens.c.revoked.is_(False), tokens.c.expires_at > bindparam("now"))
@@ -312,16 +316,62 @@ def _ingest_statements() -> tuple[Any, Any]:
         .returning(*t.c))
     insert_stmt = insert(samples).values(upload_id=bindparam("upload_id"), at=bindparam("now"),
                                          bytes_done=bindparam("s_bytes_done"), speed_bps=bindparam("s_speed_bps"))
-    return update_stmt, insert_stmt
+    # samples beyond the newest ``keep`` (an empty subquery is NULL, and ``id <= NULL`` deletes nothing)
+    cutoff = (select(samples.c.id).where(samples.c.upload_id == bindparam("upload_id"))
+              .order_by(samples.c.id.desc()).offset(bindparam("keep", type_=Integer())).limit(1).scalar_subquery())
+    prune_stmt = delete(samples).where(samples.c.upload_id == bindparam("upload_id"), samples.c.id <= cutoff)
+    return update_stmt, insert_stmt, prune_stmt
 
 
-_UPDATE, _INSERT_SAMPLE = _ingest_statements()
+_UPDATE, _INSERT_SAMPLE, _PRUNE = _ingest_statements()
 
 
-async def ingest(sessions: async_sessionmaker[AsyncSession], token: str, upload_id: str, report: ProgressReport,
-                 history_limit: int) -> tuple[Any, bool]:
+def _sample_params(params: dict[str, Any], row: Any) -> dict[str, Any]:
+    return {"upload_id": params["upload_id"], "now": params["now"], "s_bytes_done": row.bytes_done,
+            "s_speed_bps": row.speed_bps}
+
+
+def _write_report_sync(conn: Connection, params: dict[str, Any]) -> Any:
+    """One report on a synchronous connection (the SQLite writer thread): the row, or ``None`` if refused."""
+    row = conn.execute(_UPDATE, params).first()
+    if row is not None:
+        conn.execute(_INSERT_SAMPLE, _sample_params(params, row))
+        if row.version % PRUNE_EVERY == 0:
+            conn.execute(_PRUNE, params)
+    return row
+
+
+async def _write_report(conn: AsyncConnection, params: dict[str, Any]) -> Any:
+    """One report on an async connection; the same statements as :func:`_write_report_sync`."""
+    row = (await conn.execute(_UPDATE, params)).first()
+    if row is not None:
+        await conn.execute(_INSERT_SAMPLE, _sample_params(params, row))
+        if row.version % PRUNE_EVERY == 0:
+            await conn.execute(_PRUNE, params)
+    return row
+
+
+def _upload_key(params: dict[str, Any]) -> str:
+    return str(params["upload_id"])
+
+
+#: writes progress reports in batches (see :mod:`.db.group_commit`); ``write(params)`` -> the row or ``None``
+ProgressWriter = GroupCommit[dict[str, Any], Any]
+
+
+def progress_writer(engine: AsyncEngine) -> ProgressWriter:
+    """The group-commit writer for ``engine``'s database: a thread of its own on a SQLite file, tasks otherwise."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        return ThreadedGroupCommit(make_sqlite_writer_engine(engine), _write_report_sync, _upload_key,
+                                   name="mpupload-progress-writer")
+    return AsyncGroupCommit(engine, _write_report, _upload_key)
+
+
+async def ingest(sessions: async_sessionmaker[AsyncSession], writer: ProgressWriter, token: str, upload_id: str,
+                 report: ProgressReport, history_limit: int) -> tuple[Any, bool]:
     """Apply one report sent with ``token`` (the hot path; see the module docstring).
 
+    ``writer`` (:func:`progress_writer`) writes it together with the reports that arrive at the same time.
     Returns the record (a row with the record's attributes, or the :class:`Upload`) and whether the report
     was accepted. Raises :class:`Unauthorized`, :class:`NotFound` or :class:`ProgressError`.
     """
@@ -333,22 +383,14 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], token: str, upload_
             if await token_user(session, token) is None:
                 raise Unauthorized("invalid, expired or revoked token") from None
         raise
-    now = utcnow()
     params: dict[str, Any] = {
-        "token_hash": hash_token(token), "now": now, "upload_id": upload_id, "r_seq": report.seq,
-        "sources": [old for old, targets in ALLOWED.items() if status in targets], "r_status": status,
+        "token_hash": hash_token(token), "now": utcnow(), "upload_id": upload_id, "r_seq": report.seq,
+        "sources": _SOURCES[status], "r_status": status, "keep": history_limit,
         "r_bytes_done": report.bytes_done, "r_parts_done": report.parts_done, "r_eta_seconds": report.eta_seconds,
         "r_stopped": status is S.STOPPED, "r_active": status in ACTIVE,
         **{f"r_{name}": getattr(report, name) for name in _REPORTED},
     }
-    engine = sessions.kw["bind"]  # a connection, not a session: the ORM's bookkeeping costs more than the SQL
-    async with engine.begin() as conn:
-        row = (await conn.execute(_UPDATE, params)).first()
-        if row is not None:
-            await conn.execute(_INSERT_SAMPLE, {"upload_id": upload_id, "now": now, "s_bytes_done": row.bytes_done,
-                                                "s_speed_bps": row.speed_bps})
-            if row.version % PRUNE_EVERY == 0:
-                await _prune(conn, upload_id, history_limit)
+    row = await writer.write(params)
     if row is not None:
         return row, True
     async with sessions() as session:  # refused: find out why, on the slow path

@@ -17,6 +17,7 @@ from ..auth import LoginRateLimiter, token_user
 from ..bus.base import Bus
 from ..db.models import User
 from ..settings import Settings
+from ..uploads import ProgressWriter
 
 __all__ = ["ServerState", "server_state", "db_session", "bearer_token", "current_user", "StateDep", "SessionDep",
            "UserDep", "TokenDep", "unauthorized"]
@@ -30,6 +31,7 @@ class ServerState:
     sessionmaker: async_sessionmaker[AsyncSession]
     limiter: LoginRateLimiter
     bus: Bus | None
+    writer: ProgressWriter
 
 
 async def server_state(request: Request) -> ServerState:

@@ -2,8 +2,9 @@
 
 Every CLI posts a report every 2 s, so a server with a thousand uploads takes 500 a second. Through FastAPI's
 routing, dependency injection, validation and encoder a report cost about three times its database work;
-here it is: parse the body (:func:`..uploads.parse_report`), one ``UPDATE`` that also checks the token, one
-``INSERT``, the commit (:func:`..uploads.ingest`), publish, answer. Every other request goes on to FastAPI.
+here it is: parse the body (:func:`..uploads.parse_report`), one ``UPDATE`` that also checks the token and
+one ``INSERT``, committed together with the reports that arrive at the same time (:func:`..uploads.ingest`,
+group commit), publish, answer. Every other request goes on to FastAPI.
 The answers are the same as the REST API's: JSON ``{"detail": ...}`` errors, 401 with ``WWW-Authenticate``.
 """
 
@@ -66,7 +67,7 @@ class ProgressEndpoint:
             await _require_token(state, token)  # a bad token is a 401 whatever the body says
             raise
         try:
-            upload, accepted = await svc.ingest(state.sessionmaker, token, upload_id, report,
+            upload, accepted = await svc.ingest(state.sessionmaker, state.writer, token, upload_id, report,
                                                 state.settings.history_limit)
         except svc.Unauthorized:
             raise _Refused(401, "invalid, expired or revoked token: sign in again with mpupload login") from None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["make_engine", "make_sessionmaker", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "make_sessionmaker", "make_sqlite_writer_engine", "SQLITE_BUSY_TIMEOUT_MS"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -32,6 +32,14 @@ def make_engine(database_url: str) -> AsyncEngine:
     # No pre-ping: it costs a round trip per request. A connection that died with a database restart fails
     # one request and the pool is invalidated (SQLAlchemy does that on a disconnect error); the CLI retries.
     return create_async_engine(database_url, pool_size=10, max_overflow=20)
+
+
+def make_sqlite_writer_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous engine on the same SQLite file, for a writer thread of its own (see ``group_commit``)."""
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    sync = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(sync, "connect", _sqlite_pragmas)
+    return sync
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
