@@ -42,6 +42,8 @@ bench: venv
 	$(PY) -m benchmarks.bar_cost
 	$(PY) -m benchmarks.push --out benchmarks/results/push.json --readme benchmarks/README.md
 	$(PY) -m benchmarks.ingest --backend both --generators 1 --out benchmarks/results/ingest.json
+	$(PY) -m benchmarks.ingest --backend postgresql --replicas 2 --broker-url redis://127.0.0.1:6379/0 \
+		--generators 1 --out benchmarks/results/ingest-replicas.json
 
 bench-smoke: venv
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json
