@@ -169,6 +169,25 @@ def test_latest_wins_buffer_unit() -> None:
     assert [p["id"] for p in sub.drain()] == [6, 7, 8, 9]
 
 
+def count_failed_reconnects(bus: PostgresBus | RedisBus) -> Callable[[], int]:
+    """How many of ``bus``'s connection attempts have failed so far: wraps the call its supervisor retries with
+    backoff (``_connect_listener`` for PostgreSQL, ``_subscribe`` for Redis)."""
+    name = "_connect_listener" if isinstance(bus, PostgresBus) else "_subscribe"
+    original = getattr(bus, name)
+    failed = 0
+
+    async def attempt(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failed
+        try:
+            return await original(*args, **kwargs)
+        except Exception:
+            failed += 1
+            raise
+
+    setattr(bus, name, attempt)
+    return lambda: failed
+
+
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureRequest) -> None:
     server: PrivatePostgres | PrivateRedis
@@ -185,6 +204,7 @@ def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureReque
 
     async def body() -> None:
         a, b = new_bus(), new_bus()
+        b_failed = count_failed_reconnects(b)
         await a.start()
         await b.start()
         try:
@@ -196,9 +216,9 @@ def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureReque
                 t0 = time.monotonic()
                 await asyncio.wait_for(a.publish("user:9", {"id": "x", "phase": "outage"}), WAIT)  # no raise
                 outage_publish = time.monotonic() - t0
-                # Stay down until replica B has noticed, plus a little, so its backoff grows.
+                # Stay down until replica B has noticed and failed to reconnect twice: its backoff has grown.
                 await wait_for_condition(lambda: not b.connected, WAIT)
-                await asyncio.sleep(1.5)  # outage length, not synchronisation
+                await wait_for_condition(lambda: b_failed() >= 2, WAIT)
                 await asyncio.to_thread(server.start)
                 restarted = time.monotonic()
 
@@ -215,6 +235,43 @@ def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureReque
                     f"{kind}: outage publish {outage_publish:.3f}s, flowing again {took:.2f}s after restart "
                     f"({time.monotonic() - restarted:.2f}s)"
                 )
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_first_publish_after_a_broker_restart_arrives(kind: str, request: pytest.FixtureRequest) -> None:
+    """The publisher's pooled connections still point at the killed broker: one PUBLISH, not a retry loop."""
+    server: PrivatePostgres | PrivateRedis
+    new_bus: Callable[[], PostgresBus | RedisBus]
+    if kind == "postgres":
+        pserver: PrivatePostgres = request.getfixturevalue("pg")
+        server = pserver
+        new_bus = lambda: PostgresBus(pserver.dsn, buffer_size=BUFFER, backoff_max=0.5, health_interval=1.0)
+    else:
+        rserver: PrivateRedis = request.getfixturevalue("rd")
+        server = rserver
+        prefix = f"first-{uuid.uuid4().hex[:8]}:"
+        new_bus = lambda: RedisBus(rserver.url, prefix=prefix, buffer_size=BUFFER, backoff_max=0.5, health_interval=1.0)
+
+    async def body() -> None:
+        a, b = new_bus(), new_bus()
+        await a.start()
+        await b.start()
+        try:
+            async with b.subscribe("user:7") as sub:
+                await asyncio.gather(*(a.publish("user:7", {"id": "x", "n": n}) for n in range(2)))  # two pooled
+                assert [await next_payload(sub) for _ in range(2)] in (
+                    [{"id": "x", "n": 0}, {"id": "x", "n": 1}], [{"id": "x", "n": 1}, {"id": "x", "n": 0}])
+                await asyncio.to_thread(server.kill)
+                await wait_for_condition(lambda: not b.connected, WAIT)
+                await asyncio.to_thread(server.start)
+                assert await next_payload(sub) == {"resync": True}  # B is back
+                await a.publish("user:7", {"id": "x", "n": 2})
+                assert await next_payload(sub) == {"id": "x", "n": 2}
         finally:
             await a.close()
             await b.close()

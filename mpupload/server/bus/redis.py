@@ -8,7 +8,9 @@
   when the connection has been idle for ``health_interval`` seconds) closes it and reconnects with
   exponential backoff. Messages published while disconnected are lost (at-most-once); after a reconnect
   every subscription receives :data:`~.local.RESYNC` so that consumers re-read state from the database.
-* :meth:`RedisBus.publish` never raises on a broker outage: it logs and drops.
+* :meth:`RedisBus.publish` never raises on a broker outage: it logs and drops. A connection lost since the last
+  publish (the broker restarted) is retried once on a fresh connection, so the first event after a
+  restart is not lost.
 * ``prefix`` namespaces the Redis channels so that tests or deployments sharing a Redis do not collide.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -101,10 +104,20 @@ class RedisBus:
             log.warning("bus: publish on %r before start(); dropped", channel)
             return
         text = json.dumps(payload, separators=(",", ":"), default=str)
-        try:
-            await asyncio.wait_for(self._client.publish(self.prefix + channel, text), self.timeout)
-        except (TimeoutError, OSError, RedisError) as exc:
-            log.warning("bus: publish on %r dropped: %s", channel, exc)
+        # A pooled connection can still point at a broker that restarted: the first command on it fails
+        # ("Connection closed by server") and the pool drops it. One more attempt takes a fresh connection.
+        # Should the first PUBLISH have reached Redis after all, the event arrives twice; streams drop a
+        # version they have already sent, so that is harmless, and a lost event is not.
+        for attempt in (1, 2):
+            try:
+                await asyncio.wait_for(self._client.publish(self.prefix + channel, text), self.timeout)
+                return
+            except (RedisConnectionError, ConnectionError) as exc:
+                if attempt == 2:
+                    log.warning("bus: publish on %r dropped: %s", channel, exc)
+            except (TimeoutError, OSError, RedisError) as exc:
+                log.warning("bus: publish on %r dropped: %s", channel, exc)
+                return
 
     def subscribe(self, channel: str, key: str | None = None) -> BufferedSubscription:
         return BufferedSubscription(channel, self._attach, self._detach, self.buffer_size, key)
