@@ -2,6 +2,13 @@
 CA), a fresh bucket per test, and the CLI environment.
 
 Under ``CI=true`` a component that cannot start is a failure, never a skip.
+
+``--shard ceph`` / ``--shard other`` select one of two disjoint halves of the suite, so that
+``scripts/run-tests.sh`` can run them as two pytest processes at once (most of the suite waits on
+subprocesses, proxies and servers, not on the CPU). Every test is in exactly one half: ``ceph`` holds every
+test that needs a Ceph cluster (so only that process starts one), the API server tests, the unit tests and
+the smoke benchmarks; ``other`` holds the rest (moto only). Each process starts its own session servers;
+nothing is shared between them.
 """
 
 from __future__ import annotations
@@ -19,6 +26,39 @@ from tests.support.s3server import S3Server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+SHARDS = ("ceph", "other")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shard", choices=SHARDS, default=None,
+                     help="run only one of the two halves of the suite (see tests/conftest.py)")
+
+
+def shard_of(item: pytest.Item) -> str:
+    """The half a test belongs to: ``ceph`` for Ceph, the API server, the unit tests and the smoke benchmarks;
+    ``other`` for the rest."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    store = str(callspec.params.get("s3", "")) if callspec is not None else ""
+    path = item.path.as_posix()
+    if ("ceph" in item.nodeid.lower() or fixtures & {"ceph_server", "ceph_https"} or store.startswith("ceph")
+            or item.get_closest_marker("bench") is not None  # the smoke benchmarks: for balance
+            or "/tests/server/" in path or "/tests/unit/" in path or "/tests/functional/" in path):
+        return "ceph"
+    return "other"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = config.getoption("--shard")
+    if shard is None:
+        return
+    keep = [item for item in items if shard_of(item) == shard]
+    dropped = [item for item in items if shard_of(item) != shard]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
 
 
 @pytest.fixture(scope="session")

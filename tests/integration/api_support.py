@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,20 @@ class Api:
         done = cli("users", "add", name, "--password-stdin", "--database-url", self.database_url,
                    stdin=password + "\n")
         assert done.returncode == 0, done.stderr
+
+    def prepare(self, *users: str) -> Api:
+        """Add ``users`` and start the server: the first user creates the schema, then the other users are added
+        while the server starts (each is a process start-up)."""
+        self.add_user(users[0])
+        try:
+            with ThreadPoolExecutor(len(users)) as pool:
+                jobs = [pool.submit(self.add_user, name) for name in users[1:]] + [pool.submit(self.start)]
+                for job in jobs:
+                    job.result()
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def start(self) -> Api:
         import os

@@ -23,9 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     server = Api(tmp_path_factory.mktemp("api-login"), env={"MPUPLOAD_LOGIN_MAX_PER_USER": "2"})
-    for name in ("alice", "mallory"):
-        server.add_user(name)
-    server.start()
+    server.prepare("alice", "mallory")
     yield server
     server.stop()
 

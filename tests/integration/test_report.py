@@ -9,6 +9,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,7 @@ FAST = ["--report-interval", "0.2", "--part-size", "5MiB", "--workers", "2", "--
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    server = Api(tmp_path_factory.mktemp("api"))
-    for name in ("alice", "bob"):
-        server.add_user(name)
-    server.start()
+    server = Api(tmp_path_factory.mktemp("api")).prepare("alice", "bob")
     yield server
     server.stop()
 
@@ -125,17 +123,17 @@ def test_live_progress_reaches_a_subscriber(api: Api, slow_s3: S3Server, moto_se
     assert record["host"] and record["filename"] == "data.bin" and record["parts_total"] == 5
     assert sha256_object(moto_server.client(), moto_bucket, "data.bin") == sha256_file(src)
 
-    # list and status (plain, JSON, and --watch on a finished upload) read the same record
-    listed = run_cli("list", env=env)
+    # list and status (plain, JSON, and --watch on a finished upload) read the same record: read-only commands,
+    # run side by side
+    with ThreadPoolExecutor(5) as pool:
+        listed, as_json, status, watch, missing = pool.map(lambda args: run_cli(*args, env=env, timeout=60), [
+            ("list",), ("list", "--json"), ("status", record_id),
+            ("status", record_id, "--watch", "--progress", "json"), ("status", "no-such-id")])
     assert listed.returncode == 0 and record_id in listed.stdout and "completed" in listed.stdout, listed.stderr
-    as_json = run_cli("list", "--json", env=env)
     assert [r["id"] for r in json.loads(as_json.stdout)][0] == record_id
-    status = run_cli("status", record_id, env=env)
     assert status.returncode == 0 and "completed" in status.stdout and "crc32c:" in status.stdout
-    watch = run_cli("status", record_id, "--watch", "--progress", "json", env=env, timeout=60)
     assert watch.returncode == 0, watch.stderr
     assert events(watch.stdout)[-1]["event"] == "completed"
-    missing = run_cli("status", "no-such-id", env=env)
     assert missing.returncode == 2 and "mpupload list" in missing.stderr
 
 

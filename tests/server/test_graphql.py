@@ -1,5 +1,10 @@
 """GraphQL against a real ``mpupload serve`` process (SQLite and PostgreSQL): queries, ``stopUpload`` and
-the ``graphql-transport-ws`` subscriptions, with a real WebSocket client."""
+the ``graphql-transport-ws`` subscriptions, with a real WebSocket client.
+
+What the database decides (64-bit columns, history rows, the ``live`` timestamps, an end-to-end subscription) runs
+on both databases; the protocol, authentication of the handshake and isolation on the bus do not depend on the
+database and run on SQLite only (:data:`ONE_DB`): their SQL counterparts run on both in ``test_rest`` and
+``test_functional``."""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 GiB = 1024**3
+
+#: a test whose behaviour does not depend on the database: SQLite only
+ONE_DB = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 PROGRESS = f"subscription($id: ID!) {{ uploadProgress(id: $id) {{ {UPLOAD_FIELDS} }} }}"
 EVENTS = f"subscription {{ uploadEvents {{ {UPLOAD_FIELDS} }} }}"
@@ -87,6 +95,7 @@ def test_int64_arguments_are_checked() -> None:
             _parse_int64(bad)
 
 
+@ONE_DB  # header checks; the token lookup itself runs on both in test_rest
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Basic YWxpY2U6eA=="])
 def test_graphql_over_http_needs_a_valid_token(server: ServerProcess, header: str | None) -> None:
     headers = {} if header is None else {"Authorization": header}
@@ -94,11 +103,13 @@ def test_graphql_over_http_needs_a_valid_token(server: ServerProcess, header: st
     assert answer.status_code == 401
 
 
+@ONE_DB  # what is served at /graphql
 def test_no_ide_is_served(server: ServerProcess) -> None:
     answer = httpx.get(f"{server.base_url}/graphql", headers={"Accept": "text/html"})
     assert answer.status_code != 200 or "cdn" not in answer.text.lower()
 
 
+@ONE_DB  # the graphql-transport-ws handshake
 @pytest.mark.parametrize(("payload", "code"), [
     ({"token": "nope"}, 4403), ({}, 4403), ({"token": 5}, 4403), ({"token": ""}, 4403),
     (None, 4400), ("junk", 4400),  # not an object: a protocol error before any token check
@@ -108,6 +119,7 @@ def test_websocket_with_a_bad_token_is_closed(server: ServerProcess, payload: An
     assert closed.code == code
 
 
+@ONE_DB  # the handshake; revocation itself runs on both in test_rest
 def test_revoked_token_cannot_connect(server: ServerProcess) -> None:
     tok = token(server.base_url, "alice")
     assert httpx.post(f"{server.base_url}/api/v1/auth/logout",
@@ -147,6 +159,7 @@ def test_upload_progress_sends_state_first_then_every_change(server: ServerProce
     run(body())
 
 
+@ONE_DB  # the bus and resolvers; owner filtering in SQL runs on both in test_rest
 def test_subscriptions_never_cross_users(server: ServerProcess) -> None:
     alice_tok, bob_tok = token(server.base_url, "alice"), token(server.base_url, "bob")
     alice, bob = {"Authorization": f"Bearer {alice_tok}"}, {"Authorization": f"Bearer {bob_tok}"}
@@ -187,6 +200,7 @@ def test_subscriptions_never_cross_users(server: ServerProcess) -> None:
     run(body())
 
 
+@ONE_DB  # the mutation and its stream; the stop action in SQL runs on both in test_functional
 def test_stop_upload_sets_the_stop_action_and_is_streamed(server: ServerProcess) -> None:
     tok = token(server.base_url, "carol")
     headers = {"Authorization": f"Bearer {tok}"}
@@ -256,6 +270,7 @@ def test_live_turns_false_when_reports_stop(quick_server: ServerProcess) -> None
     assert rest["live"] in (True, False)  # the REST view computes it too
 
 
+@ONE_DB  # the re-check timer of an open WebSocket
 def test_a_revoked_token_ends_the_websocket(quick_server: ServerProcess) -> None:
     response = login(quick_server.base_url, "grace")
     tok = response.json()["token"]

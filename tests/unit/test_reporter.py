@@ -30,7 +30,7 @@ def test_seq_is_microseconds_and_strictly_increasing_even_when_the_clock_goes_ba
 
 def test_seq_of_a_new_process_is_above_an_earlier_one() -> None:
     earlier = SeqClock().next()
-    time.sleep(0.002)
+    wait_for(lambda: int(time.time() * 1_000_000) > earlier)  # the clock has moved on, as between two runs
     assert SeqClock().next() > earlier
 
 
@@ -124,6 +124,8 @@ class FakeServer:
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
         self.created = 0
+        self.create_attempts = 0
+        self.failed_reports = 0
         self.fail_with: Exception | None = None
         self.fail_create: Exception | None = None
         self.block = threading.Event()
@@ -132,6 +134,7 @@ class FakeServer:
         self.lock = threading.Lock()
 
     def create_upload(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.create_attempts += 1
         if self.fail_create is not None:
             raise self.fail_create
         self.created += 1
@@ -140,6 +143,7 @@ class FakeServer:
     def report(self, record_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         self.block.wait(10)
         if self.fail_with is not None:
+            self.failed_reports += 1
             raise self.fail_with
         with self.lock:
             self.reports.append({"record": record_id, **body})
@@ -171,7 +175,7 @@ def test_reports_in_order_with_rising_seq_and_delivers_the_final() -> None:
     push.emit(snap(Event.STARTED, Status.UPLOADING))
     for done in range(10, 60, 10):
         push.emit(snap(Event.PROGRESS, Status.UPLOADING, done))
-        time.sleep(0.02)
+        wait_for(lambda done=done: bool(server.reports) and server.reports[-1]["bytes_done"] == done)  # a pace
     push.emit(snap(Event.PROGRESS, Status.FINALIZING, 100))
     push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100, checksum="crc32c:x", etag="e", verified="crc32c"))
     push.close()
@@ -216,7 +220,7 @@ def test_registers_late_when_the_server_comes_back() -> None:
     server.fail_create = ApiUnreachable("cannot reach")
     push, said = sink(server, record_id=None)
     push.emit(snap(Event.STARTED, Status.UPLOADING))
-    time.sleep(0.2)
+    wait_for(lambda: server.create_attempts >= 1)  # the registration failed: the server is down
     server.fail_create = None
     push.emit(snap(Event.PROGRESS, Status.UPLOADING, 50))
     push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100))
@@ -280,7 +284,7 @@ def test_transient_failures_are_retried() -> None:
     server.fail_with = ApiUnreachable("down")
     push, said = sink(server)
     push.emit(snap(Event.STARTED, Status.UPLOADING))
-    time.sleep(0.3)
+    wait_for(lambda: server.failed_reports >= 1)  # the report failed
     server.fail_with = None
     push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100))
     push.close()
@@ -323,9 +327,11 @@ class SlowServer(FakeServer):
     def __init__(self, delay: float) -> None:
         super().__init__()
         self.delay = delay
+        self.answering = 0  # reports received so far, each answered ``delay`` seconds later
 
     def report(self, record_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        time.sleep(self.delay)
+        self.answering += 1
+        time.sleep(self.delay)  # the fake server's latency, not a wait of the test
         return super().report(record_id, body)
 
 
@@ -335,7 +341,7 @@ def test_a_slow_server_still_gets_the_final_status_within_the_wait() -> None:
     push.emit(snap(Event.STARTED, Status.UPLOADING))
     wait_for(lambda: server.statuses() == ["uploading"])  # the round trip is known now
     push.emit(snap(Event.PROGRESS, Status.UPLOADING, 50))
-    time.sleep(0.05)  # in flight now
+    wait_for(lambda: server.answering >= 2)  # in flight now
     push.emit(snap(Event.PROGRESS, Status.FINALIZING, 100))
     push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100))
     push.close()
