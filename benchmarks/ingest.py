@@ -1008,15 +1008,28 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds: servers stopped, PostgreSQL database dropped
 
 
+def busy_cores(window_s: float = 2.0) -> float:
+    """How many cores the machine keeps busy over ``window_s`` (``/proc/stat``): other work that will compete."""
+    before, t0 = system_cpu_busy_s(), time.monotonic()
+    time.sleep(window_s)  # a measurement window, not a wait for a condition
+    return (system_cpu_busy_s() - before) / (time.monotonic() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    machine = machine_info()
+    machine["busy_cores_before_start"] = round(busy_cores(0.5 if args.smoke else 2.0), 2)
+    if machine["busy_cores_before_start"] > 0.25:
+        print(f"warning: {machine['busy_cores_before_start']:.2f} cores were busy before the benchmark started: "
+              "the server will compete with that work, so rates and latencies will be worse than on a quiet "
+              "machine (CPU per report is still comparable)", file=sys.stderr)
     started = time.monotonic()
     doc: dict[str, Any] = {
         "benchmark": "ingest", "smoke": args.smoke,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(),
+        "machine": machine,
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "load_model": {
             "offered_per_s": args.uploads / args.interval, "jitter": JITTER,

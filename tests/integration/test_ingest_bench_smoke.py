@@ -32,6 +32,7 @@ def test_ingest_smoke_benchmark_writes_a_sane_result(tmp_path: Path) -> None:
 
     assert doc["benchmark"] == "ingest" and doc["smoke"] is True
     assert doc["machine"]["nproc"] >= 1 and doc["machine"]["python"].startswith("3.")
+    assert 0 <= doc["machine"]["busy_cores_before_start"] <= doc["machine"]["nproc"]  # other work, measured
     assert "| sqlite |" in doc["markdown"] and "| sqlite |" in proc.stdout
     [result] = doc["results"]
     assert result["backend"] == "sqlite" and "error" not in result
