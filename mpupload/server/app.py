@@ -9,23 +9,37 @@ component may pass its own ``bus``.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from .api import build_router
 from .api.deps import ServerState
-from .api.ingest import ProgressEndpoint
+from .api.ingest import RETRY_AFTER_S, UNAVAILABLE_DETAIL, ProgressEndpoint
 from .auth import LoginRateLimiter
 from .bus import Bus, make_bus
 from .db import make_engine, make_sessionmaker, upgrade
+from .db.engine import UNAVAILABLE, unavailable_reason
 from .graphql import build_graphql_router
 from .settings import Settings
 from .uploads import progress_writer
 from .web import mount_dashboard
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    """503 with ``Retry-After`` while the database cannot be reached; any other database error stays a 500."""
+    reason = unavailable_reason(exc)
+    if reason is None:
+        raise exc
+    log.warning("database unavailable (%s): %s %s answered 503", reason, request.method, request.url.path)
+    return JSONResponse({"detail": UNAVAILABLE_DETAIL}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
@@ -69,6 +83,8 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
 
     # No /docs or /redoc: they load their scripts from a CDN (the OpenAPI schema stays at /openapi.json)
     app = FastAPI(title="mpupload", lifespan=lifespan, docs_url=None, redoc_url=None)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _database_unavailable)
     app.include_router(build_router())
     app.include_router(build_graphql_router(), prefix="/graphql")
     mount_dashboard(app)

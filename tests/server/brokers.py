@@ -81,7 +81,11 @@ def postgres_bindir() -> Path | None:
 
 
 class PrivatePostgres:
-    def __init__(self) -> None:
+    """A PostgreSQL of its own. ``durable=False`` (a broker) does not wait for the WAL at commit, so a
+    ``kill -9`` can lose the last commits; ``durable=True`` (a database whose rows must survive) does."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         bindir = postgres_bindir()
         if bindir is None:
             raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
@@ -115,7 +119,8 @@ class PrivatePostgres:
             self.proc = subprocess.Popen(
                 [*self._prefix, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                  "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sock}",
-                 "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"],
+                 "-c", "fsync=off", "-c", "full_page_writes=off",
+                 "-c", f"synchronous_commit={'on' if self.durable else 'off'}"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp,
             )  # fmt: skip
         _wait_port(self.port, self.proc, 60, "postgres")

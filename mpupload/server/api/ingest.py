@@ -11,6 +11,7 @@ The answers are the same as the REST API's: JSON ``{"detail": ...}`` errors, 401
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -18,9 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import uploads as svc
 from ..auth import token_user
+from ..db.engine import UNAVAILABLE, unavailable_reason
 from .deps import ServerState
 
-__all__ = ["ProgressEndpoint", "MAX_BODY_BYTES"]
+__all__ = ["ProgressEndpoint", "MAX_BODY_BYTES", "UNAVAILABLE_DETAIL", "RETRY_AFTER_S"]
+
+log = logging.getLogger(__name__)
+UNAVAILABLE_DETAIL = "the database is unavailable right now: retry in a moment"
+RETRY_AFTER_S = "1"
 
 MAX_BODY_BYTES = 1024 * 1024
 _PATH = re.compile(r"/api/v1/uploads/([^/]+)/progress")
@@ -29,10 +35,11 @@ _BEARER = (b"www-authenticate", b"Bearer")
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers or []
 
 
 class ProgressEndpoint:
@@ -54,7 +61,7 @@ class ProgressEndpoint:
             answer = await self._progress(match.group(1), scope, receive)
         except _Refused as refused:
             extra = [_BEARER] if refused.status == 401 else []
-            await _answer(send, refused.status, {"detail": refused.detail}, extra)
+            await _answer(send, refused.status, {"detail": refused.detail}, [*extra, *refused.headers])
             return
         await _answer(send, 200, answer)
 
@@ -75,6 +82,12 @@ class ProgressEndpoint:
             raise _Refused(404, f"no upload {upload_id!r}: check the id with mpupload list") from None
         except svc.ProgressError as exc:
             raise _Refused(exc.status_code, str(exc)) from None
+        except UNAVAILABLE as exc:
+            reason = unavailable_reason(exc)
+            if reason is None:
+                raise
+            log.warning("database unavailable (%s): progress report for %s answered 503", reason, upload_id)
+            raise _Refused(503, UNAVAILABLE_DETAIL, [(b"retry-after", RETRY_AFTER_S.encode())]) from None
         record = svc.upload_dict(upload, state.settings.live_after_s)
         if accepted and state.bus is not None:
             await state.bus.publish(str(upload.owner_id), record)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["make_engine", "make_sessionmaker", "make_sqlite_writer_engine", "SQLITE_BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "make_sessionmaker", "make_sqlite_writer_engine", "SQLITE_BUSY_TIMEOUT_MS", "UNAVAILABLE",
+           "unavailable_reason"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -21,6 +23,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
+
+
+#: errors that can mean "the database cannot be reached right now" (down, restarting, busy, pool exhausted)
+UNAVAILABLE: tuple[type[Exception], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError,
+                                            ConnectionError, TimeoutError)
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """One line on why the database is unavailable, or None when ``exc`` is not that kind of error (a bug)."""
+    cause: BaseException
+    if isinstance(exc, sa_exc.DBAPIError):
+        if not (isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or exc.connection_invalidated):
+            return None  # an integrity or programming error
+        cause = exc.orig if isinstance(exc.orig, BaseException) else exc
+    elif isinstance(exc, UNAVAILABLE):
+        cause = exc
+    else:
+        return None
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
 def make_engine(database_url: str) -> AsyncEngine:

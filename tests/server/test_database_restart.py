@@ -1,0 +1,84 @@
+"""The server's PostgreSQL is killed (``kill -9``) and restarted under a running server.
+
+While the database is down a progress report (and any other request that needs the database) gets a 503
+with ``Retry-After`` that says to retry (the CLI's sender retries), not a 500 with a traceback; the server
+stays up; once the database is back the next report is accepted, on a pool that reconnected by itself, and
+nothing accepted before the outage is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .brokers import PrivatePostgres
+from .conftest import PASSWORD
+from .support import cli, start_server
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 30.0
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres(durable=True)  # what was committed survives the kill -9
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+def test_reports_through_a_database_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:
+    url = private_pg.dsn
+    done = cli("users", "add", "dora", "--password-stdin", "--database-url", url, stdin=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    server = start_server(url, tmp_path)
+    try:
+        base = server.base_url
+        token = httpx.post(f"{base}/api/v1/auth/login", json={"username": "dora", "password": PASSWORD}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        record = httpx.post(f"{base}/api/v1/uploads", headers=headers, json={
+            "filename": "f.bin", "bucket": "b", "key": "k", "total_bytes": 10**9}).json()
+        progress = f"{base}/api/v1/uploads/{record['id']}/progress"
+
+        def report(seq: int) -> httpx.Response:
+            return httpx.post(progress, headers=headers, timeout=15,
+                              json={"seq": seq, "status": "uploading", "bytes_done": seq * 1000})
+
+        assert report(1).status_code == 200
+
+        private_pg.kill()
+        for seq in (2, 3):  # a pooled connection that died, then no database to connect to
+            down = report(seq)
+            assert down.status_code == 503, down.text
+            assert "retry" in down.json()["detail"]
+            assert down.headers.get("retry-after")
+        for path, body in (("/api/v1/uploads", {"filename": "g", "bucket": "b", "key": "g", "total_bytes": 1}),
+                           ("/api/v1/auth/login", {"username": "dora", "password": PASSWORD})):
+            other = httpx.post(f"{base}{path}", headers=headers, json=body, timeout=15)  # the other routes too
+            assert other.status_code == 503 and other.headers.get("retry-after"), (path, other.text)
+        assert server.proc.poll() is None  # the server is still up
+
+        private_pg.start()
+        end = time.monotonic() + DEADLINE_S
+        seq = 4
+        while (answer := report(seq)).status_code != 200:
+            assert answer.status_code == 503, answer.text
+            assert time.monotonic() < end, "reports still refused after the database came back"
+            seq += 1
+            time.sleep(0.1)
+        assert answer.json()["ignored"] is False
+        assert report(seq + 1).status_code == 200  # and the next one at once: the pool is healthy again
+        now = httpx.get(f"{base}/api/v1/uploads/{record['id']}", headers=headers).json()
+        assert (now["seq"], now["bytes_done"]) == (seq + 1, (seq + 1) * 1000)
+        assert now["status"] == "uploading"
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "database unavailable" in log  # one line per refused report says why
