@@ -12,9 +12,11 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketState
 
 from .api import build_router
 from .api.deps import ServerState
@@ -33,12 +35,19 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    """503 with ``Retry-After`` while the database cannot be reached; any other database error stays a 500."""
+async def _database_unavailable(conn: Request | WebSocket, exc: Exception) -> Response | None:
+    """503 with ``Retry-After`` while the database cannot be reached (a WebSocket is closed with 1013, "try
+    again later", which clients retry); any other database error stays a 500."""
     reason = unavailable_reason(exc)
     if reason is None:
         raise exc
-    log.warning("database unavailable (%s): %s %s answered 503", reason, request.method, request.url.path)
+    if isinstance(conn, WebSocket):
+        log.warning("database unavailable (%s): WebSocket %s closed with 1013 (try again later)", reason,
+                    conn.url.path)
+        if conn.application_state != WebSocketState.DISCONNECTED:
+            await conn.close(1013, "the database is unavailable right now: try again later")
+        return None
+    log.warning("database unavailable (%s): %s %s answered 503", reason, conn.method, conn.url.path)
     return JSONResponse({"detail": UNAVAILABLE_DETAIL}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
@@ -84,7 +93,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
     # No /docs or /redoc: they load their scripts from a CDN (the OpenAPI schema stays at /openapi.json)
     app = FastAPI(title="mpupload", lifespan=lifespan, docs_url=None, redoc_url=None)
     for kind in UNAVAILABLE:
-        app.add_exception_handler(kind, _database_unavailable)
+        app.add_exception_handler(kind, cast(Any, _database_unavailable))  # one handler for HTTP and WebSocket
     app.include_router(build_router())
     app.include_router(build_graphql_router(), prefix="/graphql")
     mount_dashboard(app)

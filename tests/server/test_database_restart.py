@@ -3,20 +3,26 @@
 While the database is down a progress report (and any other request that needs the database) gets a 503
 with ``Retry-After`` that says to retry (the CLI's sender retries), not a 500 with a traceback; the server
 stays up; once the database is back the next report is accepted, on a pool that reconnected by itself, and
-nothing accepted before the outage is lost.
+nothing accepted before the outage is lost. A GraphQL subscription open across the outage stays open and
+carries the reports made after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from mpupload.server.graphql.schema import UNAVAILABLE_MESSAGE
+
 from .brokers import PrivatePostgres
 from .conftest import PASSWORD
+from .gqlws import UPLOAD_FIELDS, Closed, GqlWs
 from .support import cli, start_server
 
 pytestmark = pytest.mark.integration
@@ -59,7 +65,8 @@ def test_reports_through_a_database_restart(private_pg: PrivatePostgres, tmp_pat
             assert "retry" in down.json()["detail"]
             assert down.headers.get("retry-after")
         for path, body in (("/api/v1/uploads", {"filename": "g", "bucket": "b", "key": "g", "total_bytes": 1}),
-                           ("/api/v1/auth/login", {"username": "dora", "password": PASSWORD})):
+                           ("/api/v1/auth/login", {"username": "dora", "password": PASSWORD}),
+                           ("/graphql", {"query": "{ uploads { id bytesDone } }"})):
             other = httpx.post(f"{base}{path}", headers=headers, json=body, timeout=15)  # the other routes too
             assert other.status_code == 503 and other.headers.get("retry-after"), (path, other.text)
         assert server.proc.poll() is None  # the server is still up
@@ -82,3 +89,71 @@ def test_reports_through_a_database_restart(private_pg: PrivatePostgres, tmp_pat
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert "database unavailable" in log  # one line per refused report says why
+
+
+PROGRESS = f"subscription($id: ID!) {{ uploadProgress(id: $id) {{ {UPLOAD_FIELDS} }} }}"
+EVENTS = f"subscription {{ uploadEvents {{ {UPLOAD_FIELDS} }} }}"
+
+
+def test_subscriptions_stay_open_through_a_database_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:
+    url = private_pg.dsn
+    done = cli("users", "add", "dora", "--password-stdin", "--database-url", url, stdin=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    # the streams re-check the token every 0.3 s: during the outage each of them meets the dead database
+    server = start_server(url, tmp_path, env={"MPUPLOAD_TOKEN_RECHECK": "0.3"})
+    try:
+        base = server.base_url
+        token = httpx.post(f"{base}/api/v1/auth/login", json={"username": "dora", "password": PASSWORD}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        record = httpx.post(f"{base}/api/v1/uploads", headers=headers, json={
+            "filename": "f.bin", "bucket": "b", "key": "k", "total_bytes": 10**9}).json()
+        progress = f"{base}/api/v1/uploads/{record['id']}/progress"
+
+        def report(seq: int) -> int:
+            return httpx.post(progress, headers=headers, timeout=15,
+                              json={"seq": seq, "status": "uploading", "bytes_done": seq * 1000}).status_code
+
+        async def until(ws: GqlWs, op: str, field: str, done: int) -> dict[str, Any]:
+            end = time.monotonic() + DEADLINE_S
+            while True:  # ws.next fails on an error or a completion: the subscription must stay open
+                got: dict[str, Any] = (await ws.next(op, timeout=max(0.1, end - time.monotonic())))[field]
+                if got["bytesDone"] == done:
+                    return got
+
+        async def body() -> None:
+            assert report(1) == 200
+            async with GqlWs(base, token) as ws:
+                one = await ws.subscribe(PROGRESS, {"id": record["id"]})
+                every = await ws.subscribe(EVENTS)
+                await until(ws, one, "uploadProgress", 1000)
+                await until(ws, every, "uploadEvents", 1000)
+
+                await asyncio.to_thread(private_pg.kill)
+                end = time.monotonic() + DEADLINE_S
+                while "a subscription re-reads" not in server.log.read_text():  # the streams met the outage
+                    assert time.monotonic() < end, "no stream noticed the database outage"
+                    await asyncio.sleep(0.1)
+                query = await ws.subscribe("{ uploads { id bytesDone } }")  # a query on the open connection
+                answer = await ws.message(query)
+                assert UNAVAILABLE_MESSAGE in str(answer) and "UNAVAILABLE" in str(answer), answer
+                assert "SQL" not in str(answer) and "token" not in str(answer), answer  # no SQL, no parameters
+                with pytest.raises(Closed) as late:  # a connection made while it is down: "try again later"
+                    async with GqlWs(base, token):
+                        pass
+                assert late.value.code == 1013, late.value
+                await asyncio.to_thread(private_pg.start)
+
+                seq = 2
+                while (status := await asyncio.to_thread(report, seq)) != 200:
+                    assert status == 503 and time.monotonic() < end + DEADLINE_S, status
+                    seq += 1
+                    await asyncio.sleep(0.1)
+                got = await until(ws, one, "uploadProgress", seq * 1000)
+                assert got["live"] is True and got["status"] == "UPLOADING"
+                await until(ws, every, "uploadEvents", seq * 1000)
+
+        asyncio.run(body())
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]

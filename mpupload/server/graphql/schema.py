@@ -6,13 +6,16 @@ exactly like an id that does not exist.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.extensions import MaskErrors
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import Info
+from strawberry.types import ExecutionContext, Info
 
+from ..db.engine import unavailable_reason
 from ..uploads import NotFound
 from .context import GraphQLContext
 from .streams import follow
@@ -21,6 +24,7 @@ from .types import INT64_SCALAR, Int64, Upload
 __all__ = ["schema"]
 
 Ctx = Info[GraphQLContext, None]
+log = logging.getLogger(__name__)
 
 
 def _not_found(upload_id: str) -> GraphQLError:
@@ -67,5 +71,41 @@ class Subscription:
             yield Upload.from_record(record)
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription,
-                           config=StrawberryConfig(scalar_map={Int64: INT64_SCALAR}))
+UNAVAILABLE_MESSAGE = "the database is unavailable right now: retry in a moment"
+
+
+class _MaskUnexpected(MaskErrors):
+    """Errors the resolvers raise on purpose (``GraphQLError``) and query errors go to the client as they are;
+    anything else (a database error, a bug) would show SQL and parameters, so the client gets one line and a
+    code instead — ``UNAVAILABLE`` while the database cannot be reached, ``INTERNAL`` otherwise — and the
+    server log keeps the details."""
+
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=lambda error: error.original_error is not None
+                         and not isinstance(error.original_error, GraphQLError))
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        unavailable = original is not None and unavailable_reason(original) is not None
+        return GraphQLError(
+            UNAVAILABLE_MESSAGE if unavailable else "internal error: the server log has the details",
+            nodes=error.nodes, source=error.source, positions=error.positions, path=error.path,
+            extensions={"code": "UNAVAILABLE" if unavailable else "INTERNAL"})
+
+
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        """Log errors as strawberry does (with the traceback), except a database outage: one line."""
+        rest = []
+        for error in errors:
+            reason = None if error.original_error is None else unavailable_reason(error.original_error)
+            if reason is None:
+                rest.append(error)
+            else:
+                log.warning("database unavailable (%s): GraphQL %s answered UNAVAILABLE", reason,
+                            ".".join(str(p) for p in error.path or ()) or "operation")
+        super().process_errors(rest, execution_context)
+
+
+schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                 config=StrawberryConfig(scalar_map={Int64: INT64_SCALAR}), extensions=[_MaskUnexpected])

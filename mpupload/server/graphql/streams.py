@@ -10,26 +10,34 @@ never trusts the bus alone:
 Anything the bus lost is re-read from the database: after a broker reconnect (:data:`..bus.local.RESYNC`),
 for a payload too big for the broker (``refetch``), and when a live upload's reports stop: once
 ``live_after_s`` has passed since its last report the record is re-read and sent again with ``live`` false
-(or newer, if a report was missed). A slow subscriber never holds an unbounded queue: the bus buffer keeps
-the latest state per upload. A token that expires or is revoked ends the connection (4403).
+(or newer, if a report was missed). While the database is unavailable the stream stays open: a read that
+fails is replaced by a re-read of everything a second later, until one succeeds. A slow subscriber never
+holds an unbounded queue: the bus buffer keeps the latest state per upload. A token that expires or is
+revoked ends the connection (4403).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from ..db.engine import UNAVAILABLE, unavailable_reason
 from ..uploads import ACTIVE, NotFound
 from .context import GraphQLContext
 
 __all__ = ["Follower", "follow", "TOKEN_REJECTED_CODE"]
 
+log = logging.getLogger(__name__)
+
 TOKEN_REJECTED_CODE = 4403
+#: after a read failed because the database was unavailable, re-read everything this much later
+_REREAD_UNAVAILABLE_S = 1.0
 #: re-read a record this long after its ``live`` deadline, so that the server agrees it is no longer live
 _LIVE_GRACE_S = 0.05
 _RETRY_S = 0.25
@@ -121,26 +129,44 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
                 follower.remember(record)
             elif follower.offer(record):
                 yield record
+        loop = asyncio.get_running_loop()
+        reread_at: float | None = None  # a read failed (database unavailable): re-read everything then
         while True:
             quiet_in = follower.next_in()
             timeout = recheck_s if quiet_in is None else min(quiet_in, recheck_s)
+            if reread_at is not None:
+                timeout = max(0.0, min(timeout, reread_at - loop.time()))
             try:
-                payload = await asyncio.wait_for(anext(subscription), timeout)
+                payload: dict[str, Any] | None = await asyncio.wait_for(anext(subscription), timeout)
             except TimeoutError:
-                if not await context.token_still_valid():
-                    await _reject(context)
-                    return
-                records = [r for r in [await context.upload(k) for k in follower.due()] if r is not None]
+                payload = None
             except StopAsyncIteration:
                 return
-            else:
-                if payload.get("resync"):
+            try:
+                if payload is None and reread_at is not None and loop.time() >= reread_at:
+                    records = await current()  # whatever was missed while the database was away
+                    reread_at = None
+                elif payload is None:
+                    if not await context.token_still_valid():
+                        await _reject(context)
+                        return
+                    records = [r for r in [await context.upload(k) for k in follower.due()] if r is not None]
+                elif payload.get("resync"):
                     records = await current()
                 elif payload.get("refetch"):
                     refetched = await context.upload(str(payload.get("id")))
                     records = [] if refetched is None else [refetched]
                 else:
                     records = [payload]
+            except UNAVAILABLE as exc:
+                reason = unavailable_reason(exc)
+                if reason is None:
+                    raise
+                if reread_at is None:
+                    log.warning("database unavailable (%s): a subscription re-reads in %.0f s", reason,
+                                _REREAD_UNAVAILABLE_S)
+                reread_at = loop.time() + _REREAD_UNAVAILABLE_S  # the stream stays open meanwhile
+                records = []
             for record in records:
                 if follower.offer(record):
                     yield record
