@@ -133,6 +133,7 @@ def test_subscriptions_stay_open_through_a_database_restart(private_pg: PrivateP
                 while "a subscription re-reads" not in server.log.read_text():  # the streams met the outage
                     assert time.monotonic() < end, "no stream noticed the database outage"
                     await asyncio.sleep(0.1)
+                late_one = await ws.subscribe(PROGRESS, {"id": record["id"]})  # subscribed while it is down
                 query = await ws.subscribe("{ uploads { id bytesDone } }")  # a query on the open connection
                 answer = await ws.message(query)
                 assert UNAVAILABLE_MESSAGE in str(answer) and "UNAVAILABLE" in str(answer), answer
@@ -151,6 +152,7 @@ def test_subscriptions_stay_open_through_a_database_restart(private_pg: PrivateP
                 got = await until(ws, one, "uploadProgress", seq * 1000)
                 assert got["live"] is True and got["status"] == "UPLOADING"
                 await until(ws, every, "uploadEvents", seq * 1000)
+                await until(ws, late_one, "uploadProgress", seq * 1000)  # its first state came once it was back
 
         asyncio.run(body())
     finally:

@@ -11,9 +11,9 @@ Anything the bus lost is re-read from the database: after a broker reconnect (:d
 for a payload too big for the broker (``refetch``), and when a live upload's reports stop: once
 ``live_after_s`` has passed since its last report the record is re-read and sent again with ``live`` false
 (or newer, if a report was missed). While the database is unavailable the stream stays open: a read that
-fails is replaced by a re-read of everything a second later, until one succeeds. A slow subscriber never
-holds an unbounded queue: the bus buffer keeps the latest state per upload. A token that expires or is
-revoked ends the connection (4403).
+fails is replaced by a re-read of everything a second later, until one succeeds (the first read, too). A
+slow subscriber never holds an unbounded queue: the bus buffer keeps the latest state per upload. A token
+that expires or is revoked ends the connection (4403).
 """
 
 from __future__ import annotations
@@ -124,7 +124,18 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
         return [record]
 
     async with bus.subscribe(str(context.user.id), upload_id) as subscription:
-        for record in await current():
+        while True:  # the first read waits for the database, like every later one
+            try:
+                first = await current()
+                break
+            except UNAVAILABLE as exc:
+                reason = unavailable_reason(exc)
+                if reason is None:
+                    raise
+                log.warning("database unavailable (%s): a new subscription reads again in %.0f s", reason,
+                            _REREAD_UNAVAILABLE_S)
+                await asyncio.sleep(_REREAD_UNAVAILABLE_S)
+        for record in first:
             if upload_id is None and record["status"] not in _ACTIVE:
                 follower.remember(record)
             elif follower.offer(record):
