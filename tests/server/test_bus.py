@@ -188,19 +188,22 @@ def count_failed_reconnects(bus: PostgresBus | RedisBus) -> Callable[[], int]:
     return lambda: failed
 
 
+def killable_broker(kind: str, request: pytest.FixtureRequest, *, backoff_max: float, health_interval: float
+                    ) -> tuple[PrivatePostgres | PrivateRedis, Callable[[], PostgresBus | RedisBus]]:
+    """The module's private broker of ``kind`` (the tests kill it) and a factory of buses on it."""
+    if kind == "postgres":
+        pg: PrivatePostgres = request.getfixturevalue("pg")
+        return pg, lambda: PostgresBus(pg.dsn, buffer_size=BUFFER, backoff_max=backoff_max,
+                                       health_interval=health_interval)
+    rd: PrivateRedis = request.getfixturevalue("rd")
+    prefix = f"restart-{uuid.uuid4().hex[:8]}:"
+    return rd, lambda: RedisBus(rd.url, prefix=prefix, buffer_size=BUFFER, backoff_max=backoff_max,
+                                health_interval=health_interval)
+
+
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureRequest) -> None:
-    server: PrivatePostgres | PrivateRedis
-    new_bus: Callable[[], PostgresBus | RedisBus]
-    if kind == "postgres":
-        pserver: PrivatePostgres = request.getfixturevalue("pg")
-        server = pserver
-        new_bus = lambda: PostgresBus(pserver.dsn, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
-    else:
-        rserver: PrivateRedis = request.getfixturevalue("rd")
-        server = rserver
-        prefix = f"restart-{uuid.uuid4().hex[:8]}:"
-        new_bus = lambda: RedisBus(rserver.url, prefix=prefix, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
+    server, new_bus = killable_broker(kind, request, backoff_max=1.0, health_interval=2.0)
 
     async def body() -> None:
         a, b = new_bus(), new_bus()
@@ -245,17 +248,7 @@ def test_two_replicas_and_broker_restart(kind: str, request: pytest.FixtureReque
 @pytest.mark.parametrize("kind", ["postgres", "redis"])
 def test_first_publish_after_a_broker_restart_arrives(kind: str, request: pytest.FixtureRequest) -> None:
     """The publisher's pooled connections still point at the killed broker: one PUBLISH, not a retry loop."""
-    server: PrivatePostgres | PrivateRedis
-    new_bus: Callable[[], PostgresBus | RedisBus]
-    if kind == "postgres":
-        pserver: PrivatePostgres = request.getfixturevalue("pg")
-        server = pserver
-        new_bus = lambda: PostgresBus(pserver.dsn, buffer_size=BUFFER, backoff_max=0.5, health_interval=1.0)
-    else:
-        rserver: PrivateRedis = request.getfixturevalue("rd")
-        server = rserver
-        prefix = f"first-{uuid.uuid4().hex[:8]}:"
-        new_bus = lambda: RedisBus(rserver.url, prefix=prefix, buffer_size=BUFFER, backoff_max=0.5, health_interval=1.0)
+    server, new_bus = killable_broker(kind, request, backoff_max=0.5, health_interval=1.0)
 
     async def body() -> None:
         a, b = new_bus(), new_bus()

@@ -10,8 +10,10 @@ carries the reports made after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from mpupload.server.graphql.schema import UNAVAILABLE_MESSAGE
 from .brokers import PrivatePostgres
 from .conftest import PASSWORD
 from .gqlws import UPLOAD_FIELDS, Closed, GqlWs
-from .support import cli, start_server
+from .support import ServerProcess, cli, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -39,23 +41,43 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pg.stop()
 
 
-def test_reports_through_a_database_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:
-    url = private_pg.dsn
-    done = cli("users", "add", "dora", "--password-stdin", "--database-url", url, stdin=PASSWORD + "\n")
+@dataclass
+class Served:
+    """A server on the private database, signed in as ``dora``, with one upload record."""
+
+    server: ServerProcess
+    token: str
+    record: dict[str, Any]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def report(self, seq: int) -> httpx.Response:
+        return httpx.post(f"{self.server.base_url}/api/v1/uploads/{self.record['id']}/progress",
+                          headers=self.headers, timeout=15,
+                          json={"seq": seq, "status": "uploading", "bytes_done": seq * 1000})
+
+
+@contextlib.contextmanager
+def serving(pg: PrivatePostgres, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[Served]:
+    done = cli("users", "add", "dora", "--password-stdin", "--database-url", pg.dsn, stdin=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
-    server = start_server(url, tmp_path)
+    server = start_server(pg.dsn, tmp_path, env=env)
     try:
         base = server.base_url
         token = httpx.post(f"{base}/api/v1/auth/login", json={"username": "dora", "password": PASSWORD}).json()["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        record = httpx.post(f"{base}/api/v1/uploads", headers=headers, json={
+        record = httpx.post(f"{base}/api/v1/uploads", headers={"Authorization": f"Bearer {token}"}, json={
             "filename": "f.bin", "bucket": "b", "key": "k", "total_bytes": 10**9}).json()
-        progress = f"{base}/api/v1/uploads/{record['id']}/progress"
+        yield Served(server, token, record)
+    finally:
+        server.stop()
 
-        def report(seq: int) -> httpx.Response:
-            return httpx.post(progress, headers=headers, timeout=15,
-                              json={"seq": seq, "status": "uploading", "bytes_done": seq * 1000})
 
+def test_reports_through_a_database_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:
+    with serving(private_pg, tmp_path) as served:
+        server, base, headers, record, report = (served.server, served.server.base_url, served.headers,
+                                                 served.record, served.report)
         assert report(1).status_code == 200
 
         private_pg.kill()
@@ -84,8 +106,6 @@ def test_reports_through_a_database_restart(private_pg: PrivatePostgres, tmp_pat
         now = httpx.get(f"{base}/api/v1/uploads/{record['id']}", headers=headers).json()
         assert (now["seq"], now["bytes_done"]) == (seq + 1, (seq + 1) * 1000)
         assert now["status"] == "uploading"
-    finally:
-        server.stop()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert "database unavailable" in log  # one line per refused report says why
@@ -96,22 +116,12 @@ EVENTS = f"subscription {{ uploadEvents {{ {UPLOAD_FIELDS} }} }}"
 
 
 def test_subscriptions_stay_open_through_a_database_restart(private_pg: PrivatePostgres, tmp_path: Path) -> None:
-    url = private_pg.dsn
-    done = cli("users", "add", "dora", "--password-stdin", "--database-url", url, stdin=PASSWORD + "\n")
-    assert done.returncode == 0, done.stderr
     # the streams re-check the token every 0.3 s: during the outage each of them meets the dead database
-    server = start_server(url, tmp_path, env={"MPUPLOAD_TOKEN_RECHECK": "0.3"})
-    try:
-        base = server.base_url
-        token = httpx.post(f"{base}/api/v1/auth/login", json={"username": "dora", "password": PASSWORD}).json()["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        record = httpx.post(f"{base}/api/v1/uploads", headers=headers, json={
-            "filename": "f.bin", "bucket": "b", "key": "k", "total_bytes": 10**9}).json()
-        progress = f"{base}/api/v1/uploads/{record['id']}/progress"
+    with serving(private_pg, tmp_path, env={"MPUPLOAD_TOKEN_RECHECK": "0.3"}) as served:
+        server, base, token, record = served.server, served.server.base_url, served.token, served.record
 
         def report(seq: int) -> int:
-            return httpx.post(progress, headers=headers, timeout=15,
-                              json={"seq": seq, "status": "uploading", "bytes_done": seq * 1000}).status_code
+            return served.report(seq).status_code
 
         async def until(ws: GqlWs, op: str, field: str, done: int) -> dict[str, Any]:
             end = time.monotonic() + DEADLINE_S
@@ -155,7 +165,5 @@ def test_subscriptions_stay_open_through_a_database_restart(private_pg: PrivateP
                 await until(ws, late_one, "uploadProgress", seq * 1000)  # its first state came once it was back
 
         asyncio.run(body())
-    finally:
-        server.stop()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]
