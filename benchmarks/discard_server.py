@@ -358,27 +358,57 @@ REASONS = {
     100: "Continue",
     200: "OK",
     204: "No Content",
+    206: "Partial Content",
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
     411: "Length Required",
+    412: "Precondition Failed",
+    416: "Range Not Satisfiable",
     500: "Internal Server Error",
     501: "Not Implemented",
 }
 
 
 class Handler:
-    """Serves the requests of one connection, one after another."""
+    """Serves the requests of one connection, one after another.
+
+    The methods under "hooks" do nothing special here; they exist so that a test store can subclass this
+    handler (tests/support/odd_store.py) without changing what the benchmark measures.
+    """
 
     request_ids = itertools.count(1)
+    #: the largest body ``read_body`` keeps in memory (see ``keeps_body``)
+    max_kept_body = MAX_XML_BODY
 
     def __init__(self, state: State, sock: socket.socket, log: bool) -> None:
         self.state = state
         self.sock = sock
         self.stream = SocketStream(sock)
         self.log = log
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def wants_md5(self, req: Request) -> bool:
+        """Whether ``read_body`` computes the MD5 of the body (``Body.md5_hex``): only to check Content-MD5."""
+        return "content-md5" in req.headers
+
+    def keeps_body(self, req: Request) -> bool:
+        """Whether ``read_body`` keeps the body in ``Body.data``: only XML documents, never object data."""
+        return bool(req.method == "POST" or (req.method == "PUT" and not self._is_object_data(req)))
+
+    def body_received(self, req: Request, size: int) -> None:
+        """Called once a whole body (``size`` decoded bytes) was read, before it is validated."""
+
+    def digest_mismatch(self, req: Request, message: str) -> None:
+        """A stated checksum or Content-MD5 does not match the body: refuse it, as S3 does."""
+        raise S3Error(400, "BadDigest", message)
+
+    def completed_object(self, parts: list[Part], meta: ObjectMeta) -> ObjectMeta:
+        """The object a CompleteMultipartUpload of ``parts`` stores (called under the state lock)."""
+        return meta
 
     # -- connection loop --------------------------------------------------------------------------
 
@@ -474,8 +504,8 @@ class Handler:
             for name, alg in ALGORITHMS.items()
             if alg.header in h or alg.header in trailer_names
         }
-        md5 = hashlib.md5() if "content-md5" in h else None
-        keep = bool(req.method == "POST" or (req.method == "PUT" and not self._is_object_data(req)))
+        md5 = hashlib.md5() if self.wants_md5(req) else None
+        keep = self.keeps_body(req)
         kept = bytearray()
         size = 0
         updates = [(name, ALGORITHMS[name].update) for name in running]
@@ -486,12 +516,13 @@ class Handler:
             if md5 is not None:
                 md5.update(chunk)
             if keep:
-                if len(kept) + len(chunk) > MAX_XML_BODY:
+                if len(kept) + len(chunk) > self.max_kept_body:
                     raise S3Error(400, "MaxMessageLengthExceeded", "request document too large")
                 kept += chunk
         if inner is not outer:
             outer.drain()
         self._body_consumed = True
+        self.body_received(req, size)
 
         if aws_chunked:
             declared = h.get("x-amz-decoded-content-length")
@@ -515,20 +546,17 @@ class Handler:
             except (ValueError, binascii.Error):
                 raise S3Error(400, "InvalidRequest", f"Value for {alg.header} header is invalid.") from None
             if expected != value:
-                raise S3Error(
-                    400,
-                    "BadDigest",
-                    f"The {name.upper()} you specified did not match the calculated checksum.",
-                )
-            stated[name] = value
+                self.digest_mismatch(req, f"The {name.upper()} you specified did not match the calculated checksum.")
+            stated[name] = expected
         md5_hex = None
         if md5 is not None:
-            try:
-                want = base64.b64decode(h["content-md5"], validate=True)
-            except (ValueError, binascii.Error):
-                raise S3Error(400, "InvalidDigest", "The Content-MD5 you specified was invalid.") from None
-            if want != md5.digest():
-                raise S3Error(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+            if "content-md5" in h:
+                try:
+                    want = base64.b64decode(h["content-md5"], validate=True)
+                except (ValueError, binascii.Error):
+                    raise S3Error(400, "InvalidDigest", "The Content-MD5 you specified was invalid.") from None
+                if want != md5.digest():
+                    self.digest_mismatch(req, "The Content-MD5 you specified did not match what we received.")
             md5_hex = md5.hexdigest()
         return Body(size, bytes(kept) if keep else None, stated, md5_hex)
 
@@ -746,17 +774,19 @@ class Handler:
                     raise S3Error(400, "EntityTooSmall", f"Part {part.number} is smaller than the minimum 5 MiB.")
             checksums = object_checksums(chosen, up)
             md5s = b"".join(binascii.unhexlify(p.etag.strip('"')) for p in chosen)
-            etag = f'"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"'
-            del self.state.uploads[up.upload_id]
-            self.state.objects[bucket][key] = ObjectMeta(
+            meta = ObjectMeta(
                 size=sum(p.size for p in chosen),
-                etag=etag,
+                etag=f'"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"',
                 last_modified=time.time(),
                 checksums=checksums,
                 checksum_type=up.checksum_type if checksums else None,
                 parts_count=len(chosen),
             )
-        inner = tag("Location", f"/{bucket}/{key}") + tag("Bucket", bucket) + tag("Key", key) + tag("ETag", etag)
+            meta = self.completed_object(chosen, meta)
+            del self.state.uploads[up.upload_id]
+            self.state.objects[bucket][key] = meta
+        inner = tag("Location", f"/{bucket}/{key}") + tag("Bucket", bucket) + tag("Key", key)
+        inner += tag("ETag", meta.etag)
         for name, encoded in checksums.items():
             inner += tag(ALGORITHMS[name].xml_name, encoded)
         if checksums:
@@ -916,6 +946,9 @@ def _is_ip(host: str) -> bool:
 class DiscardServer:
     """Accepts connections and serves each on its own daemon thread."""
 
+    #: the class that serves one connection (a hook for tests/support/odd_store.py)
+    handler_class: type[Handler] = Handler
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, log: bool = False) -> None:
         self.state = State()
         self.log = log
@@ -926,7 +959,7 @@ class DiscardServer:
         while True:
             conn, _ = self.sock.accept()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handler = Handler(self.state, conn, self.log)
+            handler = self.handler_class(self.state, conn, self.log)
             threading.Thread(target=handler.serve, daemon=True, name="conn").start()
 
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.support.s3server import S3Server
+
+if TYPE_CHECKING:
+    from tests.support.odd_store import OddStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -87,6 +90,24 @@ def moto_https(moto_server: S3Server, tls_files: Any) -> Iterator[S3Server]:
                    access_key=moto_server.access_key, secret_key=moto_server.secret_key,
                    ca_bundle=str(tls_files.ca_pem))
     proxy.stop()
+
+
+@pytest.fixture
+def odd_store(tmp_path: Path) -> Iterator[Callable[..., OddStore]]:
+    """A factory of odd stores (tests/support/odd_store.py): ``odd_store("--keep-bodies", ...)`` starts one
+    with these flags and returns its ``OddStore``; every store started is stopped at teardown."""
+    from tests.support.odd_store import start_odd_store
+
+    started: list[OddStore] = []
+
+    def start(*flags: str) -> OddStore:
+        store = start_odd_store(tmp_path / f"odd-store-{len(started)}", *flags)
+        started.append(store)
+        return store
+
+    yield start
+    for store in started:
+        store.stop()
 
 
 def require_ceph() -> None:
