@@ -12,6 +12,7 @@ Input problems raise :class:`~mpupload.errors.UsageError` before anything is cre
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from .storage import StoreConfig
 from .storage.config import effective_endpoint
 
 __all__ = ["upload_file", "check_source", "make_plan"]
+
+log = logging.getLogger("mpupload")
 
 
 def check_source(path: str) -> Source:
@@ -95,8 +98,13 @@ def upload_file(
     journal_path = None
     lock: JournalLock | None = None
     if options.journal:
-        journal_path = journal_mod.journal_path(source.path, effective_endpoint(store.endpoint_url), bucket, key)
-        lock = JournalLock(journal_path).acquire()  # a second run on the same journal: UsageError (exit 2)
+        try:
+            journal_path = journal_mod.journal_path(source.path, effective_endpoint(store.endpoint_url), bucket,
+                                                    key)
+            lock = JournalLock(journal_path).acquire()  # a second run on the same journal: UsageError (exit 2)
+        except OSError as exc:  # a state directory that cannot be written: the upload goes on without a lock
+            log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
+                        "interrupted, --resume finds it on the store instead", exc.strerror or exc)
     try:
         return Coordinator(source, bucket, key, plan, store=store, options=options, aggregator=agg,
                            cancel=token, journal_path=journal_path, record_id=upload_id).run()

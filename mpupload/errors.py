@@ -10,10 +10,17 @@
     │   └── SourceChanged       (2)   the file changed while it was uploaded
     ├── AuthError               (3)   the store rejected the credentials or denied access
     ├── UploadFailed            (1)   the store is unreachable, retries ran out, the store refused data
-    │   ├── StoreUnreachable    (1)
+    │   ├── StoreUnreachable    (1)   a network fault (retried)
+    │   ├── PartCorrupted       (1)   the store's answer shows a part arrived damaged (retried)
+    │   ├── UploadGone          (1)   the multipart upload no longer exists (aborted by someone else,
+    │   │                             expired): nothing is kept, nothing can be resumed
     │   ├── IntegrityError      (1)   the stored object does not equal the file
     │   └── WorkerCrashed       (1)   worker processes kept dying
     └── Cancelled             (130)   Ctrl+C, SIGTERM, or a stop request
+
+What happens to the multipart upload when an error ends it is decided here too: ``abort_upload`` (abort it:
+retrying cannot help, or the user stopped it), ``upload_exists`` (False: there is nothing to abort or keep).
+Only ``retryable`` errors are tried again (:func:`mpupload.storage.errors.is_retryable`).
 
 Errors carry structured context (``bucket``, ``key``, ``upload_id``, ``part_number``) so that sinks and the
 API push can report them; ``str(error)`` is the one line the CLI prints.
@@ -28,7 +35,8 @@ from typing import ClassVar
 
 __all__ = [
     "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",
-    "UploadFailed", "StoreUnreachable", "IntegrityError", "WorkerCrashed", "Cancelled",
+    "UploadFailed", "StoreUnreachable", "PartCorrupted", "UploadGone", "IntegrityError", "WorkerCrashed",
+    "Cancelled",
 ]
 
 
@@ -36,6 +44,10 @@ class MpuploadError(Exception):
     exit_code: ClassVar[int] = 1
     #: whether the multipart upload must be aborted when this error ends an upload
     abort_upload: ClassVar[bool] = True
+    #: False when the error means the multipart upload is gone: nothing to abort, keep or resume
+    upload_exists: ClassVar[bool] = True
+    #: whether sending the same request again may succeed
+    retryable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -85,7 +97,20 @@ class UploadFailed(MpuploadError):
 
 
 class StoreUnreachable(UploadFailed):
-    pass
+    retryable = True
+
+
+class PartCorrupted(UploadFailed):
+    """The store's answer for a part (its ETag or checksum) shows the bytes it got are not the bytes sent."""
+
+    retryable = True
+
+
+class UploadGone(UploadFailed):
+    """The multipart upload no longer exists on the store: someone aborted it (``mpupload cleanup``, a
+    lifecycle rule, a colleague) or it expired. Its parts are gone with it: nothing is kept or resumable."""
+
+    upload_exists = False
 
 
 class IntegrityError(UploadFailed):

@@ -7,9 +7,13 @@ Every event is a flat JSON object::
      "elapsed_seconds", "parts_done", "parts_total", "status", "timestamp"}
 
 * ``started`` adds ``part_size``, ``workers``, ``resumed_bytes``, ``resumed_parts``;
-* ``completed`` adds ``checksum``, ``etag``, ``location``, ``verified``;
-* ``stopped`` adds ``aborted`` and, when the multipart upload was kept, ``resume_command``;
-* ``failed`` adds ``error``.
+* ``completed`` adds ``checksum``, ``etag``, ``location``, ``verified`` (an algorithm, ``md5``, ``read-back``
+  or ``size-only``);
+* ``stopped`` adds ``aborted`` (true only once the store confirmed it), ``kept`` and, while the multipart upload
+  is still on the store, ``store_upload_id`` and ``resume_command``;
+* ``failed`` adds ``error``;
+* any of them adds ``left_behind`` (``[{"bucket", "key", "upload_id", "reason", "cleanup_command"}]``) when
+  uploads of this run are still on the store that nobody meant to keep.
 
 Units: bytes, bytes per second, seconds (floats), ``percent`` 0..100, ``timestamp`` ISO-8601 UTC.
 ``bytes_done`` counts bytes the store holds (or is being sent) for this object: it can fall when a part is

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["ChecksumMode", "UploadOptions", "UploadResult"]
+__all__ = ["ChecksumMode", "VerifyMode", "UploadOptions", "UploadResult"]
 
 
 class ChecksumMode(enum.StrEnum):
@@ -18,12 +18,22 @@ class ChecksumMode(enum.StrEnum):
     NONE = "none"
 
 
+class VerifyMode(enum.StrEnum):
+    #: the strongest check the store offers: its checksum or ETag, else the object's size (and a warning)
+    AUTO = "auto"
+    #: also read the object back and compare it with the file, part by part
+    READ_BACK = "read-back"
+
+
 @dataclass(frozen=True)
 class UploadOptions:
     part_size: int | None = None
     workers: int | None = None
     checksum: ChecksumMode = ChecksumMode.AUTO
     keep_on_interrupt: bool = False
+    #: abort on Ctrl+C even on a ``--resume`` run (which otherwise keeps the upload it resumed)
+    abort_on_interrupt: bool = False
+    verify: VerifyMode = VerifyMode.AUTO
     #: None: guessed from the file name
     content_type: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -40,6 +50,15 @@ class UploadOptions:
     journal: bool = True
     #: the command that resumes this upload, reported when the multipart upload is kept
     resume_command: str | None = None
+    #: the command that aborts one multipart upload of this destination, with ``{upload_id}`` in it; reported for
+    #: every upload left on the store (None: an ``aws s3api abort-multipart-upload`` command)
+    cleanup_command: str | None = None
+
+    @property
+    def keeps_on_interrupt(self) -> bool:
+        """Whether Ctrl+C keeps the multipart upload: ``--keep-on-interrupt``, or a ``--resume`` run (it must
+        not destroy the parts of the run it continues) unless ``--abort-on-interrupt``."""
+        return self.keep_on_interrupt or (self.resume and not self.abort_on_interrupt)
 
 
 @dataclass(frozen=True)
@@ -50,7 +69,8 @@ class UploadResult:
     etag: str | None
     #: ``"<algorithm>:<value>"`` of the stored object, when known
     checksum: str | None
-    #: how the object was verified against the file: ``crc32c``, ``crc32``, ``sha256``, ``md5``, ``size-only``
+    #: how the object was verified against the file: ``crc32c``, ``crc32``, ``sha256``, ``md5``, ``read-back``,
+    #: ``size-only``
     verified: str
     location: str
     #: the store's multipart UploadId, None for a single PutObject

@@ -89,6 +89,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--older-than", default="24h", metavar="DURATION",
                    help="abort uploads idle for at least this long, e.g. 0s, 30m, 24h, 7d (default: 24h)")
     p.add_argument("--dry-run", action="store_true", help="show what would be done; change nothing")
+    p.add_argument("--upload-id", metavar="ID",
+                   help="abort exactly this multipart upload of the key s3://BUCKET/KEY, whatever its age (what "
+                        "mpupload upload prints when it could not abort one)")
     add_store_arguments(p)
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -160,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
         orphans = hk.find_orphans(client, bucket, prefix, now)
     except hk.ListingIncomplete as exc:
         incomplete, orphans, report.listing_complete = exc, exc.partial, False
+    if args.upload_id:  # exactly one upload of exactly this key, whatever its age
+        orphans = [o for o in orphans if o.key == prefix and o.upload_id == args.upload_id]
+        older_than_s, args.older_than = 0.0, "0s"
+        if not orphans and not args.quiet:
+            print(f"multipart upload {args.upload_id} of s3://{bucket}/{prefix} is not on the store (already gone)")
     report.rows = [_decide(o, older_than_s, args.older_than.strip(), args.dry_run) for o in orphans]
     text = not args.json and not args.quiet
     if text:

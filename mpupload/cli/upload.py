@@ -13,10 +13,11 @@ from .. import errors as E
 from ..api import upload_file
 from ..engine.cancel import CancelToken
 from ..events import Status
-from ..options import ChecksumMode, UploadOptions
+from ..options import ChecksumMode, UploadOptions, VerifyMode
 from ..plan import MAX_WORKERS
 from ..sinks import Sink, make_sinks
 from ..sinks.push import REPORT_INTERVAL_S, PushSink
+from ..storage.config import effective_endpoint
 from ..units import parse_size
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
@@ -71,10 +72,18 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--part-size", help="part size, e.g. 64MiB (5MiB-5GiB; default: automatic)")
     t.add_argument("--checksum", choices=[m.value for m in ChecksumMode], default="auto",
                    help="per-part checksum (default auto: CRC32C where the store checks it, else MD5)")
-    t.add_argument("--keep-on-interrupt", action="store_true",
-                   help="on Ctrl+C keep the multipart upload (and its journal) instead of aborting it")
+    t.add_argument("--verify", choices=[m.value for m in VerifyMode], default="auto",
+                   help="auto: the store's checksum or ETag (the size alone where it offers neither); read-back: "
+                        "also read the object back and compare it with the file")
+    stop = t.add_mutually_exclusive_group()
+    stop.add_argument("--keep-on-interrupt", action="store_true",
+                      help="on Ctrl+C keep the multipart upload (and its journal) instead of aborting it "
+                           "(the default of a --resume run)")
+    stop.add_argument("--abort-on-interrupt", action="store_true",
+                      help="on Ctrl+C abort the multipart upload, even on a --resume run")
     t.add_argument("--resume", action="store_true",
-                   help="continue an interrupted upload of this file to this key: only missing parts are sent")
+                   help="continue an interrupted upload of this file to this key: only missing parts are sent; "
+                        "Ctrl+C then keeps the upload (unless --abort-on-interrupt)")
     t.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
                    help="retry a request when no byte moves for this long (default: 10 s sending, 120 s for "
                         "the answer)")
@@ -108,7 +117,21 @@ def resume_command(args: argparse.Namespace, argv: list[str]) -> str:
     return shlex.join(["mpupload", *words])
 
 
-def build_options(args: argparse.Namespace) -> UploadOptions:
+def cleanup_command(args: argparse.Namespace, bucket: str, key: str) -> str:
+    """The command that aborts one multipart upload of this destination; ``{upload_id}`` stands for its id."""
+    store: list[str] = []
+    for flag, value in (("--endpoint-url", effective_endpoint(args.endpoint_url)), ("--region", args.region),
+                        ("--profile", args.profile), ("--ca-bundle", args.ca_bundle),
+                        ("--addressing-style", args.addressing_style)):
+        if value:
+            store += [flag, value]
+    if args.no_verify_ssl:
+        store.append("--no-verify-ssl")
+    tail = f" {shlex.join(store)}" if store else ""
+    return f"{shlex.join(['mpupload', 'cleanup', f's3://{bucket}/{key}'])} --upload-id {{upload_id}}{tail}"
+
+
+def build_options(args: argparse.Namespace, bucket: str = "", key: str = "") -> UploadOptions:
     part_size = None
     if args.part_size is not None:
         try:
@@ -122,6 +145,8 @@ def build_options(args: argparse.Namespace) -> UploadOptions:
         workers=args.workers,
         checksum=ChecksumMode(args.checksum),
         keep_on_interrupt=args.keep_on_interrupt,
+        abort_on_interrupt=args.abort_on_interrupt,
+        verify=VerifyMode(args.verify),
         content_type=args.content_type,
         metadata=_metadata(args.metadata),
         storage_class=args.storage_class,
@@ -130,12 +155,13 @@ def build_options(args: argparse.Namespace) -> UploadOptions:
         no_overwrite=args.no_overwrite,
         resume=args.resume,
         resume_command=resume_command(args, sys.argv[1:]),
+        cleanup_command=cleanup_command(args, bucket, key) if bucket else None,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     bucket, key = parse_s3_url(args.destination, args.source)
-    options = build_options(args)
+    options = build_options(args, bucket, key)
     store = build_store(args)
     if args.stall_timeout is not None:
         if args.stall_timeout <= 0:

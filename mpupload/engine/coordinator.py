@@ -4,15 +4,22 @@ Order of events for a multipart upload:
 
 1. CreateMultipartUpload — and at that very moment the abort is registered as the cleanup of every
    failure that makes the upload impossible (credentials, access, missing bucket, changed source,
-   corrupted data) and of a cancel without ``--keep-on-interrupt``;
-2. find out whether the store really checks checksum headers (a probe part that is never completed);
-   if it does not, every part's MD5 is also sent as Content-MD5 and compared with the part's ETag;
+   corrupted data) and of a cancel (unless the upload is kept: ``--keep-on-interrupt``, or a ``--resume`` run
+   without ``--abort-on-interrupt``). A cancel that comes before it creates nothing;
+2. find out what the store really checks (:mod:`.probe`: once per process and store) and so what every part
+   carries and how its answer is checked;
 3. hand parts to the worker pool; sample the counter on a fixed tick; replace dead workers;
 4. before CompleteMultipartUpload, make sure the source did not change;
-5. after it, HeadObject: size, then the composite checksum or the multipart ETag.
+5. CompleteMultipartUpload, which a cancel cannot stop (it finishes, and the object is verified and reported);
+   an answer that is lost is recovered by asking the store whether the upload is gone and the object is this
+   file;
+6. verify the object (:mod:`.verify`): its size, then its checksum or ETag, or its bytes read back.
 
-A file that fits in one part goes up with one PutObject, sent from a thread of the parent so that the
-main thread keeps ticking and handling signals.
+Every way out says what is left on the store: an abort that fails keeps the journal and reports the upload
+(``left_behind`` in the ``stopped``/``failed`` event, with the command that removes it); an upload someone else
+aborted is one clear error (nothing kept, nothing to resume).
+
+A file that fits in one part goes up with one PutObject (:mod:`.single`).
 """
 
 from __future__ import annotations
@@ -25,36 +32,47 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from .. import errors as E
-from ..checksums import Algorithm, b64, boto_checksum_param, composite_checksum, multipart_etag, new_hasher, unb64
+from ..checksums import Algorithm, boto_checksum_param
 from ..events import Event, Status
 from ..options import ChecksumMode, UploadResult
-from ..storage.errors import error_code
+from ..storage.errors import error_code, gone_error, http_status, is_gone
 from .aggregator import TICK_S
 from .counter import ByteCounter
 from .journaling import Journaling
-from .pool import WorkerPool
+from .pool import WorkerHandle, WorkerPool
+from .probe import IntegrityPlan, StoreTraits, integrity_plan
 from .resume import AlreadyComplete, ResumeState
-from .session import CHECKSUM_REJECTED, SHUTDOWN_JOIN_S, Source
+from .session import SHUTDOWN_JOIN_S, Source
 from .single import SinglePut
+from .verify import Expected, Verdict, identify, verify_written
 from .worker import PartResult, WorkerSpec
 
 __all__ = ["Source", "Coordinator"]
 
 log = logging.getLogger("mpupload")
 
+COMPLETING = ("the store is assembling the object (CompleteMultipartUpload), which cannot be stopped: it finishes "
+              "first, then the object is verified")
+
 
 class Coordinator(SinglePut, Journaling):
+    #: set once CompleteMultipartUpload went through: there is no upload to abort or keep any more
+    _completed = False
+
     def run(self) -> UploadResult:
         self.client = self.store.make_client()
-        if self.options.no_overwrite:
-            self._refuse_if_exists()
-        state = self._prepare_journal()
+        try:
+            self._check_cancel()
+            if self.options.no_overwrite:
+                self._refuse_if_exists()
+            state = self._prepare_journal()
+            self._check_cancel()
+        except E.Cancelled:
+            raise self._stopped_before_start() from None
         if isinstance(state, AlreadyComplete):
             return self._report_already_complete(state)
-        if state is not None:
+        if state is not None or self.plan.multipart:
             return self._run_multipart(state)
-        if self.plan.multipart:
-            return self._run_multipart(None)
         self._check_bucket()
         return self._run_single()
 
@@ -73,169 +91,200 @@ class Coordinator(SinglePut, Journaling):
             bucket=self.bucket, key=self.key,
         )
 
+    def _stopped_before_start(self) -> E.Cancelled:
+        """A cancel before any part went: nothing was created, or the upload being resumed is kept as it was."""
+        reason = self.cancel.reason or "interrupted"
+        extra: dict[str, Any] = {"aborted": False, "reason": reason, "kept": self.upload_id is not None}
+        message = f"{reason}; nothing was sent to the store"
+        if self.upload_id is not None:  # stopped while checking the parts of the upload being resumed
+            extra["store_upload_id"] = self.upload_id
+            if self.options.resume_command:
+                extra["resume_command"] = self.options.resume_command
+                message = (f"{reason}; the interrupted multipart upload {self.upload_id} is kept as it was: "
+                           f"continue it with {self.options.resume_command}")
+        if self.left:
+            extra["left_behind"] = self._left_behind()
+        self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=0, parts_done=0)
+        return E.Cancelled(message + self._left_behind_text(), upload_id=self.upload_id)
+
     # -- multipart ------------------------------------------------------------------------------------------------
     def _run_multipart(self, resume: ResumeState | None) -> UploadResult:
         done: dict[int, PartResult] = {}
-        if resume is not None:
-            algorithm = resume.algorithm
-            md5 = resume.journal.md5 if resume.journal is not None else self._etag_is_md5
-            validated = False
-            self.upload_id = resume.upload_id
-            for number, listed in resume.reusable.items():
-                record = resume.journal.parts.get(number) if resume.journal is not None else None
-                done[number] = PartResult(
-                    number, True, size=listed.size, etag=listed.etag,
-                    checksum=(record.checksum if record is not None else None) or listed.checksum,
-                    md5=(record.md5 if record is not None else None) or (listed.etag if self._etag_is_md5 else None))
-            self.resumed_bytes, self.resumed_parts = resume.resumed_bytes, len(resume.reusable)
-            self.agg.resumed_bytes = self.resumed_bytes
-            self.agg.parts_total = self.plan.parts_total
-        else:
-            algorithm = self._algorithm()
-            create: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, **self._object_args()}
-            if algorithm is not None:
-                create["ChecksumAlgorithm"] = algorithm.value.upper()
-            try:
-                response = self.client.create_multipart_upload(**create)
-            except Exception as exc:  # noqa: BLE001
-                raise self._err(exc) from exc
-            self.upload_id = str(response["UploadId"])
-        self.agg.upload_id = self.agg.upload_id or self.upload_id
-        self.cancel.left_behind = (
-            f"multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} may be left on the store: "
-            f"remove it with: aws s3api abort-multipart-upload --bucket {self.bucket} --key {self.key} "
-            f"--upload-id {self.upload_id}"
-        )
         counter = ByteCounter(self.plan.workers)
         try:
-            if resume is None:
-                validated, md5 = self._decide_integrity(algorithm, create)
-            self._journal_start(algorithm, md5, done)
-            self.agg.started(self._started_extra(algorithm, md5))
+            if resume is not None:
+                integrity = self._resume(resume, done)
+            else:
+                integrity = self._create()
+            self._journal_start(integrity.algorithm, integrity.content_md5, done)
+            self.agg.started(self._started_extra(integrity))
             assert self.upload_id is not None
-            spec = WorkerSpec(self.store, self.source.path, self.bucket, self.key, self.upload_id, algorithm, md5)
+            spec = WorkerSpec(self.store, self.source.path, self.bucket, self.key, self.upload_id,
+                              integrity.algorithm, integrity.content_md5, integrity.etag_is_md5)
             self._upload_parts(spec, counter, done)
             self.source.check_unchanged()
+            self._check_cancel()
             self.agg.set_status(Status.FINALIZING)
             self.agg.tick(counter.total(), len(done))
-            if self.journal is not None:
-                self.journal.save()  # every part is recorded before Complete: a crash now can still be verified
-            result = self._complete_multipart(done, algorithm, md5, validated)
+            self._save_journal()  # every part is recorded before Complete: a crash now can still be verified
+            result = self._complete_multipart(done, integrity)
             self._journal_end(keep=False)
             return result
-        except E.Cancelled:
-            self._flag.set()
-            aborted = not self.options.keep_on_interrupt
-            if aborted:
-                self._abort()
-            self._journal_end(keep=not aborted)
-            extra: dict[str, Any] = {"aborted": aborted, "reason": self.cancel.reason}
-            if not aborted:
-                extra["store_upload_id"] = self.upload_id
-                if self.options.resume_command:
-                    extra["resume_command"] = self.options.resume_command
-            self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=counter.total(),
-                            parts_done=len(done))
-            if not aborted and self.options.resume_command:
-                raise E.Cancelled(f"{self.cancel.reason or 'interrupted'}; the multipart upload was kept: "
-                                  f"continue it with {self.options.resume_command}", upload_id=self.upload_id) from None
-            raise
         except BaseException as exc:
             self._flag.set()
+            if isinstance(exc, E.Cancelled) or not isinstance(exc, Exception):
+                # (KeyboardInterrupt in a library caller without our signal handlers is a cancel too)
+                raise self._stopped(counter, done) from None
             err = exc if isinstance(exc, E.MpuploadError) else self._err(exc)
-            if not isinstance(exc, E.MpuploadError) and not isinstance(exc, Exception):
-                err = E.Cancelled("interrupted")  # KeyboardInterrupt in a library caller without our handlers
-            if err.abort_upload or isinstance(err, E.Cancelled):
-                self._abort()
-            else:
-                self.cancel.left_behind = None
-            kept = not (err.abort_upload or isinstance(err, E.Cancelled))
-            self._journal_end(keep=kept)
-            if kept and self.options.resume_command:
-                advice = re.sub(r"(, then|:) run the same command again$", "", err.message)
-                err.message = f"{advice}; the upload was kept: continue it with {self.options.resume_command}"
-            if isinstance(err, E.Cancelled):
-                self.agg.finish(Event.STOPPED, Status.STOPPED, {"aborted": True, "reason": "interrupted"},
-                                sent_bytes=counter.total(), parts_done=len(done))
-            else:
-                extra = {"error": str(err), "error_type": type(err).__name__}
-                if kept:
-                    extra["store_upload_id"] = self.upload_id
-                    if self.options.resume_command:
-                        extra["resume_command"] = self.options.resume_command
-                self.agg.finish(Event.FAILED, Status.FAILED, extra, sent_bytes=counter.total(),
-                                parts_done=len(done))
-            if err is exc:
-                raise
-            raise err from exc
+            raise self._failed(err, counter, done) from (None if err is exc else exc)
 
-    def _decide_integrity(self, algorithm: Algorithm | None, create: dict[str, Any]) -> tuple[bool, bool]:
-        """(store validates the checksum header, send and compare MD5 too)."""
-        if self.options.checksum is ChecksumMode.NONE:
-            return False, False
-        if algorithm is None:  # --checksum md5
-            return False, True
-        validated = self._probe_checksum_validation(algorithm, create)
-        if validated:
-            return True, False
-        if self._etag_is_md5:
-            return False, True
-        self._warn(
-            f"the store did not reject a wrong {algorithm.value} checksum and ETags are not MD5s under SSE-KMS: "
-            "only the size of the object can be verified"
-        )
-        return False, False
-
-    def _probe_checksum_validation(self, algorithm: Algorithm, create: dict[str, Any]) -> bool:
-        """Does the store check the checksum header? Ask it with a deliberately wrong one.
-
-        The probe runs in a throwaway multipart upload of the same key, aborted right away: a part left
-        in the real upload would break CompleteMultipartUpload on stores that insist on every uploaded part
-        being listed (Ceph RGW). A store that checks refuses the part (BadDigest); one that ignores the
-        header stores it, and the abort removes it.
-        """
-        body = b"mpupload checksum probe"
-        wrong = new_hasher(algorithm)
-        wrong.update(b"not the body")
+    def _create(self) -> IntegrityPlan:
+        algorithm = self._algorithm()
+        self._check_cancel()
+        create: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, **self._object_args()}
+        if algorithm is not None:
+            create["ChecksumAlgorithm"] = algorithm.value.upper()
         try:
-            probe_id = self.client.create_multipart_upload(**create)["UploadId"]
+            response = self.client.create_multipart_upload(**create)
         except Exception as exc:  # noqa: BLE001
             raise self._err(exc) from exc
-        try:
-            self.client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=probe_id, PartNumber=1,
-                Body=body, ContentLength=len(body), **{boto_checksum_param(algorithm): b64(wrong.digest())},
-            )
-        except Exception as exc:  # noqa: BLE001
-            code = error_code(exc) or ""
-            message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).lower()
-            if code in CHECKSUM_REJECTED or (code == "InvalidRequest" and "checksum" in message):
-                return True
-            err = self._err(exc)
-            if isinstance(err, (E.AuthError, E.BucketNotFound, E.StoreUnreachable)):
-                raise err from exc
-            log.debug("checksum probe answered %s: treating checksums as unchecked", code)
-            return False
-        finally:
-            self._abort_id(probe_id, self.store.short_lived().make_client())
-        log.debug("the store accepted a wrong %s checksum: it does not check it", algorithm.value)
-        return False
+        self.upload_id = str(response["UploadId"])
+        self.agg.upload_id = self.agg.upload_id or self.upload_id
+        self._register_cleanup()
+        self._check_cancel()
+        traits = None if self.options.checksum is ChecksumMode.NONE else self._traits(algorithm)
+        self._check_cancel()
+        return self._integrity(algorithm, traits)
+
+    def _resume(self, resume: ResumeState, done: dict[int, PartResult]) -> IntegrityPlan:
+        self.upload_id = resume.upload_id
+        self.agg.upload_id = self.agg.upload_id or self.upload_id
+        self._register_cleanup()
+        integrity = self._integrity(resume.algorithm, self.resume_traits)
+        if resume.journal is not None and self.resume_traits is None:
+            # --checksum none on this run: keep the interrupted run's MD5s (it compared them with the ETags)
+            integrity = IntegrityPlan(resume.algorithm, resume.journal.md5, resume.journal.md5,
+                                      "md5" if resume.journal.md5 else None, False)
+        for number, listed in resume.reusable.items():
+            record = resume.journal.parts.get(number) if resume.journal is not None else None
+            done[number] = PartResult(
+                number, True, size=listed.size, etag=listed.etag,
+                checksum=(record.checksum if record is not None else None) or listed.checksum,
+                md5=(record.md5 if record is not None else None) or (listed.etag if integrity.etag_is_md5 else None))
+        self.resumed_bytes, self.resumed_parts = resume.resumed_bytes, len(resume.reusable)
+        self.agg.resumed_bytes = self.resumed_bytes
+        self.agg.parts_total = self.plan.parts_total
+        return integrity
+
+    def _integrity(self, algorithm: Algorithm | None, traits: StoreTraits | None) -> IntegrityPlan:
+        return integrity_plan(self.options.checksum, algorithm, traits)
+
+    def _register_cleanup(self) -> None:
+        """What a second Ctrl+C (an immediate exit) would leave behind, from the moment the upload exists."""
+        self.cancel.left_behind = (
+            f"multipart upload {self.upload_id} of s3://{self.bucket}/{self.key} may be left on the store: "
+            f"remove it with: {self._cleanup_command(self.upload_id or '')}"
+        )
+
+    def _stopped(self, counter: ByteCounter, done: dict[int, PartResult]) -> E.Cancelled:
+        """A cancel once the upload exists: abort it (or keep it) and say exactly what is left."""
+        reason = self.cancel.reason or "interrupted"
+        if self._completed:  # Ctrl+C during the read-back of a completed object: nothing to abort
+            self.agg.finish(Event.STOPPED, Status.STOPPED,
+                            {"aborted": False, "kept": False, "reason": reason, "object_completed": True},
+                            sent_bytes=counter.total(), parts_done=len(done))
+            return E.Cancelled(f"{reason}; s3://{self.bucket}/{self.key} was completed, but the read-back "
+                               "verification was stopped: it is not verified", upload_id=self.upload_id)
+        keep = self.options.keeps_on_interrupt and self.upload_id is not None
+        aborted = False if keep else self._abort()
+        if keep:
+            assert self.upload_id is not None
+            self.left[self.upload_id] = "kept: continue it with --resume"
+        # the journal goes only with the upload: one whose abort failed can still be resumed or cleaned up
+        self._journal_end(keep=not aborted)
+        extra: dict[str, Any] = {"aborted": aborted and self.upload_id is not None, "kept": keep, "reason": reason}
+        if not aborted:
+            extra["store_upload_id"] = self.upload_id
+            if self.options.resume_command:
+                extra["resume_command"] = self.options.resume_command
+        if self.left:
+            extra["left_behind"] = self._left_behind()
+        self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=counter.total(), parts_done=len(done))
+        if keep:
+            message = f"{reason}; the multipart upload was kept"
+            if self.options.resume_command:
+                message += f": continue it with {self.options.resume_command}"
+            self.left.pop(self.upload_id or "", None)
+        elif not aborted:
+            message = f"{reason}; the multipart upload {self.upload_id} could NOT be aborted"
+        elif self.upload_id is None:
+            message = f"{reason}; nothing was sent to the store"
+        else:
+            message = f"{reason}; the multipart upload was aborted"
+        return E.Cancelled(message + self._left_behind_text(), upload_id=self.upload_id)
+
+    def _failed(self, err: E.MpuploadError, counter: ByteCounter, done: dict[int, PartResult]) -> E.MpuploadError:
+        """A failure: abort what cannot succeed later, keep what can, and say exactly what is left."""
+        if not err.upload_exists or self._completed:
+            # gone (aborted by someone else, expired), or completed: nothing to abort, keep or resume
+            if self.upload_id is not None:
+                self.left.pop(self.upload_id, None)
+            self.cancel.left_behind = None
+            self._journal_end(keep=False)
+            kept = False
+        elif err.abort_upload:
+            kept = not self._abort()  # an abort that failed leaves it (and its journal) for cleanup or --resume
+            self._journal_end(keep=kept)
+        else:
+            kept = self.upload_id is not None
+            self.cancel.left_behind = None
+            self._journal_end(keep=kept)
+        extra: dict[str, Any] = {"error": str(err), "error_type": type(err).__name__}
+        resumable = kept and not err.abort_upload
+        if kept:
+            extra["store_upload_id"] = self.upload_id
+            if resumable and self.options.resume_command:
+                extra["resume_command"] = self.options.resume_command
+        if self.left:
+            extra["left_behind"] = self._left_behind()
+        self.agg.finish(Event.FAILED, Status.FAILED, extra, sent_bytes=counter.total(), parts_done=len(done))
+        if resumable and self.options.resume_command:
+            advice = re.sub(r"(, then|:) run the same command again$", "", err.message)
+            err.message = f"{advice}; the upload was kept: continue it with {self.options.resume_command}"
+        elif self.left:
+            err.message += self._left_behind_text()
+        return err
 
     def _upload_parts(self, spec: WorkerSpec, counter: ByteCounter, done: dict[int, PartResult]) -> None:
         plan = self.plan
         pending = deque(p for p in plan.parts() if p.number not in done)
         if not pending:
             return
+        self._check_cancel()
         pool = WorkerPool(spec, plan.workers, counter, self._flag, start_method=self.options.start_method)
         deaths = 0
         max_deaths = max(3, 2 * plan.workers)
+
+        def died(worker: WorkerHandle) -> None:
+            nonlocal deaths
+            deaths += 1
+            if worker.job is not None:
+                pending.appendleft(worker.job)
+                worker.job = None
+            log.warning("worker %d (pid %s) died with exit code %s; replacing it", worker.slot,
+                        worker.process.pid, worker.process.exitcode)
+            if deaths > max_deaths:
+                raise E.WorkerCrashed(
+                    f"worker processes died {deaths} times (last exit code {worker.process.exitcode}): "
+                    "check memory limits and the system log, then run the command again",
+                    bucket=self.bucket, key=self.key, upload_id=self.upload_id)
+            pool.replace(worker)
+
         try:
             next_tick = time.monotonic() + TICK_S
             while len(done) < plan.parts_total:
-                for worker in pool.idle():
-                    if not pending:
-                        break
-                    pool.send(worker, pending.popleft())
+                for worker in pool.dispatch(pending):  # workers that died while idle
+                    died(worker)
                 ready = wait([*pool.waitables(), self.cancel.fileno()], max(0.0, next_tick - time.monotonic()))
                 if self.cancel.cancelled:
                     raise E.Cancelled(self.cancel.reason or "interrupted")
@@ -248,17 +297,7 @@ class Coordinator(SinglePut, Journaling):
                             self._drain(worker, done)
                         if worker.process.is_alive() and alive:
                             continue
-                        deaths += 1
-                        if worker.job is not None:
-                            pending.appendleft(worker.job)
-                        log.warning("worker %d (pid %s) died with exit code %s; replacing it", worker.slot,
-                                    worker.process.pid, worker.process.exitcode)
-                        if deaths > max_deaths:
-                            raise E.WorkerCrashed(
-                                f"worker processes died {deaths} times (last exit code {worker.process.exitcode}): "
-                                "check memory limits and the system log, then run the command again",
-                                bucket=self.bucket, key=self.key, upload_id=self.upload_id)
-                        pool.replace(worker)
+                        died(worker)
                 now = time.monotonic()
                 if now >= next_tick:
                     self.agg.tick(counter.total(), len(done))
@@ -291,9 +330,15 @@ class Coordinator(SinglePut, Journaling):
             return False
         return True
 
-    def _complete_multipart(
-        self, done: dict[int, PartResult], algorithm: Algorithm | None, md5: bool, validated: bool
-    ) -> UploadResult:
+    def _expected(self, done: dict[int, PartResult], integrity: IntegrityPlan) -> Expected:
+        ordered = [done[n] for n in range(1, self.plan.parts_total + 1)]
+        checksums = tuple(r.checksum or "" for r in ordered) if all(r.checksum for r in ordered) else None
+        md5s = tuple(r.md5 or "" for r in ordered) if all(r.md5 for r in ordered) else None
+        return Expected(self.source.size, self.plan.part_size, multipart=True, algorithm=integrity.algorithm,
+                        part_checksums=checksums if integrity.algorithm is not None else None, part_md5s=md5s)
+
+    def _complete_multipart(self, done: dict[int, PartResult], integrity: IntegrityPlan) -> UploadResult:
+        algorithm = integrity.algorithm
         parts = []
         for number in range(1, self.plan.parts_total + 1):
             result = done[number]
@@ -305,47 +350,51 @@ class Coordinator(SinglePut, Journaling):
                                   "MultipartUpload": {"Parts": parts}}
         if self.options.no_overwrite:
             params["IfNoneMatch"] = "*"
+        expected = self._expected(done, integrity)
+        self.cancel.uninterruptible = COMPLETING
+        if self.cancel.cancelled:
+            self.cancel.uninterruptible = None
+            raise E.Cancelled(self.cancel.reason or "interrupted")
+        self.cancel.left_behind = (
+            f"CompleteMultipartUpload of upload {self.upload_id} was sent: s3://{self.bucket}/{self.key} may be "
+            "complete; run the same command with --resume to find out")
         try:
-            response = self.client.complete_multipart_upload(**params)
+            response = dict(self.client.complete_multipart_upload(**params))
         except Exception as exc:  # noqa: BLE001
-            raise self._err(exc) from exc
+            recovered = self._complete_answer_lost(exc, expected)
+            if recovered is None:
+                raise self._err(exc) from exc
+            return recovered
+        finally:
+            self.cancel.uninterruptible = None
+        self._completed = True
         self.cancel.left_behind = None
-        head = self._head()
-        self._check_size(head)
-        etag = str(head.get("ETag") or response.get("ETag") or "").strip('"')
-        verified = "size-only"
-        checksum: str | None = None
-        if algorithm is not None:
-            expected = composite_checksum(algorithm, (unb64(done[n].checksum) for n in sorted(done)))
-            stored = head.get(boto_checksum_param(algorithm)) or response.get(boto_checksum_param(algorithm))
-            # We asked for a composite checksum ("<value>-<parts>"); a value of another shape is not one we can
-            # check (seen: a store that reports a checksum of neither the object nor its parts): ignore it.
-            if stored and not str(stored).endswith(f"-{self.plan.parts_total}"):
-                log.debug("ignoring the store's object checksum %s: not a composite of %d parts", stored,
-                          self.plan.parts_total)
-                stored = None
-            if stored:
-                if stored != expected:
-                    self._delete_corrupt()
-                    raise E.IntegrityError(
-                        f"the stored object's composite {algorithm.value} {stored} differs from {expected}: "
-                        "the object was deleted; run the command again", bucket=self.bucket, key=self.key)
-                verified = algorithm.value
-            elif validated:
-                verified = algorithm.value  # every part was checked by the store itself; the size matches
-            checksum = f"{algorithm.value}:{stored or expected}"
-        if md5:
-            expected_etag = multipart_etag(bytes.fromhex(done[n].md5 or "") for n in sorted(done))
-            if etag.lower() == expected_etag:
-                verified = "md5" if verified == "size-only" else verified
-                checksum = checksum or f"md5:{expected_etag}"
-            elif self._etag_is_md5 and verified == "size-only":
-                self._delete_corrupt()
-                raise E.IntegrityError(
-                    f"the stored object's ETag {etag} is not {expected_etag}, the MD5 of its parts: "
-                    "the object was deleted; run the command again", bucket=self.bucket, key=self.key)
-        if verified == "size-only":
-            self._warn("the store offered no checksum to verify against: only the object's size was checked")
+        if self.cancel.cancelled:
+            self._warn("Ctrl+C came while the store completed the object: too late to stop it; it is complete")
+        verdict = verify_written(
+            self._access(), expected, response, parts_checked=integrity.parts_checked,
+            validates_checksum=integrity.validates_checksum, read_back_path=self._read_back_path,
+            cancel=self._flag, threads=self.plan.workers, size_only_reason=integrity.warning)
         location = str(response.get("Location") or f"s3://{self.bucket}/{self.key}")
-        return self._complete(verified, etag, checksum, location, parts=self.plan.parts_total)
+        return self._complete(verdict, location, parts=self.plan.parts_total)
 
+    def _complete_answer_lost(self, exc: Exception, expected: Expected) -> UploadResult | None:
+        """CompleteMultipartUpload failed. If the upload is gone, either this Complete went through (its answer
+        was lost: the object is there and is this file) or someone aborted it (:class:`UploadGone`). ``None``:
+        the upload is still there, an ordinary failure."""
+        if not (is_gone(exc) or http_status(exc) in (404, 500)):
+            return None
+        try:
+            self.client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MaxParts=1)
+        except Exception as listing:  # noqa: BLE001
+            if not is_gone(listing):
+                return None
+        else:
+            return None
+        verdict: Verdict | None = identify(self._access(), expected, read_back_path=self._read_back_path,
+                                           cancel=self._flag, threads=self.plan.workers)
+        if verdict is None:
+            raise gone_error(bucket=self.bucket, key=self.key, upload_id=self.upload_id) from exc
+        self._completed = True
+        log.info("CompleteMultipartUpload's answer was lost, but the object is there and is this file")
+        return self._complete(verdict, f"s3://{self.bucket}/{self.key}", parts=self.plan.parts_total)

@@ -12,6 +12,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -86,6 +87,26 @@ class WorkerPool:
     def send(self, handle: WorkerHandle, job: PartJob) -> None:
         handle.job = job
         handle.conn.send(job)
+
+    def dispatch(self, pending: deque[PartJob]) -> list[WorkerHandle]:
+        """Hand pending parts to idle workers; returns the workers found dead on the way.
+
+        A worker that died while idle (killed, OOM) is seen here before its sentinel is: writing to its pipe
+        fails (``BrokenPipeError``). Its part goes back to the front of ``pending`` and the caller replaces it.
+        """
+        dead: list[WorkerHandle] = []
+        for worker in self.idle():
+            if not pending:
+                break
+            job = pending.popleft()
+            try:
+                self.send(worker, job)
+            except (BrokenPipeError, ConnectionError, EOFError, OSError):
+                worker.job = None
+                pending.appendleft(job)
+                worker.process.join(1.0)
+                dead.append(worker)
+        return dead
 
     def waitables(self) -> list[Any]:
         objs: list[Any] = []

@@ -10,7 +10,8 @@
   part stops within one chunk, as the seed's context-aware reader does;
 * takes back what it counted when botocore rewinds it for a retry (``seek(0)``) or when the worker gives
   up on the attempt (``rollback()``);
-* raises :class:`~mpupload.errors.SourceChanged` on a short read (the file shrank).
+* raises :class:`~mpupload.errors.SourceChanged` when the file ends early (it shrank). A short read that is
+  not the end of the file is legal (FUSE and network filesystems return them): the rest is read again.
 
 ``read(n)`` returns up to ``CHUNK`` bytes even when asked for fewer: http.client asks for 8-16 KiB at a
 time, and 64 times fewer Python-level round trips per MiB is most of the client's CPU budget. Every
@@ -27,7 +28,7 @@ from ..errors import Cancelled, SourceChanged
 from ..units import KiB
 from .counter import ByteCounter, CancelFlag
 
-__all__ = ["PartReader", "digest_range", "CHUNK"]
+__all__ = ["PartReader", "digest_range", "pread_exactly", "CHUNK"]
 
 CHUNK = 1024 * KiB
 
@@ -62,9 +63,7 @@ class PartReader:
         if remaining <= 0:
             return b""
         want = remaining if amt is None or amt < 0 else min(remaining, max(amt, self._chunk))
-        data = os.pread(self._fd, want, self._offset + self._pos)
-        if len(data) < want:
-            raise SourceChanged("the source file became shorter during the upload: it was modified; start again")
+        data = pread_exactly(self._fd, want, self._offset + self._pos)
         self._pos += len(data)
         self._count(len(data))
         return data
@@ -114,6 +113,23 @@ class PartReader:
             self._counter.add(self._slot, n)
 
 
+def pread_exactly(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset``: short reads are continued; only the end of the file (a read of 0 bytes
+    before ``length``) is :class:`~mpupload.errors.SourceChanged`."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            raise SourceChanged("the source file became shorter during the upload: it was modified; start again")
+        pieces.append(more)
+        got += len(more)
+    return b"".join(pieces)
+
+
 def digest_range(
     fd: int,
     offset: int,
@@ -130,9 +146,7 @@ def digest_range(
         if cancel is not None and cancel.is_set():
             raise Cancelled("upload cancelled")
         want = min(chunk, length - pos)
-        data = os.pread(fd, want, offset + pos)
-        if len(data) < want:
-            raise SourceChanged("the source file became shorter during the upload: it was modified; start again")
+        data = pread_exactly(fd, want, offset + pos)
         for hasher in hashers:
             hasher.update(data)
         pos += want

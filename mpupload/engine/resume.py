@@ -3,13 +3,20 @@
 The journal is a hint; the store decides. ``find_resume`` returns either
 
 * ``None`` — nothing to resume (no journal and no unfinished upload for the key, or it is gone), or
-* :class:`AlreadyComplete` — the upload is gone but the object is there with the expected size (a crash
-  during CompleteMultipartUpload); the caller verifies it and reports done, or
+* :class:`AlreadyComplete` — the upload is gone but an object of the expected size is at the key (perhaps a
+  crash during CompleteMultipartUpload); the caller reports it done only once it is shown to be this file, or
 * :class:`ResumeState` — the store's upload id, the part size, and the parts the store lists.
 
 A listed part is reused only if its size is the planned size for its number and its ETag (the MD5 of the
 part, on stores whose ETags are MD5s) or checksum matches the local bytes: the journal's record of them
 when the source's fingerprint is unchanged, otherwise the file is read again (:func:`verify_parts`).
+
+Without a journal the upload's checksum algorithm comes from the store (ListMultipartUploads and ListParts
+report it; else the checksums its parts carry): new parts must carry it, and Complete must list it.
+
+Listings are paginated until the store says they are complete. The only bounds are the ones S3 itself sets
+(part numbers rise and end at 10,000; keys of uploads rise past the key looked for), so a store with small
+pages is listed whole, and one whose marker does not advance cannot keep us looping.
 """
 
 from __future__ import annotations
@@ -17,25 +24,26 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import errors as E
 from ..checksums import Algorithm, b64, new_hasher
 from ..journal import Journal
 from ..plan import MAX_PARTS, UploadPlan, plan_upload
-from ..storage.errors import error_code
+from ..storage.errors import GONE_CODES, error_code
 from .counter import CancelFlag
 from .reader import digest_range
+from .verify import Verdict
 
 __all__ = ["ListedPart", "ResumeState", "AlreadyComplete", "list_parts", "find_resume", "verify_parts",
-           "MAX_LIST_PAGES"]
+           "MAX_UPLOAD_PAGES"]
 
 log = logging.getLogger("mpupload")
-#: ListParts answers at most 1,000 parts a page: 10,000 parts take 10 pages. A store that keeps answering
-#: "truncated" past this bound is broken, not big.
-MAX_LIST_PAGES = 12
-_GONE = ("NoSuchUpload", "NoSuchKey", "404")
+#: a sanity bound on ListMultipartUploads pages for one key (the listing also stops once it passes the key)
+MAX_UPLOAD_PAGES = 10_000
+_CHECKSUM_FIELDS = {Algorithm.CRC32C: "ChecksumCRC32C", Algorithm.CRC32: "ChecksumCRC32",
+                    Algorithm.SHA256: "ChecksumSHA256"}
 
 
 @dataclass(frozen=True)
@@ -61,52 +69,79 @@ class ResumeState:
         return sum(p.size for p in self.reusable.values())
 
 
-@dataclass(frozen=True)
+@dataclass
 class AlreadyComplete:
     journal: Journal
+    #: set once the object is shown to be this file
+    verdict: Verdict | None = None
 
 
 def list_parts(client: Any, bucket: str, key: str, upload_id: str, algorithm: Algorithm | None = None) \
         -> dict[int, ListedPart] | None:
-    """Every part the store holds for ``upload_id`` (paginated, bounded); ``None`` if the upload is gone."""
+    """Every part the store holds for ``upload_id`` (paginated to the end); ``None`` if the upload is gone."""
+    parts, _ = list_parts_and_algorithm(client, bucket, key, upload_id, algorithm)
+    return parts
+
+
+def list_parts_and_algorithm(client: Any, bucket: str, key: str, upload_id: str,
+                             algorithm: Algorithm | None = None) -> tuple[dict[int, ListedPart] | None, str | None]:
+    """The listed parts (``None``: the upload is gone) and the checksum algorithm the store names for it."""
     parts: dict[int, ListedPart] = {}
     marker = 0
-    param = {Algorithm.CRC32C: "ChecksumCRC32C", Algorithm.CRC32: "ChecksumCRC32",
-             Algorithm.SHA256: "ChecksumSHA256"}.get(algorithm) if algorithm else None
-    for _ in range(MAX_LIST_PAGES):
+    named: str | None = None
+    while True:
         try:
-            page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
+            page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker,
+                                     MaxParts=1000)
         except Exception as exc:  # noqa: BLE001
-            if error_code(exc) in _GONE:
-                return None
+            if error_code(exc) in GONE_CODES:
+                return None, None
             raise
+        named = named or page.get("ChecksumAlgorithm")
         for p in page.get("Parts", []):
             number = int(p["PartNumber"])
+            found = algorithm or _algorithm_in(p)
+            field_name = _CHECKSUM_FIELDS.get(found) if found else None
             parts[number] = ListedPart(number, int(p["Size"]), str(p.get("ETag", "")).strip('"'),
-                                       p.get(param) if param else None)
+                                       p.get(field_name) if field_name else None)
+            if algorithm is None and found is not None and named is None:
+                named = found.value
         if not page.get("IsTruncated"):
-            return parts
+            return parts, named
         next_marker = int(page.get("NextPartNumberMarker") or 0)
-        if next_marker <= marker:
-            break  # a store that does not advance would loop forever
+        if next_marker <= marker or next_marker >= MAX_PARTS:
+            # a store whose marker does not advance (or that lists past S3's last part number) would loop forever
+            raise E.UploadFailed(
+                f"the store kept answering ListParts of upload {upload_id} as truncated (next part marker "
+                f"{next_marker}, after {marker}): it cannot be resumed; run without --resume to start over",
+                upload_id=upload_id)
         marker = next_marker
-    raise E.UploadFailed(
-        f"the store kept answering ListParts of upload {upload_id} as truncated after {MAX_LIST_PAGES} pages: "
-        "it cannot be resumed; run without --resume to start over", upload_id=upload_id)
 
 
-def _newest_upload(client: Any, bucket: str, key: str) -> str | None:
-    newest: tuple[Any, str] | None = None
+def _algorithm_in(part: dict[str, Any]) -> Algorithm | None:
+    for algorithm, name in _CHECKSUM_FIELDS.items():
+        if part.get(name):
+            return algorithm
+    return None
+
+
+def _newest_upload(client: Any, bucket: str, key: str) -> tuple[str, str | None] | None:
+    """The newest unfinished upload of exactly ``key``: its id and the checksum algorithm the store names."""
+    newest: tuple[Any, str, str | None] | None = None
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-    for _ in range(MAX_LIST_PAGES):
+    for _ in range(MAX_UPLOAD_PAGES):
         page = client.list_multipart_uploads(**kwargs)
         for u in page.get("Uploads", []):
             if u.get("Key") == key and (newest is None or u["Initiated"] > newest[0]):
-                newest = (u["Initiated"], str(u["UploadId"]))
+                newest = (u["Initiated"], str(u["UploadId"]), u.get("ChecksumAlgorithm"))
         if not page.get("IsTruncated"):
             break
-        kwargs["KeyMarker"], kwargs["UploadIdMarker"] = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
-    return newest[1] if newest else None
+        next_key, next_id = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+        if not next_key or next_key > key or (next_key, next_id) == (kwargs.get("KeyMarker"),
+                                                                      kwargs.get("UploadIdMarker")):
+            break  # past our key (uploads are listed by key), or a store that does not advance
+        kwargs["KeyMarker"], kwargs["UploadIdMarker"] = next_key, next_id
+    return (newest[1], newest[2]) if newest else None
 
 
 def _algorithm_of(name: str | None) -> Algorithm | None:
@@ -129,17 +164,20 @@ def find_resume(client: Any, bucket: str, key: str, size: int, plan: UploadPlan,
             return None
         resumed_plan = plan_upload(size, part_size=journal.part_size, workers=plan.workers)
         return ResumeState(journal.upload_id, resumed_plan, algorithm, listed, journal)
-    upload_id = _newest_upload(client, bucket, key)
-    if upload_id is None:
+    newest = _newest_upload(client, bucket, key)
+    if newest is None:
         return None
-    listed = list_parts(client, bucket, key, upload_id, None) or {}
+    upload_id, named = newest
+    listed, listed_named = list_parts_and_algorithm(client, bucket, key, upload_id, _algorithm_of(named))
+    listed = listed or {}
+    algorithm = _algorithm_of(named or listed_named)
     part_size = _infer_part_size(listed, size) or plan.part_size
     try:
         resumed_plan = plan_upload(size, part_size=part_size, workers=plan.workers)
     except ValueError:
         log.warning("the unfinished upload %s does not fit this file: it is not resumed", upload_id)
         return None
-    return ResumeState(upload_id, resumed_plan, None, listed, None)
+    return ResumeState(upload_id, resumed_plan, algorithm, listed, None)
 
 
 def _infer_part_size(listed: dict[int, ListedPart], size: int) -> int | None:
@@ -184,7 +222,7 @@ def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_
     def check(listed: ListedPart) -> ListedPart | None:
         part = plan.part(listed.number)
         md5 = new_hasher(Algorithm.MD5)
-        algo = new_hasher(state.algorithm) if (state.algorithm and listed.checksum) else None
+        algo = new_hasher(state.algorithm) if state.algorithm else None
         hashers = [h for h in (md5, algo) if h is not None]
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -193,11 +231,15 @@ def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_
             os.close(fd)
         if algo is not None and listed.checksum is not None:
             return listed if b64(algo.digest()) == listed.checksum else None
-        return listed if etag_is_md5 and md5.digest().hex() == listed.etag.lower() else None
+        if not (etag_is_md5 and md5.digest().hex() == listed.etag.lower()):
+            return None
+        # a store that lists no checksum for the part (moto keeps none for a bare header): the local one goes
+        # with it, so that Complete lists it and the object's composite checksum can be known
+        return replace(listed, checksum=b64(algo.digest())) if algo is not None else listed
 
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mpupload-verify") as pool:
         for listed, ok in zip(candidates, pool.map(check, candidates)):
             if ok is not None:
-                state.reusable[listed.number] = listed
+                state.reusable[listed.number] = ok
             else:
                 log.info("stored part %d does not match the file: it is uploaded again", listed.number)

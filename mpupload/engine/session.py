@@ -1,5 +1,6 @@
 """What every path of one upload shares: the source, the store client, the aggregator, the cancel token,
-and the end of an upload (HeadObject checks, the completed snapshot, aborting a multipart upload)."""
+what the store checks (the probe), the journal's writes, and the end of an upload: the completed snapshot,
+aborting a multipart upload, and an honest account of every upload left on the store."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 import mimetypes
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,22 +21,24 @@ from ..journal import Journal
 from ..options import ChecksumMode, UploadOptions, UploadResult
 from ..plan import UploadPlan
 from ..storage import StoreConfig, classify
-from ..storage.errors import error_code
+from ..storage.errors import GONE_CODES, error_code
 from .aggregator import Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag
+from .probe import IntegrityPlan, StoreTraits, probe_store
+from .verify import ObjectAccess, Verdict
 
 log = logging.getLogger("mpupload")
 
-__all__ = ["Source", "UploadSession", "SHUTDOWN_JOIN_S", "JOURNAL_SAVE_S", "SINGLE_PUT_ATTEMPTS", "CHECKSUM_REJECTED",
+__all__ = ["Source", "UploadSession", "SHUTDOWN_JOIN_S", "JOURNAL_SAVE_S", "SINGLE_PUT_ATTEMPTS",
            "algorithm_or_none"]
 
-#: codes with which a store says "the checksum you sent does not match the bytes"
-CHECKSUM_REJECTED = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"}
 SHUTDOWN_JOIN_S = 2.0
 #: the journal is rewritten at most this often while parts finish (and always at the end)
 JOURNAL_SAVE_S = 1.0
 SINGLE_PUT_ATTEMPTS = 5
+#: how many times an abort is repeated while ListParts still shows parts (parts in flight may land after it)
+ABORT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -92,14 +96,19 @@ class UploadSession:
         self.client: Any = None
         self.upload_id: str | None = None
         self._flag = CancelFlag()
+        # Ctrl+C sets the shared flag at once: parts in flight and the hashing of stored parts stop within a chunk
+        cancel.link(self._flag)
         self.journal_path = journal_path
         #: the API server's record id, kept in the journal so that --resume continues the same record
         self.record_id = record_id
         self.journal: Journal | None = None
         self._fingerprint: journal_mod.SourceFingerprint | None = None
         self._journal_saved_at = 0.0
+        self._journal_failed = False
         self.resumed_bytes = 0
         self.resumed_parts = 0
+        #: multipart uploads of this run still on the store that nobody meant to keep: upload id -> why
+        self.left: dict[str, str] = {}
 
     # -- shared helpers -----------------------------------------------------------------------------------------
     def _err(self, exc: BaseException, part_number: int | None = None) -> E.MpuploadError:
@@ -109,6 +118,10 @@ class UploadSession:
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         log.warning(message)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.cancelled:
+            raise E.Cancelled(self.cancel.reason or "interrupted")
 
     def _object_args(self) -> dict[str, Any]:
         o = self.options
@@ -127,12 +140,6 @@ class UploadSession:
             args.setdefault("ServerSideEncryption", "aws:kms")
         return args
 
-    @property
-    def _etag_is_md5(self) -> bool:
-        """Under SSE-KMS (and SSE-C) the ETag is not the MD5 of the data."""
-        sse = self.options.sse or ("aws:kms" if self.options.sse_kms_key_id else None)
-        return not (sse and sse.startswith("aws:kms"))
-
     def _algorithm(self) -> Algorithm | None:
         mode = self.options.checksum
         if mode in (ChecksumMode.NONE, ChecksumMode.MD5):
@@ -141,7 +148,25 @@ class UploadSession:
             return Algorithm.CRC32C
         return Algorithm(mode.value)
 
-    def _started_extra(self, algorithm: Algorithm | None, md5: bool) -> dict[str, Any]:
+    def _traits(self, algorithm: Algorithm | None) -> StoreTraits:
+        """What the store checks (:mod:`.probe`): asked once per process, store, bucket and encryption."""
+        args = self._object_args()
+        encryption = (args.get("ServerSideEncryption"), args.get("SSEKMSKeyId"))
+        traits, left = probe_store(
+            self.client, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
+            cache_key=(self.store, self.bucket, encryption),
+            abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived().make_client()),
+            cancelled=lambda: self.cancel.cancelled, endpoint=self.store.endpoint_url)
+        if left is not None:
+            self.left[left] = "the store probe's throwaway upload: its abort failed"
+            self._warn(f"could not abort the store probe's throwaway multipart upload {left}: remove it with: "
+                       f"{self._cleanup_command(left)}")
+        return traits
+
+    def _started_extra(self, integrity: IntegrityPlan | None, algorithm: Algorithm | None = None,
+                       md5: bool = False) -> dict[str, Any]:
+        if integrity is not None:
+            algorithm, md5 = integrity.algorithm, integrity.content_md5
         return {
             "part_size": self.plan.part_size if self.plan.multipart else self.source.size,
             "workers": self.plan.workers,
@@ -152,75 +177,112 @@ class UploadSession:
             "store_upload_id": self.upload_id,
         }
 
+    def _access(self) -> ObjectAccess:
+        return ObjectAccess(self.client, self.bucket, self.key, self.store.endpoint_url)
+
+    @property
+    def _read_back_path(self) -> str | None:
+        return self.source.path if self.options.verify == "read-back" else None
+
     # -- entry point ----------------------------------------------------------------------------------------------
     def fingerprint(self) -> journal_mod.SourceFingerprint:
         if self._fingerprint is None:
             self._fingerprint = journal_mod.fingerprint(self.source.path)
         return self._fingerprint
 
-    # -- end of an upload ---------------------------------------------------------------------------------------
-    def _head(self) -> dict[str, Any]:
+    # -- the journal: a failure to write it is a warning, never a failed upload ------------------------------------
+    def _save_journal(self) -> None:
+        if self.journal is None:
+            return
         try:
-            return dict(self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"))
-        except Exception as exc:  # noqa: BLE001
-            raise self._err(exc) from exc
+            self.journal.save()
+        except OSError as exc:
+            if not self._journal_failed:
+                self._journal_failed = True
+                self._warn(f"cannot write the resume journal {self.journal.path} ({exc.strerror or exc}): the upload "
+                           "goes on; if it is interrupted, --resume finds it on the store instead")
 
-    def _check_size(self, head: dict[str, Any]) -> None:
-        size = int(head.get("ContentLength", -1))
-        if size != self.source.size:
-            self._delete_corrupt()
-            raise E.IntegrityError(
-                f"the stored object is {size} bytes, the file {self.source.size}: the object was deleted; "
-                "run the command again", bucket=self.bucket, key=self.key)
+    def _remove_journal(self) -> None:
+        if self.journal is not None:
+            with contextlib.suppress(OSError):
+                self.journal.remove()
 
-    def _delete_corrupt(self) -> None:
-        with contextlib.suppress(Exception):
-            self.store.short_lived().make_client().delete_object(Bucket=self.bucket, Key=self.key)
-
-    def _complete(self, verified: str, etag: str, checksum: str | None, location: str, parts: int) -> UploadResult:
-        extra: dict[str, Any] = {"checksum": checksum, "etag": etag, "location": location, "verified": verified}
+    # -- end of an upload ---------------------------------------------------------------------------------------
+    def _complete(self, verdict: Verdict, location: str, parts: int) -> UploadResult:
+        for note in verdict.notes:
+            self._warn(note)
+        extra: dict[str, Any] = {"checksum": verdict.checksum, "etag": verdict.etag, "location": location,
+                                 "verified": verdict.verified}
+        if verdict.version_id:
+            extra["version_id"] = verdict.version_id
         if self.resumed_bytes:
             extra.update(resumed_bytes=self.resumed_bytes, resumed_parts=self.resumed_parts)
         if self.upload_id:
             extra["store_upload_id"] = self.upload_id
+        if self.left:
+            extra["left_behind"] = self._left_behind()
         snap = self.agg.finish(Event.COMPLETED, Status.COMPLETED, extra, sent_bytes=self.source.size,
                                parts_done=parts)
         return UploadResult(
-            bucket=self.bucket, key=self.key, size=self.source.size, etag=etag, checksum=checksum,
-            verified=verified, location=location, upload_id=self.upload_id, parts_total=parts,
+            bucket=self.bucket, key=self.key, size=self.source.size, etag=verdict.etag, checksum=verdict.checksum,
+            verified=verdict.verified, location=location, upload_id=self.upload_id, parts_total=parts,
             elapsed_seconds=snap.elapsed_seconds, avg_speed_bps=snap.avg_speed_bps, warnings=tuple(self.warnings),
             resumed_bytes=self.resumed_bytes, resumed_parts=self.resumed_parts,
         )
 
-    def _abort(self) -> None:
-        """Abort the upload with a fresh, time-limited client, then make sure nothing is left (bounded)."""
+    def _abort(self) -> bool:
+        """Abort this run's multipart upload with a fresh, time-limited client and make sure nothing is left
+        (bounded); False, with the upload recorded as left behind, when the store would not confirm it."""
         if self.upload_id is None:
-            return
+            return True
         if self._abort_id(self.upload_id, self.store.short_lived().make_client()):
+            self.left.pop(self.upload_id, None)
             self.cancel.left_behind = None
-        else:
-            self._warn(f"could not abort the multipart upload: {self.cancel.left_behind}")
+            return True
+        self.left[self.upload_id] = "its abort failed"
+        self._warn(f"could not abort the multipart upload {self.upload_id}: it is still on the store; remove it "
+                   f"with: {self._cleanup_command(self.upload_id)}")
+        return False
 
     def _abort_id(self, upload_id: str, client: Any) -> bool:
-        """True once the store says the multipart upload ``upload_id`` is gone."""
-        gone = ("NoSuchUpload", "NoSuchKey", "404")  # Ceph answers ListParts of an aborted upload with NoSuchKey
-        for _ in range(3):
+        """True once the store says the multipart upload ``upload_id`` is gone (aborted, or never there)."""
+        for _ in range(ABORT_ROUNDS):
             try:
                 client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in gone:
+                if error_code(exc) in GONE_CODES:
                     return True
                 log.warning("aborting multipart upload %s failed: %s", upload_id, exc)
                 return False
             try:
-                listed = client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+                listed = client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id, MaxParts=1)
             except Exception as exc:  # noqa: BLE001
-                return error_code(exc) in gone
+                return error_code(exc) in GONE_CODES
             if not listed.get("Parts"):
                 return True
         return False
 
+    def _cleanup_command(self, upload_id: str) -> str:
+        template = self.options.cleanup_command
+        if template:
+            return template.replace("{upload_id}", shlex.quote(upload_id))
+        words = ["aws", "s3api", "abort-multipart-upload", "--bucket", self.bucket, "--key", self.key,
+                 "--upload-id", upload_id]
+        if self.store.endpoint_url:
+            words += ["--endpoint-url", self.store.endpoint_url]
+        return shlex.join(words)
 
+    def _left_behind(self) -> list[dict[str, Any]]:
+        """Every multipart upload of this run still on the store, for the ``stopped``/``failed`` events."""
+        return [{"bucket": self.bucket, "key": self.key, "upload_id": upload_id, "reason": reason,
+                 "cleanup_command": self._cleanup_command(upload_id)} for upload_id, reason in self.left.items()]
+
+    def _left_behind_text(self) -> str:
+        if not self.left:
+            return ""
+        items = "; ".join(f"{upload_id} ({reason}): {self._cleanup_command(upload_id)}"
+                          for upload_id, reason in self.left.items())
+        return f"; left on the store: {items}"
 
 
 def algorithm_or_none(name: str | None) -> Algorithm | None:
@@ -228,5 +290,3 @@ def algorithm_or_none(name: str | None) -> Algorithm | None:
         return Algorithm(name) if name else None
     except ValueError:
         return None
-
-

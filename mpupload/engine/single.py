@@ -1,5 +1,12 @@
 """A file that fits in one part: one PutObject, sent from a thread of the parent so that the main thread
-keeps ticking and handling signals. ``started`` waits for the first byte on the wire."""
+keeps ticking and handling signals. ``started`` waits for the first byte on the wire.
+
+The body carries its checksum (``x-amz-checksum-<algorithm>``) and ``Content-MD5``. The answer's ETag is
+compared with the MD5 when it can be one: not under SSE-KMS or SSE-C (the answer says so), and when an
+unexplained ETag comes back the store is asked once (:mod:`.probe`) whether its ETags are MD5s at all. Only
+then is a different ETag a damaged body, sent again. Once the PUT succeeded a Ctrl+C no longer stops it: the
+object is there, and it is verified and reported.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +24,10 @@ from ..options import ChecksumMode, UploadResult
 from ..storage.errors import error_code, is_retryable
 from .aggregator import TICK_S
 from .counter import ByteCounter
+from .probe import StoreTraits, etag_is_md5_answer, integrity_plan
 from .reader import PartReader, digest_range
 from .session import SHUTDOWN_JOIN_S, SINGLE_PUT_ATTEMPTS, UploadSession
+from .verify import Expected, verify_written
 
 __all__ = ["SinglePut"]
 
@@ -41,63 +50,88 @@ class SinglePut(UploadSession):
                     bucket=self.bucket, key=self.key) from exc
             raise self._err(exc) from exc
 
-
     # -- single PutObject ---------------------------------------------------------------------------------------
     def _run_single(self) -> UploadResult:
         algorithm = self._algorithm()
         md5 = self.options.checksum is not ChecksumMode.NONE
         counter = ByteCounter(1)
+        started = False
+        traits: StoreTraits | None = None
+        try:
+            self._check_cancel()
+            outcome: dict[str, Any] = {}
+            for _ in range(2):  # a second PUT only when the probe shows the first ETag was a damaged body's
+                outcome = self._send(counter, algorithm, md5, traits, started)
+                started = True
+                etag = str(outcome["response"].get("ETag", "")).strip('"').lower()
+                if not md5 or etag == outcome["md5"] or etag_is_md5_answer(outcome["response"]) is False \
+                        or traits is not None:
+                    break
+                traits = self._traits(algorithm)
+                if not traits.etag_is_md5:
+                    break
+                log.warning("the store's ETag %s is not the MD5 %s of the file: sending it again", etag,
+                            outcome["md5"])
+            self.agg.set_status(Status.FINALIZING)
+            self.agg.tick(self.source.size, 1)
+            return self._verify_single(outcome, algorithm, traits)
+        except E.Cancelled:
+            self.agg.finish(Event.STOPPED, Status.STOPPED,
+                            {"aborted": False, "reason": self.cancel.reason, "left_behind": self._left_behind()},
+                            sent_bytes=counter.total())
+            raise E.Cancelled(f"{self.cancel.reason or 'interrupted'}; the object was not written"
+                              f"{self._left_behind_text()}") from None
+        except E.MpuploadError as exc:
+            extra: dict[str, Any] = {"error": str(exc), "error_type": type(exc).__name__}
+            if self.left:
+                extra["left_behind"] = self._left_behind()
+            self.agg.finish(Event.FAILED, Status.FAILED, extra, sent_bytes=counter.total())
+            raise
+
+    def _send(self, counter: ByteCounter, algorithm: Algorithm | None, md5: bool, traits: StoreTraits | None,
+              started: bool) -> dict[str, Any]:
+        """One PutObject (with retries) from a thread; the main thread ticks and watches for a cancel."""
         outcome: dict[str, Any] = {}
 
         def put() -> None:
             try:
-                outcome["response"] = self._put_with_retries(counter, algorithm, md5, outcome)
+                outcome["response"] = self._put_with_retries(counter, algorithm, md5, traits, outcome)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 outcome["error"] = exc
 
         # ``started`` waits for the first byte on the wire: botocore sends ``Expect: 100-continue``, so the
         # store has accepted the request (credentials, bucket, permissions) before the body moves. A PUT
         # refused outright then prints just the error line, as a refused CreateMultipartUpload does.
-        started = False
         thread = threading.Thread(target=put, name="mpupload-put", daemon=True)
         thread.start()
         next_tick = time.monotonic() + TICK_S
-        try:
-            while thread.is_alive():
-                wait([self.cancel.fileno()], max(0.0, next_tick - time.monotonic()))
-                if self.cancel.cancelled:
-                    self._flag.set()
-                    thread.join(SHUTDOWN_JOIN_S + 3)
+        while thread.is_alive():
+            wait([self.cancel.fileno()], max(0.0, next_tick - time.monotonic()))
+            if self.cancel.cancelled:
+                self._flag.set()
+                thread.join(SHUTDOWN_JOIN_S + 3)
+                if "response" not in outcome:
                     raise E.Cancelled(self.cancel.reason or "interrupted")
-                if not started and counter.total() > 0:
-                    self.agg.started(self._started_extra(algorithm, md5))
-                    started = True
-                if started and time.monotonic() >= next_tick:
-                    self.agg.tick(counter.total(), 0)
-                    next_tick = time.monotonic() + TICK_S
-            thread.join()
-            if not started and "error" not in outcome:
-                self.agg.started(self._started_extra(algorithm, md5))
+                break  # the object is there: too late to stop; it is verified and reported
+            if not started and counter.total() > 0:
+                self.agg.started(self._started_extra(None, algorithm, md5))
                 started = True
-            if "error" in outcome:
-                exc = outcome["error"]
-                if isinstance(exc, E.Cancelled):
-                    raise E.Cancelled(self.cancel.reason or "interrupted")
-                raise self._err(exc) from exc
-            self.agg.set_status(Status.FINALIZING)
-            self.agg.tick(self.source.size, 1)
-            return self._verify_single(outcome, algorithm)
-        except E.Cancelled:
-            self.agg.finish(Event.STOPPED, Status.STOPPED, {"aborted": True, "reason": self.cancel.reason},
-                            sent_bytes=counter.total())
-            raise
-        except E.MpuploadError as exc:
-            self.agg.finish(Event.FAILED, Status.FAILED, {"error": str(exc), "error_type": type(exc).__name__},
-                            sent_bytes=counter.total())
-            raise
+            if started and time.monotonic() >= next_tick:
+                self.agg.tick(counter.total(), 0)
+                next_tick = time.monotonic() + TICK_S
+        thread.join()
+        if "error" in outcome:
+            exc = outcome["error"]
+            if isinstance(exc, E.Cancelled):
+                raise E.Cancelled(self.cancel.reason or "interrupted")
+            raise self._err(exc) from exc
+        if not started:
+            self.agg.started(self._started_extra(None, algorithm, md5))
+        return outcome
 
     def _put_with_retries(
-        self, counter: ByteCounter, algorithm: Algorithm | None, md5: bool, outcome: dict[str, Any]
+        self, counter: ByteCounter, algorithm: Algorithm | None, md5: bool, traits: StoreTraits | None,
+        outcome: dict[str, Any],
     ) -> Any:
         size = self.source.size
         fd = os.open(self.source.path, os.O_RDONLY)
@@ -123,8 +157,10 @@ class SinglePut(UploadSession):
                 try:
                     response = self.client.put_object(**params)
                     etag = str(response.get("ETag", "")).strip('"').lower()
-                    if md5 and self._etag_is_md5 and etag != outcome["md5"]:
-                        raise E.UploadFailed(f"the store's ETag {etag} is not the MD5 {outcome['md5']} of the file")
+                    # only when the store is known to give MD5 ETags is a different one a damaged body
+                    if md5 and traits is not None and traits.etag_is_md5 and etag != outcome["md5"] \
+                            and etag_is_md5_answer(response) is not False:
+                        raise E.PartCorrupted(f"the store's ETag {etag} is not the MD5 {outcome['md5']} of the file")
                     if reader.counted != size:
                         counter.add(0, size - reader.counted)
                     return response
@@ -142,28 +178,26 @@ class SinglePut(UploadSession):
         finally:
             os.close(fd)
 
-    def _verify_single(self, outcome: dict[str, Any], algorithm: Algorithm | None) -> UploadResult:
-        response = outcome["response"]
-        head = self._head()
-        self._check_size(head)
-        etag = str(head.get("ETag") or response.get("ETag") or "").strip('"')
-        verified = "size-only"
-        checksum = None
-        if "md5" in outcome and self._etag_is_md5 and etag.lower() == outcome["md5"]:
-            verified = "md5"
-        if algorithm is not None and "checksum" in outcome:
-            stored = head.get(boto_checksum_param(algorithm)) or response.get(boto_checksum_param(algorithm))
-            if stored is not None:
-                if stored != outcome["checksum"]:
-                    self._delete_corrupt()
-                    raise E.IntegrityError(
-                        f"the stored object's {algorithm.value} {stored} differs from the file's "
-                        f"{outcome['checksum']}: the object was deleted; run the command again",
-                        bucket=self.bucket, key=self.key)
-                checksum = f"{algorithm.value}:{stored}"
-                if verified == "size-only":
-                    verified = algorithm.value
-        if checksum is None and "md5" in outcome:
-            checksum = f"md5:{outcome['md5']}"
-        return self._complete(verified, etag, checksum, f"s3://{self.bucket}/{self.key}", parts=1)
-
+    def _verify_single(self, outcome: dict[str, Any], algorithm: Algorithm | None,
+                       traits: StoreTraits | None) -> UploadResult:
+        response = dict(outcome["response"])
+        etag = str(response.get("ETag", "")).strip('"').lower()
+        md5 = outcome.get("md5")
+        reason: str | None = None
+        if md5 is not None and etag == md5:
+            parts_checked: str | None = "md5"  # the store's own MD5 of what it got is the file's
+        elif self.options.checksum is ChecksumMode.NONE:
+            parts_checked = None
+        else:
+            traits = traits or self._traits(algorithm)
+            integrity = integrity_plan(self.options.checksum, algorithm, traits)
+            parts_checked, reason = integrity.parts_checked, integrity.warning
+        expected = Expected(
+            self.source.size, max(1, self.source.size), multipart=False, algorithm=algorithm,
+            part_checksums=(outcome["checksum"],) if "checksum" in outcome else None,
+            part_md5s=(md5,) if md5 is not None and (traits is None or traits.etag_is_md5 is not False) else None)
+        verdict = verify_written(
+            self._access(), expected, response, parts_checked=parts_checked,
+            validates_checksum=bool(traits and traits.validates_checksum), read_back_path=self._read_back_path,
+            cancel=self._flag, size_only_reason=reason)
+        return self._complete(verdict, f"s3://{self.bucket}/{self.key}", parts=1)

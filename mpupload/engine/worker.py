@@ -7,7 +7,10 @@ sentinel that ends the worker). The boto3 client is built here, inside the child
 Retries: botocore retries throttling and connection errors itself (rewinding the body, which takes back
 the bytes it counted); on top of that a part is retried here with exponential backoff and jitter up to
 ``WorkerSpec.part_attempts`` times, for what botocore does not retry (a store that rejected the checksum
-of bytes corrupted in transit, an ETag that does not match the local MD5).
+of bytes corrupted in transit, an ETag that does not match the local MD5). Only what a retry can fix is
+retried (:func:`~mpupload.storage.errors.is_retryable`: by error code and HTTP status). An upload that is gone
+fails the part at once with :class:`~mpupload.errors.UploadGone`: said by the store (NoSuchUpload), or found out
+with one ListParts when a store answers a part of an aborted upload with a bare 5xx (moto does).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .. import errors as E
 from ..checksums import Algorithm, Hasher, b64, boto_checksum_param, new_hasher
 from ..plan import Part
 from ..storage import StoreConfig, classify, is_retryable
+from ..storage.errors import gone_error, http_status, is_gone
 from .counter import ByteCounter, CancelFlag
 from .reader import PartReader, digest_range
 
@@ -49,8 +53,10 @@ class WorkerSpec:
     upload_id: str
     #: the checksum header sent with each part (None: no checksum header)
     algorithm: Algorithm | None
-    #: compute the part's MD5 too: sent as Content-MD5 and compared with the part's ETag
+    #: compute the part's MD5 too and send it as Content-MD5
     md5: bool
+    #: the store's part ETags are MD5s of the bytes it got: compare them with the local MD5 (needs ``md5``)
+    etag_is_md5: bool = True
     part_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
@@ -159,6 +165,15 @@ def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
         time.sleep(min(0.05, left))
 
 
+def _upload_gone(client: Any, spec: WorkerSpec) -> bool:
+    """Ask the store whether the multipart upload still exists (one ListParts); only a clear "no" is True."""
+    try:
+        client.list_parts(Bucket=spec.bucket, Key=spec.key, UploadId=spec.upload_id, MaxParts=1)
+    except Exception as exc:  # noqa: BLE001 - anything but "gone" means "cannot tell"
+        return is_gone(exc)
+    return False
+
+
 def upload_one_part(
     client: Any,
     fd: int,
@@ -203,11 +218,11 @@ def upload_one_part(
             if checksum_param is not None:
                 echoed = response.get(checksum_param)
                 if echoed is not None and echoed != checksum:
-                    raise E.UploadFailed(
+                    raise E.PartCorrupted(
                         f"part {job.number}: the store computed checksum {echoed}, expected {checksum}"
                     )
-            if md5_hex is not None and etag.lower() != md5_hex:
-                raise E.UploadFailed(
+            if md5_hex is not None and spec.etag_is_md5 and etag.lower() != md5_hex:
+                raise E.PartCorrupted(
                     f"part {job.number}: the store's ETag {etag} is not the MD5 {md5_hex} of the bytes sent"
                 )
             # what was counted must be exactly the part, whatever botocore did with the stream
@@ -224,10 +239,13 @@ def upload_one_part(
                 return PartResult(job.number, False, cancelled=True, attempts=attempt, error_type="Cancelled",
                                   error="cancelled")
             err = classify(exc, bucket=spec.bucket, key=spec.key, upload_id=spec.upload_id, part_number=job.number)
-            if isinstance(exc, E.SourceChanged) or not (is_retryable(exc) or is_retryable(err)) \
-                    or attempt >= spec.part_attempts:
+            retryable = is_retryable(exc) and not isinstance(exc, E.SourceChanged)
+            if is_gone(exc) or (http_status(exc) in (404, 500) and _upload_gone(client, spec)):
+                err = gone_error(bucket=spec.bucket, key=spec.key, upload_id=spec.upload_id, part_number=job.number)
+                retryable = False
+            if not retryable or attempt >= spec.part_attempts:
                 message = str(err)
-                if attempt >= spec.part_attempts and is_retryable(err):
+                if retryable:
                     message = f"part {job.number} failed {attempt} times; last error: {err}"
                 return PartResult(job.number, False, attempts=attempt, error_type=type(err).__name__,
                                   error=message, traceback=traceback.format_exc())

@@ -92,12 +92,22 @@ def final_line(snapshot: Snapshot) -> str:
         line = f"stopped: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"
         if extra.get("aborted"):
             return line + "; multipart upload aborted"
-        # the command that continues it is the CLI's own last line
-        return line + "; multipart upload kept"
+        if extra.get("object_completed"):
+            return line + "; the object was completed but not read back"
+        # the command that continues it, or removes what is left, is the CLI's own last line
+        if extra.get("kept"):
+            return line + "; multipart upload kept"
+        if extra.get("left_behind"):
+            return line + "; the multipart upload could NOT be aborted: it is still on the store"
+        return line + "; nothing was left on the store"
     if snapshot.event is Event.FAILED:
         # the error itself is the CLI's one line on stderr, right after this one
         line = f"failed: {_target(snapshot)} at {_position(snapshot)} after {elapsed}"
-        return line + ("; multipart upload kept" if extra.get("store_upload_id") else "")
+        if extra.get("resume_command"):
+            return line + "; multipart upload kept"
+        if extra.get("left_behind"):
+            return line + "; left on the store (see below)"
+        return line
     return progress_line(snapshot)
 
 

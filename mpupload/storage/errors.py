@@ -6,7 +6,8 @@ from typing import Any
 
 from .. import errors as E
 
-__all__ = ["classify", "is_retryable", "error_code"]
+__all__ = ["classify", "is_retryable", "is_gone", "error_code", "http_status", "GONE_CODES", "CHECKSUM_REJECTED",
+           "gone_error"]
 
 _AUTH_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
@@ -18,11 +19,20 @@ _BAD_REQUEST_CODES = {
     "InvalidStorageClass", "InvalidEncryptionAlgorithmError", "InvalidArgument", "KeyTooLongError",
     "MetadataTooLarge", "InvalidTag", "KMS.NotFoundException", "KMS.DisabledException",
 }
+#: what a retry can fix: throttling, a server-side hiccup, a body damaged or cut short in transit
 _RETRYABLE_CODES = {
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
     "Throttling", "ThrottlingException", "500", "502", "503", "504", "BadDigest", "XAmzContentSHA256Mismatch",
     "InvalidDigest", "IncompleteBody", "RequestTimeoutException",
 }
+#: error codes of an upload-scoped request (UploadPart, ListParts, Complete, Abort) that mean "this multipart
+#: upload does not exist (any more)": Ceph RGW answers ListParts of an aborted upload with NoSuchKey. A bare 404
+#: counts too (a HEAD-like answer without a body). Not every store says it this way: moto answers UploadPart and
+#: Complete of an aborted upload with a plain 500, Ceph its Complete with 500 InternalError; ask ListParts then.
+GONE_CODES = frozenset({"NoSuchUpload", "NoSuchKey", "404"})
+#: codes with which a store says "the checksum you sent does not match the bytes"
+CHECKSUM_REJECTED = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
+                               "XAmzContentSHA256Mismatch"})
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -37,16 +47,35 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+def http_status(exc: BaseException) -> int | None:
+    response: Any = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status:
+            return int(status)
+    return None
+
+
+def is_gone(exc: BaseException) -> bool:
+    """Whether an upload-scoped request failed because the multipart upload does not exist."""
+    return isinstance(exc, E.UploadGone) or (error_code(exc) or "") in GONE_CODES
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Whether sending the same request again may succeed (network faults, throttling, corruption)."""
+    """Whether sending the same request again may succeed: network faults, throttling, a 5xx, a body damaged
+    in transit. Decided by the error code and the HTTP status, never by "it is some upload error": an upload
+    that is gone, a refused part or an unknown 4xx code fails at once."""
     from botocore import exceptions as bx
 
     if isinstance(exc, E.MpuploadError):
-        return isinstance(exc, E.UploadFailed) and not isinstance(exc, E.IntegrityError)
+        return exc.retryable
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.ReadTimeoutError, ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, bx.ClientError):
-        return (error_code(exc) or "") in _RETRYABLE_CODES
+        if (error_code(exc) or "") in _RETRYABLE_CODES:
+            return True
+        status = http_status(exc)
+        return status is not None and status >= 500 and status != 501
     return False
 
 
@@ -100,11 +129,7 @@ def classify(
         if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
             return E.ObjectExists(f"{where} already exists and --no-overwrite was given", **ctx)
         if code == "NoSuchUpload":
-            return E.UploadFailed(
-                f"the multipart upload {upload_id} no longer exists on the store (aborted or expired): "
-                "start the upload again",
-                **ctx,
-            )
+            return gone_error(bucket=bucket, key=key, upload_id=upload_id, part_number=part_number)
         if code in _BAD_REQUEST_CODES:
             return E.UsageError(f"the store refused the request for {where} ({code}): {message}; "
                                 "check the options (storage class, encryption, metadata, key)", **ctx)
@@ -114,3 +139,13 @@ def classify(
     if isinstance(exc, OSError):
         return E.UploadFailed(f"{exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})", **ctx)
     return E.UploadFailed(f"{type(exc).__name__}: {exc}", **ctx)
+
+
+def gone_error(*, bucket: str | None, key: str | None, upload_id: str | None,
+               part_number: int | None = None) -> E.UploadGone:
+    """The one message for "the multipart upload no longer exists"."""
+    return E.UploadGone(
+        f"the multipart upload {upload_id} of s3://{bucket}/{key} no longer exists on the store: someone aborted "
+        "it (mpupload cleanup, a lifecycle rule, another user) or it expired, and its parts went with it; "
+        "nothing was kept: run the command again to upload from the start",
+        bucket=bucket, key=key, upload_id=upload_id, part_number=part_number)

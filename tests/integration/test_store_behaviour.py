@@ -58,6 +58,9 @@ class Expect:
     complete_after_abort: str  # ... of CompleteMultipartUpload
     https_default_checksums: str | None  # boto3 defaults over HTTPS (aws-chunked + CRC32 trailer)
     complete_subset: str | None  # CompleteMultipartUpload naming only parts 1-2 of 3 uploaded
+    delete_wrong_if_match: str | None  # DeleteObject(IfMatch=<another ETag>): None means it deleted anyway
+    complete_version_id: str | None  # the VersionId CompleteMultipartUpload answers on an unversioned bucket
+    lists_upload_algorithm: bool  # ListMultipartUploads names an upload's ChecksumAlgorithm
 
 
 EXPECT = {
@@ -76,6 +79,9 @@ EXPECT = {
         complete_after_abort="500 InternalError",
         https_default_checksums="411 MissingContentLength",
         complete_subset="400 InvalidPart",
+        delete_wrong_if_match=None,
+        complete_version_id=None,
+        lists_upload_algorithm=False,
     ),
     "moto": Expect(
         wrong_content_md5=None,
@@ -92,6 +98,9 @@ EXPECT = {
         complete_after_abort="500",
         https_default_checksums=None,  # not measured: moto's server speaks plain HTTP only
         complete_subset=None,
+        delete_wrong_if_match="412 PreconditionFailed",
+        complete_version_id="null",
+        lists_upload_algorithm=True,
     ),
 }
 
@@ -482,3 +491,28 @@ def test_boto3_default_checksums_over_https_on_ceph(ceph_s3_tls: S3Server) -> No
     # with checksums "when_required" the same upload works
     probe_client(ceph_s3_tls).put_object(Bucket=name, Key="k", Body=body)
     assert s3.get_object(Bucket=name, Key="k")["Body"].read() == body
+
+
+def test_delete_with_a_wrong_if_match(s3: Any, bucket: str, expect: Expect) -> None:
+    """mpupload deletes a corrupt object only with If-Match (or its VersionId): a store that ignores If-Match
+    deletes whatever is at the key, so there mpupload's fresh HEAD just before is the only guard."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"hello")
+    got = error_code(lambda: s3.delete_object(Bucket=bucket, Key="k", IfMatch='"0123456789abcdef0123456789abcdef"'))
+    assert got == expect.delete_wrong_if_match
+    still_there = error_code(lambda: s3.head_object(Bucket=bucket, Key="k")) is None
+    assert still_there is (expect.delete_wrong_if_match is not None)
+
+
+def test_complete_version_id_and_listed_algorithm(s3: Any, bucket: str, expect: Expect) -> None:
+    """What CompleteMultipartUpload says of versions on an unversioned bucket (moto says "null", which is no
+    version HeadObject accepts), and whether ListMultipartUploads names the upload's checksum algorithm (what a
+    resume without a journal needs)."""
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k", ChecksumAlgorithm="CRC32C")["UploadId"]
+    listed = [u for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"] if u["UploadId"] == upload_id]
+    assert (listed[0].get("ChecksumAlgorithm") == "CRC32C") is expect.lists_upload_algorithm
+    data = os.urandom(1000)
+    answer = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=data,
+                            ChecksumCRC32C=b64_crc32c(data))
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": answer["ETag"], "ChecksumCRC32C": b64_crc32c(data)}]})
+    assert done.get("VersionId") == expect.complete_version_id

@@ -225,13 +225,14 @@ def test_no_part_is_held_in_memory(s3: S3Server, bucket: str, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
-def test_sse_kms_is_not_verified_by_etag(s3: S3Server, bucket: str, tmp_path: Path) -> None:
-    """Under SSE-KMS the ETag is not an MD5: on a store that does not check checksums only the size can be
-    verified, and the CLI says so instead of claiming more."""
+def test_sse_kms_is_verified_by_what_the_store_answers(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """Whether an ETag is an MD5 is decided by what the store answers (the probe), never by ``--sse`` alone:
+    these stores' ETags stay MD5s under ``--sse aws:kms``, so the object is verified by MD5, without a warning.
+    (A store whose KMS ETags are not MD5s: tests/integration/test_trust.py.)"""
     src = make_file(tmp_path / "f.bin", 11 * MiB)
     proc = upload(s3, src, f"s3://{bucket}/k", "--part-size", "5MiB", "--sse", "aws:kms")
     assert proc.returncode == 0, proc.stderr
-    assert events(proc.stdout)[-1]["verified"] == "size-only"
-    assert "only the size" in proc.stderr
+    assert events(proc.stdout)[-1]["verified"] == "md5"
+    assert "only the" not in proc.stderr
     assert s3.client().head_object(Bucket=bucket, Key="k")["ServerSideEncryption"] == "aws:kms"
     assert sha256_object(s3.client(), bucket, "k") == sha256_file(src)

@@ -15,26 +15,30 @@ from mpupload.errors import (
     IntegrityError,
     MpuploadError,
     ObjectExists,
+    PartCorrupted,
     SourceChanged,
     StoreUnreachable,
     UploadFailed,
+    UploadGone,
     UsageError,
     WorkerCrashed,
 )
 
-# class, parent, exit code, abort the multipart upload?
-TREE: list[tuple[type[MpuploadError], type[Exception], int, bool]] = [
-    (MpuploadError, Exception, 1, True),
-    (UsageError, MpuploadError, 2, True),
-    (BucketNotFound, UsageError, 2, True),
-    (ObjectExists, UsageError, 2, True),
-    (SourceChanged, UsageError, 2, True),
-    (AuthError, MpuploadError, 3, True),
-    (UploadFailed, MpuploadError, 1, False),
-    (StoreUnreachable, UploadFailed, 1, False),
-    (IntegrityError, UploadFailed, 1, True),
-    (WorkerCrashed, UploadFailed, 1, False),
-    (Cancelled, MpuploadError, 130, True),
+# class, parent, exit code, abort the multipart upload?, does the upload still exist?, retry?
+TREE: list[tuple[type[MpuploadError], type[Exception], int, bool, bool, bool]] = [
+    (MpuploadError, Exception, 1, True, True, False),
+    (UsageError, MpuploadError, 2, True, True, False),
+    (BucketNotFound, UsageError, 2, True, True, False),
+    (ObjectExists, UsageError, 2, True, True, False),
+    (SourceChanged, UsageError, 2, True, True, False),
+    (AuthError, MpuploadError, 3, True, True, False),
+    (UploadFailed, MpuploadError, 1, False, True, False),
+    (StoreUnreachable, UploadFailed, 1, False, True, True),
+    (PartCorrupted, UploadFailed, 1, False, True, True),
+    (UploadGone, UploadFailed, 1, False, False, False),
+    (IntegrityError, UploadFailed, 1, True, True, False),
+    (WorkerCrashed, UploadFailed, 1, False, True, False),
+    (Cancelled, MpuploadError, 130, True, True, False),
 ]
 
 
@@ -42,13 +46,17 @@ def test_table_covers_all() -> None:
     assert {cls.__name__ for cls, *_ in TREE} == set(errors.__all__)
 
 
-@pytest.mark.parametrize(("cls", "parent", "exit_code", "abort"), TREE, ids=[c.__name__ for c, *_ in TREE])
-def test_class(cls: type[MpuploadError], parent: type[Exception], exit_code: int, abort: bool) -> None:
+@pytest.mark.parametrize(("cls", "parent", "exit_code", "abort", "exists", "retry"), TREE,
+                         ids=[c.__name__ for c, *_ in TREE])
+def test_class(cls: type[MpuploadError], parent: type[Exception], exit_code: int, abort: bool, exists: bool,
+               retry: bool) -> None:
     assert cls.__bases__ == (parent,)
     err = cls("boom: do this next")
     assert err.exit_code == exit_code
     assert cls.exit_code == exit_code
     assert err.abort_upload is abort
+    assert err.upload_exists is exists
+    assert err.retryable is retry
     assert isinstance(err, MpuploadError)
 
 

@@ -14,7 +14,6 @@ from botocore.exceptions import ClientError
 from mpupload.checksums import Algorithm, b64, new_hasher
 from mpupload.engine import resume as R
 from mpupload.engine.resume import (
-    MAX_LIST_PAGES,
     AlreadyComplete,
     ListedPart,
     ResumeState,
@@ -111,9 +110,26 @@ def test_list_parts_gives_up_on_a_store_that_is_always_truncated() -> None:
     client = FakeClient(always_truncated)
     with pytest.raises(UploadFailed, match="truncated") as info:
         list_parts(client, "b", "k", "up-9")
-    assert len(client.list_calls) == MAX_LIST_PAGES
+    # the marker advanced every time: the listing stops where S3's part numbers end (10,000), not earlier
+    assert len(client.list_calls) == MAX_PARTS // 1000
     assert info.value.upload_id == "up-9"
     assert not info.value.abort_upload  # the upload is kept
+
+
+def test_list_parts_reads_a_store_with_small_pages_to_the_end() -> None:
+    """A store that answers 100 parts a page (not S3's 1,000): 2,000 parts take 20 pages, all of them read
+    (a fixed page bound of 12 used to cap the resume at 1,200 parts)."""
+    def small_pages(call: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+        start = kwargs["PartNumberMarker"] + 1
+        numbers = range(start, min(start + 100, 2001))
+        return {"Parts": [_raw_part(n, 5 * MiB) for n in numbers], "IsTruncated": numbers[-1] < 2000,
+                "NextPartNumberMarker": numbers[-1]}
+
+    client = FakeClient(small_pages)
+    got = list_parts(client, "b", "k", "up")
+    assert got is not None and sorted(got) == list(range(1, 2001))
+    assert len(client.list_calls) == 20
+    assert all(c["MaxParts"] == 1000 for c in client.list_calls)  # S3's largest page is asked for
 
 
 @pytest.mark.parametrize("next_marker", [1, None, 0], ids=["stuck", "missing", "zero"])

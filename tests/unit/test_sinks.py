@@ -153,10 +153,17 @@ def test_plain_started_line_mentions_resumed_bytes() -> None:
     (snap(Event.STOPPED, 456 * MiB, elapsed=5.0, aborted=True),
      ("stopped: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:05;"
       " multipart upload aborted")),
-    (snap(Event.STOPPED, 456 * MiB, elapsed=5.0, aborted=False,
+    (snap(Event.STOPPED, 456 * MiB, elapsed=5.0, aborted=False, kept=True,
           resume_command="mpupload upload f.bin s3://bucket/data/train.bin --resume"),
      ("stopped: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:05;"
       " multipart upload kept")),
+    # the abort failed: never "aborted", never "kept" (the CLI's own line gives the command that removes it)
+    (snap(Event.STOPPED, 456 * MiB, elapsed=5.0, aborted=False, kept=False, store_upload_id="U",
+          left_behind=[{"upload_id": "U", "reason": "its abort failed"}]),
+     ("stopped: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:05;"
+      " the multipart upload could NOT be aborted: it is still on the store")),
+    (snap(Event.STOPPED, 0, elapsed=0.0, aborted=False, kept=False, left_behind=[]),
+     "stopped: s3://bucket/data/train.bin at 0.0% (0 B of 1.2 GiB) after 0:00; nothing was left on the store"),
     (snap(Event.FAILED, 456 * MiB, error="cannot reach the store at http://127.0.0.1:9: connection refused"),
      # the error itself is the CLI's own line: the sink says where the upload stopped
      "failed: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:04"),
