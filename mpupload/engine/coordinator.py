@@ -24,6 +24,7 @@ A file that fits in one part goes up with one PutObject (:mod:`.single`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -94,7 +95,19 @@ class Coordinator(SinglePut, Journaling):
     def _stopped_before_start(self) -> E.Cancelled:
         """A cancel before any part went: nothing was created, or the upload being resumed is kept as it was."""
         reason = self.cancel.reason or "interrupted"
-        extra: dict[str, Any] = {"aborted": False, "reason": reason, "kept": self.upload_id is not None}
+        if self.upload_id is not None and not self.options.keeps_on_interrupt:  # --resume --abort-on-interrupt
+            aborted = self._abort()
+            if aborted and self.journal_path is not None:
+                with contextlib.suppress(OSError):
+                    self.journal_path.unlink()
+            extra: dict[str, Any] = {"aborted": aborted, "kept": False, "reason": reason}
+            if not aborted:
+                extra.update(store_upload_id=self.upload_id, left_behind=self._left_behind())
+            self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=0, parts_done=0)
+            outcome = "the multipart upload was aborted" if aborted else (
+                f"the multipart upload {self.upload_id} could NOT be aborted")
+            return E.Cancelled(f"{reason}; {outcome}{self._left_behind_text()}", upload_id=self.upload_id)
+        extra = {"aborted": False, "reason": reason, "kept": self.upload_id is not None}
         message = f"{reason}; nothing was sent to the store"
         if self.upload_id is not None:  # stopped while checking the parts of the upload being resumed
             extra["store_upload_id"] = self.upload_id
@@ -197,9 +210,6 @@ class Coordinator(SinglePut, Journaling):
                                "verification was stopped: it is not verified", upload_id=self.upload_id)
         keep = self.options.keeps_on_interrupt and self.upload_id is not None
         aborted = False if keep else self._abort()
-        if keep:
-            assert self.upload_id is not None
-            self.left[self.upload_id] = "kept: continue it with --resume"
         # the journal goes only with the upload: one whose abort failed can still be resumed or cleaned up
         self._journal_end(keep=not aborted)
         extra: dict[str, Any] = {"aborted": aborted and self.upload_id is not None, "kept": keep, "reason": reason}
@@ -214,7 +224,6 @@ class Coordinator(SinglePut, Journaling):
             message = f"{reason}; the multipart upload was kept"
             if self.options.resume_command:
                 message += f": continue it with {self.options.resume_command}"
-            self.left.pop(self.upload_id or "", None)
         elif not aborted:
             message = f"{reason}; the multipart upload {self.upload_id} could NOT be aborted"
         elif self.upload_id is None:

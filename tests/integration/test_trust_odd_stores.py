@@ -216,10 +216,12 @@ def test_expired_credentials_keep_the_journal_when_the_abort_fails(odd_store: Fa
 
 
 # -- 5. Ctrl+C while a --resume run checks the stored parts ----------------------------------------------------------
-def test_ctrl_c_while_resume_checks_stored_parts_stops_at_once_and_keeps_them(odd_store: Factory,
-                                                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", [None, "--abort-on-interrupt"], ids=["keeps", "abort-on-interrupt"])
+def test_ctrl_c_while_resume_checks_stored_parts_stops_at_once(odd_store: Factory, tmp_path: Path,
+                                                              flag: str | None) -> None:
     """No journal: every stored part is read back from the file and hashed before anything is sent (2 GiB
-    here). Ctrl+C used to wait for all of it and then abort the upload being resumed."""
+    here). Ctrl+C used to wait for all of it and then abort the upload being resumed. Now it stops within a
+    chunk and keeps the upload as it was (or aborts it, when asked to)."""
     store = _store(odd_store)  # the discard endpoint: lists sizes and checksums, keeps no bytes
     size, part = 2048 * MiB, 32 * MiB
     src = tmp_path / "sparse.bin"
@@ -236,7 +238,7 @@ def test_ctrl_c_while_resume_checks_stored_parts_stops_at_once_and_keeps_them(od
         client.upload_part(Bucket=BUCKET, Key="k", UploadId=upload_id, PartNumber=number, Body=zeros,
                            ChecksumCRC32C=b64(crc.digest()))
     cli = start_cli("upload", str(src), f"s3://{BUCKET}/k", "--resume", "--workers", "2", "--progress", "json",
-                    env=cli_env(store, MPUPLOAD_STATE_DIR=str(tmp_path / "state")))
+                    *([flag] if flag else []), env=cli_env(store, MPUPLOAD_STATE_DIR=str(tmp_path / "state")))
     try:
         proc = psutil.Process(cli.pid)
         wait_until(lambda: proc.io_counters().read_chars > 64 * MiB, 60, "the stored parts to be checked")
@@ -253,6 +255,11 @@ def test_ctrl_c_while_resume_checks_stored_parts_stops_at_once_and_keeps_them(od
     assert rc == 130, cli.stderr
     assert most < size // 2, f"{most} bytes read: the check went on after Ctrl+C"
     stopped = events(cli.stdout)[-1]
+    if flag:
+        assert stopped["event"] == "stopped" and stopped["aborted"] is True and stopped["kept"] is False, stopped
+        assert "the multipart upload was aborted" in cli.stderr.strip().splitlines()[-1]
+        assert multipart_uploads(client, BUCKET) == []
+        return
     assert stopped["event"] == "stopped" and stopped["kept"] is True and stopped["aborted"] is False, stopped
     assert stopped["store_upload_id"] == upload_id
     assert "is kept as it was" in cli.stderr.strip().splitlines()[-1]
