@@ -169,10 +169,10 @@ def test_ctrl_c_on_a_resume_run_keeps_the_upload(s3: S3Server, slow: ProxyHandle
     assert not list(state_dir.glob("*.json"))
 
 
-def test_keep_and_abort_on_interrupt_exclude_each_other(moto_server: S3Server, tmp_path: Path) -> None:
+def test_keep_and_abort_on_interrupt_exclude_each_other(tmp_path: Path) -> None:
     src = make_file(tmp_path / "f.bin", 10)
     proc = run_cli("upload", str(src), "s3://b/k", "--keep-on-interrupt", "--abort-on-interrupt",
-                   env=cli_env(moto_server))
+                   env=cli_env(None))
     assert proc.returncode == 2
     assert "not allowed with" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -249,15 +249,16 @@ def test_upload_aborted_from_outside_is_one_clear_error(s3: S3Server, slow: Prox
 
 
 # -- Ctrl+C, phase by phase ------------------------------------------------------------------------------------------
-def test_ctrl_c_before_create_creates_nothing(moto_server: S3Server, bucket_on_moto: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_ctrl_c_before_create_creates_nothing(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     """Ctrl+C while the CLI still waits for a hung API server: nothing is created on the store."""
     silent = SilentServer()
     log = tmp_path / "requests.jsonl"
-    proxy = proxy_for(moto_server, log_path=log)
+    proxy = proxy_for(s3, log_path=log)
     try:
         src = make_file(tmp_path / "f.bin", 12 * MiB, seed=6)
-        cli = start_cli("upload", str(src), f"s3://{bucket_on_moto}/k", "--part-size", "5MiB", "--progress",
-                        "json", env=cli_env(proxy.s3server(moto_server), MPUPLOAD_API_URL=silent.url,
+        cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress",
+                        "json", env=cli_env(proxy.s3server(s3), MPUPLOAD_API_URL=silent.url,
                                             MPUPLOAD_TOKEN="t", MPUPLOAD_STATE_DIR=str(tmp_path / "state")))
         wait_until(lambda: bool(silent.accepted), 30, "the CLI to call the API server")
         assert _interrupt(cli) == 130, cli.stderr
@@ -267,21 +268,22 @@ def test_ctrl_c_before_create_creates_nothing(moto_server: S3Server, bucket_on_m
         silent.close()
     assert "nothing was sent to the store" in _last_error_line(cli.stderr), cli.stderr
     assert [r for r in requests if r["method"] in ("POST", "PUT")] == [], requests
-    assert multipart_uploads(moto_server.client(), bucket_on_moto) == []
+    assert multipart_uploads(s3.client(), bucket) == []
     assert events(cli.stdout)[-1]["event"] == "stopped"
 
 
-def test_ctrl_c_during_the_store_probe(moto_server: S3Server, bucket_on_moto: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_ctrl_c_during_the_store_probe(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     """The probe's first part stalls in the proxy; Ctrl+C then: the probe's upload and the real one are both
     aborted, no part of the real upload is sent, exit 130."""
     log = tmp_path / "requests.jsonl"
-    proxy = proxy_for(moto_server, log_path=log, stall_part=10_000, stall_seconds=3)
+    proxy = proxy_for(s3, log_path=log, stall_part=10_000, stall_seconds=3)
     try:
         src = make_file(tmp_path / "f.bin", 12 * MiB, seed=7)
-        cli = start_cli("upload", str(src), f"s3://{bucket_on_moto}/k", "--part-size", "5MiB", "--progress",
-                        "json", env=cli_env(proxy.s3server(moto_server), MPUPLOAD_STATE_DIR=str(tmp_path / "s")))
+        cli = start_cli("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress",
+                        "json", env=cli_env(proxy.s3server(s3), MPUPLOAD_STATE_DIR=str(tmp_path / "s")))
         wait_until(lambda: any("partNumber=10000" in r["query"] for r in proxy.requests()) or len(
-            multipart_uploads(moto_server.client(), bucket_on_moto)) >= 2, 30, "the probe's part")
+            multipart_uploads(s3.client(), bucket)) >= 2, 30, "the probe's part")
         assert _interrupt(cli) == 130, cli.stderr
         requests = proxy.requests()
     finally:
@@ -289,7 +291,7 @@ def test_ctrl_c_during_the_store_probe(moto_server: S3Server, bucket_on_moto: st
     real_parts = [r for r in requests if r["method"] == "PUT" and "partNumber=" in r["query"]
                   and _part_number(r) < 9_000]
     assert real_parts == [], real_parts
-    assert multipart_uploads(moto_server.client(), bucket_on_moto) == []
+    assert multipart_uploads(s3.client(), bucket) == []
     assert "the multipart upload was aborted" in _last_error_line(cli.stderr), cli.stderr
 
 
@@ -319,29 +321,30 @@ def test_ctrl_c_during_complete_finishes_and_says_so(s3: S3Server, bucket: str, 
 
 
 # -- 9. the smaller ones ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
 def test_resume_without_a_journal_keeps_the_uploads_checksum_algorithm(
-        moto_server: S3Server, bucket_on_moto: str, tmp_path: Path, state_dir: Path) -> None:
+        s3: S3Server, bucket: str, tmp_path: Path, state_dir: Path) -> None:
     """The journal is gone; the store names the upload's algorithm (moto does, in ListMultipartUploads): new
     parts carry it and the object's checksum is the CRC32C composite of all parts, old and new."""
-    proxy = proxy_for(moto_server, throttle_bps=3 * MiB)
+    proxy = proxy_for(s3, throttle_bps=3 * MiB)
     try:
         src = make_file(tmp_path / "f.bin", 13 * 5 * MiB, seed=9)
-        args = ["upload", str(src), f"s3://{bucket_on_moto}/k", "--part-size", "5MiB", "--workers", "2",
+        args = ["upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--workers", "2",
                 "--checksum", "crc32c", "--progress", "json"]
         cli = start_cli(*args, "--keep-on-interrupt",
-                        env=cli_env(proxy.s3server(moto_server), MPUPLOAD_STATE_DIR=str(state_dir)))
+                        env=cli_env(proxy.s3server(s3), MPUPLOAD_STATE_DIR=str(state_dir)))
         _progress(cli, parts=2)
         assert _interrupt(cli) == 130, cli.stderr
     finally:
         proxy.stop()
     for journal in state_dir.glob("*.json"):
         journal.unlink()
-    proc = run_cli(*args, "--resume", env=cli_env(moto_server, MPUPLOAD_STATE_DIR=str(state_dir)))
+    proc = run_cli(*args, "--resume", env=cli_env(s3, MPUPLOAD_STATE_DIR=str(state_dir)))
     assert proc.returncode == 0, proc.stderr
     evs = events(proc.stdout)
     assert evs[0]["checksum_algorithm"] == "crc32c" and evs[0]["resumed_parts"] >= 2, evs[0]
     assert evs[-1]["checksum"].startswith("crc32c:") and evs[-1]["checksum"].endswith("-13"), evs[-1]
-    assert sha256_object(moto_server.client(), bucket_on_moto, "k") == sha256_file(src)
+    assert sha256_object(s3.client(), bucket, "k") == sha256_file(src)
 
 
 def test_first_ctrl_c_after_a_dashboard_stop_is_not_taken_as_the_second(tmp_path: Path) -> None:
@@ -368,7 +371,8 @@ def test_first_ctrl_c_after_a_dashboard_stop_is_not_taken_as_the_second(tmp_path
     assert "stopping..." in proc.stderr and "second signal" in proc.stderr
 
 
-def test_unwritable_state_directory_is_a_warning(moto_server: S3Server, bucket_on_moto: str,
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_unwritable_state_directory_is_a_warning(s3: S3Server, bucket: str,
                                                  tmp_path: Path) -> None:
     """A state directory the CLI cannot write (read-only, a full disk): the upload goes on, with one warning."""
     state = tmp_path / "ro-state"
@@ -377,33 +381,19 @@ def test_unwritable_state_directory_is_a_warning(moto_server: S3Server, bucket_o
     os.chmod(tmp_path, 0o755)
     os.chmod(src, 0o644)
     os.chmod(state, 0o555)
-    cmd = mpupload_cmd("upload", str(src), f"s3://{bucket_on_moto}/k", "--part-size", "5MiB", "--progress", "json")
+    cmd = mpupload_cmd("upload", str(src), f"s3://{bucket}/k", "--part-size", "5MiB", "--progress", "json")
     if os.geteuid() == 0:  # root writes anywhere: drop the capabilities that let it
         setpriv = shutil.which("setpriv")
         assert setpriv, "setpriv (util-linux) is needed to drop root's file-permission override"
         cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search",
                "--inh-caps", "-dac_override,-dac_read_search", *cmd]
     try:
-        proc = subprocess.run(cmd, env=cli_env(moto_server, MPUPLOAD_STATE_DIR=str(state)), capture_output=True,
+        proc = subprocess.run(cmd, env=cli_env(s3, MPUPLOAD_STATE_DIR=str(state)), capture_output=True,
                               text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL)
     finally:
         os.chmod(state, 0o755)
     assert proc.returncode == 0, proc.stderr
     assert "resume journal" in proc.stderr and "the upload goes on" in proc.stderr, proc.stderr
     assert events(proc.stdout)[-1]["event"] == "completed"
-    assert sha256_object(moto_server.client(), bucket_on_moto, "k") == sha256_file(src)
+    assert sha256_object(s3.client(), bucket, "k") == sha256_file(src)
     assert list(state.iterdir()) == []
-
-
-@pytest.fixture
-def bucket_on_moto(moto_server: S3Server) -> Iterator[str]:
-    import uuid
-
-    from tests.conftest import empty_bucket
-
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    client = moto_server.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    empty_bucket(client, name)
-
