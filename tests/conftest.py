@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support import hermetic
 from tests.support.s3server import S3Server
+
+#: this pytest process's own HOME and XDG directories, without the user's MPUPLOAD_*/AWS_*/proxy settings
+#: (tests/support/hermetic.py); every process a test starts inherits them
+HERMETIC_HOME = hermetic.isolate()
 
 if TYPE_CHECKING:
     from tests.support.odd_store import OddStore
@@ -51,6 +56,10 @@ def shard_of(item: pytest.Item) -> str:
             or "/tests/server/" in path or "/tests/unit/" in path or "/tests/functional/" in path):
         return "ceph"
     return "other"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    hermetic.remove(HERMETIC_HOME)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
