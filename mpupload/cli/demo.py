@@ -135,6 +135,10 @@ def _run_upload(cmd: list[str], env: dict[str, str]) -> int:
     try:
         return child.wait()
     finally:
+        # From the upload's end on, Ctrl+C and SIGTERM are held, not lost and not taken by the default handler:
+        # one that arrives while the demo reads the server's record or switches to serving means "stop
+        # everything", exactly like one that arrives while it serves (``run`` waits for it with sigwait).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         _stop_child(child)
@@ -207,7 +211,6 @@ def run(args: argparse.Namespace) -> int:
         if args.exit_after_upload:
             return EXIT_OK
         _say(f"the dashboard stays at {api_url}/ (user demo, password {password}); Ctrl+C stops everything")
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return EXIT_OK
     finally:

@@ -94,7 +94,7 @@ def test_demo_uploads_and_leaves_no_process_behind() -> None:
     assert leftovers == [], [p.info["cmdline"] for p in leftovers]
 
 
-@pytest.mark.parametrize("when", ["during the upload", "while serving"])
+@pytest.mark.parametrize("when", ["during the upload", "after the upload", "while serving"])
 def test_demo_ctrl_c_stops_everything(when: str) -> None:
     tag = uuid.uuid4().hex
     size = "400MiB" if when == "during the upload" else "8MiB"
@@ -103,6 +103,8 @@ def test_demo_ctrl_c_stops_everything(when: str) -> None:
     try:
         if when == "during the upload":
             proc.wait_line(lambda line: line.startswith("upload: s3://demo/"), 120, stream="stderr")
+        elif when == "after the upload":  # before the switch to serving: held, then "stop everything"
+            proc.wait_line(lambda line: "the server recorded the upload as" in line, 120, stream="stderr")
         else:
             proc.wait_line(lambda line: "Ctrl+C stops everything" in line, 120, stream="stderr")
         signal_group(proc.popen)  # as a terminal's Ctrl+C does
