@@ -1009,10 +1009,14 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def busy_cores(window_s: float = 2.0) -> float:
-    """How many cores the machine keeps busy over ``window_s`` (``/proc/stat``): other work that will compete."""
+    """How many cores the machine keeps busy over ``window_s`` (``/proc/stat``): other work that will compete.
+
+    ``/proc/stat`` counts in clock ticks, so a short window on a saturated machine can read a tick or two over
+    the number of cores; the figure is capped at the core count (it cannot be more busy than that)."""
     before, t0 = system_cpu_busy_s(), time.monotonic()
     time.sleep(window_s)  # a measurement window, not a wait for a condition
-    return (system_cpu_busy_s() - before) / (time.monotonic() - t0)
+    busy = (system_cpu_busy_s() - before) / (time.monotonic() - t0)
+    return min(busy, float(os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
