@@ -48,7 +48,7 @@ from .db.group_commit import AsyncGroupCommit, GroupCommit, ThreadedGroupCommit
 from .db.models import Sample, Token, Upload, UploadStatus, User, as_utc, utcnow
 
 __all__ = ["ACTIVE", "ALLOWED", "ProgressError", "NotFound", "ProgressReport", "NewUpload", "create_upload",
-           "get_upload", "list_uploads", "apply_progress", "ingest", "Unauthorized", "PRUNE_EVERY",
+           "new_upload_id", "get_upload", "list_uploads", "apply_progress", "ingest", "Unauthorized", "PRUNE_EVERY",
            "stop_upload", "parse_report", "upload_dict", "history", "publish", "ProgressWriter",
            "progress_writer"]
 
@@ -181,13 +181,22 @@ def upload_dict(upload: Upload, live_after_s: float) -> dict[str, Any]:
     }
 
 
+def new_upload_id() -> str:
+    """A random record id (72 bits, URL-safe) that never begins with ``-`` or ``_``: users paste it after a
+    command (``mpupload status ID``), where a leading ``-`` reads as an option."""
+    while True:
+        candidate = secrets.token_urlsafe(12)
+        if candidate[0] not in "-_":
+            return candidate
+
+
 async def create_upload(session: AsyncSession, user: User, new: NewUpload) -> Upload:
     """Store a new pending record owned by ``user``."""
     if new.total_bytes < 0 or new.part_size < 0 or new.parts_total < 0:
         raise ProgressError("total_bytes, part_size and parts_total must not be negative")
     now = utcnow()
     upload = Upload(
-        id=secrets.token_urlsafe(12), owner_id=user.id, filename=new.filename, bucket=new.bucket, key=new.key,
+        id=new_upload_id(), owner_id=user.id, filename=new.filename, bucket=new.bucket, key=new.key,
         host=new.host, status=S.PENDING, total_bytes=new.total_bytes, bytes_done=0, part_size=new.part_size,
         parts_total=new.parts_total, parts_done=0, speed_bps=0.0, avg_speed_bps=0.0, eta_seconds=None,
         elapsed_seconds=0.0, seq=None, stop_requested=False, version=1, created_at=now, updated_at=now)

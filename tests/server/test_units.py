@@ -8,7 +8,7 @@ from mpupload.errors import UsageError
 from mpupload.server.auth import LoginRateLimiter, hash_token
 from mpupload.server.db.models import UploadStatus as S
 from mpupload.server.settings import Settings, default_database_url, normalize_database_url
-from mpupload.server.uploads import ALLOWED
+from mpupload.server.uploads import ALLOWED, new_upload_id
 
 
 @pytest.mark.parametrize(("plain", "driver"), [
@@ -90,3 +90,12 @@ def test_the_documented_graphql_schema_is_the_served_one() -> None:
 
     documented = (Path(__file__).resolve().parents[2] / "docs" / "schema.graphql").read_text()
     assert documented == schema.as_str() + "\n", "regenerate docs/schema.graphql (see docs/server.md)"
+
+
+def test_upload_ids_never_begin_like_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter(["-leading-dash", "_underscore", "Ab3-_x"])
+    monkeypatch.setattr("mpupload.server.uploads.secrets.token_urlsafe", lambda n: next(draws))
+    assert new_upload_id() == "Ab3-_x"
+    monkeypatch.undo()
+    ids = {new_upload_id() for _ in range(2000)}
+    assert len(ids) == 2000 and not any(i[0] in "-_" for i in ids) and all(len(i) == 16 for i in ids)
