@@ -97,6 +97,23 @@ class CliProcess:
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
 
+    def held(self) -> Any:
+        """A context in which the whole CLI (main process and workers) is frozen with SIGSTOP, resumed with
+        SIGCONT on the way out: a test can then change the world around a running upload (restart a server,
+        attach a watcher) however slowly a busy machine does it, and the upload is still running afterwards."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def frozen() -> Any:
+            os.killpg(self.pid, signal.SIGSTOP)
+            try:
+                yield self
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGCONT)
+
+        return frozen()
+
     def kill_group(self) -> None:
         import contextlib
 
