@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--token-ttl", type=float, help="token lifetime in seconds (env MPUPLOAD_TOKEN_TTL)")
     p.add_argument("--access-log", action="store_true",
                    help="log every request (off by default: at 500 progress reports/s it costs a third of the CPU)")
-    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks; GraphQL introspection on")
     p.set_defaults(func=run)
 
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.token_ttl is not None and args.token_ttl <= 0:
         raise UsageError(f"--token-ttl must be positive, got {args.token_ttl}")
     settings = Settings.from_env(database_url=args.database_url, broker_url=args.broker_url, host=args.host,
-                                 port=args.port, token_ttl_s=args.token_ttl)
+                                 port=args.port, token_ttl_s=args.token_ttl, debug=args.debug)
     app = create_app(settings)
     # No permessage-deflate: events are a few hundred bytes, and compressing every one of them for every
     # subscriber cost more CPU than it saved bytes.
