@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..server.app import create_app
+        from ..server.graphql.router import MAX_WS_MESSAGE_BYTES
         from ..server.settings import Settings
     except ImportError as exc:
         raise UsageError(f"the server needs the 'server' extra ({exc.name} is missing): "
@@ -48,5 +49,6 @@ def run(args: argparse.Namespace) -> int:
     # No permessage-deflate: events are a few hundred bytes, and compressing every one of them for every
     # subscriber cost more CPU than it saved bytes.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="debug" if args.debug else "info",
-                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False)
+                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False,
+                ws_max_size=MAX_WS_MESSAGE_BYTES)
     return EXIT_OK

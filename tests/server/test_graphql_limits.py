@@ -152,3 +152,32 @@ def test_sockets_per_user_are_capped(served: tuple[ServerProcess, str]) -> None:
                 await ws.__aexit__(None, None, None)
 
     asyncio.run(body())
+
+
+def test_big_bodies_and_messages_are_refused(served: tuple[ServerProcess, str]) -> None:
+    """A 1 MiB GraphQL body is a 413 (and a body that claims 1 GB is refused without waiting for it); a
+    100 KiB WebSocket message closes the socket (1009, message too big)."""
+    server, token = served
+    headers = {"Authorization": f"Bearer {token}"}
+    padding = "#" + "x" * (1024 * 1024)
+    answer = httpx.post(f"{server.base_url}/graphql", headers=headers, timeout=10,
+                        json={"query": "{ uploads { id } }\n" + padding})
+    assert answer.status_code == 413, answer.text
+
+    async def claims_a_gigabyte() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))
+        writer.write(b"POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        return status
+
+    assert b" 413 " in asyncio.run(claims_a_gigabyte())
+
+    async def big_message() -> Closed:
+        async with GqlWs(server.base_url, token) as ws:
+            await ws.subscribe("{ uploads { id } }\n" + "#" + "x" * (100 * 1024))
+            return await ws.closed(timeout=5)
+
+    assert asyncio.run(big_message()).code == 1009
