@@ -11,13 +11,18 @@ introspection needs ``serve --debug``, and a user's operations per socket and so
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from .gqlws import Closed, GqlWs, gql_http
 from .sessions_support import add_user, create_upload, sign_in
@@ -181,3 +186,34 @@ def test_big_bodies_and_messages_are_refused(served: tuple[ServerProcess, str]) 
             return await ws.closed(timeout=5)
 
     assert asyncio.run(big_message()).code == 1009
+
+
+def test_the_legacy_protocol_has_the_same_caps(served: tuple[ServerProcess, str]) -> None:
+    """``graphql-ws`` (the legacy protocol) counts towards the same per-user cap: one socket over is closed
+    with 4429."""
+    server, token = served
+    url = server.base_url.replace("http://", "ws://") + "/graphql"
+
+    async def legacy() -> Any:
+        ws = await connect(url, subprotocols=[Subprotocol("graphql-ws")], open_timeout=10)
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+        return ws
+
+    async def body() -> None:
+        sockets = []
+        try:
+            for _ in range(32):
+                ws = await legacy()
+                sockets.append(ws)
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
+            extra = await legacy()
+            sockets.append(extra)
+            with pytest.raises(ConnectionClosed) as refused:
+                while True:
+                    await asyncio.wait_for(extra.recv(), 10)
+            assert refused.value.rcvd is not None and refused.value.rcvd.code == 4429, refused.value
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    asyncio.run(body())
