@@ -15,6 +15,7 @@ within seconds of a revocation or expiry, while events flow.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["GraphQLContext", "get_context", "UNAUTHENTICATED_MESSAGE"]
 
 UNAUTHENTICATED_MESSAGE = "token expired or revoked: sign in again"
+#: a nested field (``history`` of each upload in a list) trusts a check of the token row this recent
+_NESTED_FRESH_S = 1.0
 
 
 class GraphQLContext(BaseContext):
@@ -50,6 +53,7 @@ class GraphQLContext(BaseContext):
         self.user_id = 0
         #: the socket was closed by the server (token revoked or expired): no more reads
         self.ended = False
+        self._checked_at = float("-inf")
 
     @property
     def live_after_s(self) -> float:
@@ -81,14 +85,20 @@ class GraphQLContext(BaseContext):
             with contextlib.suppress(RuntimeError, OSError):  # the client went away meanwhile
                 await connection.close(code, reason)
 
-    async def _viewer(self, session: AsyncSession) -> User:
-        """The signed-in user, once the token row is checked again (the error ends the socket with 4403)."""
+    async def _viewer(self, session: AsyncSession, fresh_s: float = 0.0) -> User:
+        """The signed-in user, once the token row is checked again (the error ends the socket with 4403).
+
+        ``fresh_s``: a nested field skips the check when the row was checked that recently (by the field
+        above it in the same operation), so a list of uploads does not re-check once per upload."""
         user = self.user
+        if not self.ended and fresh_s and time.monotonic() - self._checked_at < fresh_s:
+            return user
         if self.ended or not await token_row_valid(session, self.token_id, user.id):
             from .sessions import TOKEN_REJECTED_CODE
 
             await self.end(TOKEN_REJECTED_CODE, UNAUTHENTICATED_MESSAGE)
             raise GraphQLError(UNAUTHENTICATED_MESSAGE, extensions={"code": "UNAUTHENTICATED"})
+        self._checked_at = time.monotonic()
         return user
 
     # -- reads, always the viewer's own --
@@ -109,7 +119,7 @@ class GraphQLContext(BaseContext):
 
     async def history(self, upload_id: str) -> list[dict[str, Any]]:
         async with self.state.sessionmaker() as session:
-            user = await self._viewer(session)
+            user = await self._viewer(session, _NESTED_FRESH_S)
             await svc.get_upload(session, user, upload_id)  # NotFound for anyone else's
             return await svc.history(session, upload_id, self.state.settings.history_limit)
 
