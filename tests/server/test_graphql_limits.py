@@ -217,3 +217,20 @@ def test_the_legacy_protocol_has_the_same_caps(served: tuple[ServerProcess, str]
                 await ws.close()
 
     asyncio.run(body())
+
+
+def test_a_socket_that_never_signs_in_is_closed(served: tuple[ServerProcess, str]) -> None:
+    """No ``connection_init`` within 5 s: closed with 4408 (it used to be held for a minute)."""
+    server, _ = served
+    url = server.base_url.replace("http://", "ws://") + "/graphql"
+
+    async def body() -> tuple[int | None, float]:
+        t0 = time.monotonic()
+        async with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")], open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 15)
+        rcvd = closed.value.rcvd
+        return (None if rcvd is None else rcvd.code), time.monotonic() - t0
+
+    code, took = asyncio.run(body())
+    assert code == 4408 and took < 10, (code, took)

@@ -5,13 +5,15 @@ payload must carry ``{"token": ...}``; a missing or bad token closes the socket 
 socket is registered with the replica's :class:`.sessions.Sessions` (which closes it with 4403 when its
 token is revoked or expires); a user's socket beyond ``ws_max_per_user`` on this server is closed with
 4429, and an operation beyond ``ws_max_operations`` running at once on one socket is refused with an error.
-An HTTP request body over :data:`MAX_HTTP_BODY_BYTES` is answered 413 without being read further (WebSocket
-messages are bounded by ``serve``: :data:`MAX_WS_MESSAGE_BYTES`).
+A ``graphql-transport-ws`` socket that does not sign in within :data:`CONNECTION_INIT_TIMEOUT_S` is closed
+with 4408. An HTTP request body over :data:`MAX_HTTP_BODY_BYTES` is answered 413 without being read further
+(WebSocket messages are bounded by ``serve``: :data:`MAX_WS_MESSAGE_BYTES`).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: a GraphQL request over HTTP: the query (at most 16 KiB) and its variables
 MAX_HTTP_BODY_BYTES = 64 * 1024
+#: a ``graphql-transport-ws`` socket that has not sent ``connection_init`` by then is closed with 4408
+CONNECTION_INIT_TIMEOUT_S = 5.0
 #: one WebSocket message (``serve`` hands it to uvicorn as ``ws_max_size``; a bigger one closes with 1009)
 MAX_WS_MESSAGE_BYTES = 64 * 1024
 
@@ -113,4 +117,5 @@ class _Router(GraphQLRouter[GraphQLContext, None]):
 def build_graphql_router(settings: Settings | None = None) -> GraphQLRouter[GraphQLContext, None]:
     settings = settings or Settings(database_url="sqlite+aiosqlite://")
     return _Router(build_schema(settings.debug), context_getter=get_context, graphql_ide=None, keep_alive=True,
-                   keep_alive_interval=15, max_subscriptions_per_connection=settings.ws_max_operations)
+                   keep_alive_interval=15, max_subscriptions_per_connection=settings.ws_max_operations,
+                   connection_init_wait_timeout=timedelta(seconds=CONNECTION_INIT_TIMEOUT_S))
