@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--token-ttl", type=float, help="token lifetime in seconds (env MPUPLOAD_TOKEN_TTL)")
     p.add_argument("--access-log", action="store_true",
                    help="log every request (off by default: at 500 progress reports/s it costs a third of the CPU)")
-    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks; GraphQL introspection on")
     p.set_defaults(func=run)
 
 
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..server.app import create_app
+        from ..server.graphql.router import MAX_WS_MESSAGE_BYTES
         from ..server.settings import Settings
     except ImportError as exc:
         raise UsageError(f"the server needs the 'server' extra ({exc.name} is missing): "
@@ -43,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if args.token_ttl is not None and args.token_ttl <= 0:
         raise UsageError(f"--token-ttl must be positive, got {args.token_ttl}")
     settings = Settings.from_env(database_url=args.database_url, broker_url=args.broker_url, host=args.host,
-                                 port=args.port, token_ttl_s=args.token_ttl)
+                                 port=args.port, token_ttl_s=args.token_ttl, debug=args.debug)
     app = create_app(settings)
     # No permessage-deflate: events are a few hundred bytes, and compressing every one of them for every
     # subscriber cost more CPU than it saved bytes.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="debug" if args.debug else "info",
-                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False)
+                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False,
+                ws_max_size=MAX_WS_MESSAGE_BYTES)
     return EXIT_OK

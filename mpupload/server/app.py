@@ -3,11 +3,14 @@
 The lifespan creates the engine, runs the migrations (safe with several replicas), builds the session
 factory, the progress writer (group commit), the login rate limiter and the bus, and at shutdown writes
 what is queued and disposes of the engine. A test or another
-component may pass its own ``bus``.
+component may pass its own ``bus``. It also keys the bus with the database's signing key and runs the
+sessions watcher that ends revoked or expired WebSockets (:mod:`.graphql.sessions`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -23,9 +26,11 @@ from .api.deps import ServerState
 from .api.ingest import RETRY_AFTER_S, UNAVAILABLE_DETAIL, ProgressEndpoint
 from .auth import LoginRateLimiter
 from .bus import Bus, make_bus
+from .bus.signing import attach_signer, load_signer
 from .db import make_engine, make_sessionmaker, upgrade
 from .db.engine import UNAVAILABLE, unavailable_reason
 from .graphql import build_graphql_router
+from .graphql.sessions import Sessions
 from .settings import Settings
 from .uploads import progress_writer
 from .web import mount_dashboard
@@ -66,24 +71,35 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
         engine = make_engine(settings.database_url)
         writer = progress_writer(engine)
         started = False
+        watcher: asyncio.Task[None] | None = None
         try:
             await upgrade(engine)
+            sessionmaker = make_sessionmaker(engine)
+            async with sessionmaker() as session:
+                attach_signer(chosen_bus, await load_signer(session))
             start = getattr(chosen_bus, "start", None)
             if start is not None:
                 await start()
             started = True
             app.state.server = ServerState(
-                settings=settings, sessionmaker=make_sessionmaker(engine),
+                settings=settings, sessionmaker=sessionmaker,
                 limiter=LoginRateLimiter(settings.login_max_per_user, settings.login_max_per_address,
                                          settings.login_window_s),
                 bus=chosen_bus, writer=writer)
             app.state.bus = chosen_bus
+            app.state.sessions = sessions = Sessions(sessionmaker, settings.token_recheck_s,
+                                                     settings.ws_max_per_user)
+            watcher = asyncio.create_task(sessions.run(chosen_bus), name="sessions-watcher")
             # Everything imported and built so far lives as long as the process: keep it out of the cyclic
             # collector's generations, and collect less often (every report allocates; pauses show in p99).
             gc.freeze()
             gc.set_threshold(50_000, 20, 100)
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await writer.close()
             close = getattr(chosen_bus, "close", None)
             if started and close is not None:
@@ -95,6 +111,6 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, cast(Any, _database_unavailable))  # one handler for HTTP and WebSocket
     app.include_router(build_router())
-    app.include_router(build_graphql_router(), prefix="/graphql")
+    app.include_router(build_graphql_router(settings), prefix="/graphql")
     mount_dashboard(app)
     return app

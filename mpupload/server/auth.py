@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db.models import Token, User, as_utc, utcnow
 
-__all__ = ["hash_password", "verify_password", "hash_token", "issue_token", "token_user", "revoke_token",
-           "revoke_user_tokens", "LoginRateLimiter"]
+__all__ = ["hash_password", "verify_password", "hash_token", "issue_token", "token_user", "token_session",
+           "token_row_valid", "revoke_token", "revoke_user_tokens", "LoginRateLimiter"]
 
 _HASHER = PasswordHasher()
 #: verified against when the user does not exist, so an unknown name costs the same time as a wrong password
@@ -68,6 +68,15 @@ async def issue_token(session: AsyncSession, user: User, ttl_s: float) -> tuple[
 
 async def token_user(session: AsyncSession, token: str) -> User | None:
     """The user a token belongs to, or ``None`` when it is unknown, expired or revoked."""
+    found = await token_session(session, token)
+    return None if found is None else found[0]
+
+
+async def token_session(session: AsyncSession, token: str) -> tuple[User, int] | None:
+    """The user a token belongs to and the token's row id, or ``None`` when it is unknown, expired or revoked.
+
+    A long-lived connection keeps both and re-checks them with :func:`token_row_valid`: ids are never reused
+    (migration 0003), so a removed user's connection can never act as a later one."""
     row = (await session.execute(
         select(Token, User).join(User, User.id == Token.user_id).where(Token.token_hash == hash_token(token))
     )).first()
@@ -76,13 +85,22 @@ async def token_user(session: AsyncSession, token: str) -> User | None:
     tok, user = row
     if tok.revoked or as_utc(tok.expires_at) <= utcnow():
         return None
-    return user
+    return user, tok.id
 
 
-async def revoke_token(session: AsyncSession, token: str) -> None:
-    """Revoke one token (logout)."""
+async def token_row_valid(session: AsyncSession, token_id: int, user_id: int) -> bool:
+    """Whether token row ``token_id`` still exists, belongs to ``user_id``, and is neither revoked nor expired."""
+    row = (await session.execute(
+        select(Token.user_id, Token.revoked, Token.expires_at).where(Token.id == token_id))).first()
+    return row is not None and row[0] == user_id and not row[1] and as_utc(row[2]) > utcnow()
+
+
+async def revoke_token(session: AsyncSession, token: str) -> int | None:
+    """Revoke one token (logout); its row id (None when there is no such token)."""
+    token_id = (await session.execute(select(Token.id).where(Token.token_hash == hash_token(token)))).scalar()
     await session.execute(update(Token).where(Token.token_hash == hash_token(token)).values(revoked=True))
     await session.commit()
+    return token_id
 
 
 async def revoke_user_tokens(session: AsyncSession, user_id: int) -> int:

@@ -11,9 +11,13 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_LOGIN_WINDOW``          the rate-limit window in seconds
 ``MPUPLOAD_LIVE_AFTER``            an upload is no longer ``live`` after this many silent seconds
 ``MPUPLOAD_HISTORY_LIMIT``         samples kept per upload for the chart
-``MPUPLOAD_TOKEN_RECHECK``         seconds between token re-checks on a long-lived WebSocket
+``MPUPLOAD_TOKEN_RECHECK``         seconds between re-checks of every open WebSocket's token (default 2)
 ``MPUPLOAD_SUBSCRIBER_BUFFER``     events held for a subscriber that reads slowly (then latest wins)
+``MPUPLOAD_WS_MAX_PER_USER``       GraphQL WebSockets one user may hold on one server (then 4429)
+``MPUPLOAD_WS_MAX_OPERATIONS``     operations (subscriptions) running at once on one WebSocket
 =================================  ==========================================================
+
+``debug`` (``serve --debug``) also turns GraphQL introspection on.
 """
 
 from __future__ import annotations
@@ -79,8 +83,11 @@ class Settings:
     login_window_s: float = 60.0
     live_after_s: float = DEFAULT_LIVE_AFTER_S
     history_limit: int = DEFAULT_HISTORY_LIMIT
-    token_recheck_s: float = 30.0
+    token_recheck_s: float = 2.0
     subscriber_buffer: int = 256
+    ws_max_per_user: int = 32
+    ws_max_operations: int = 4
+    debug: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,6 +102,7 @@ class Settings:
         host: str | None = None,
         port: int | None = None,
         token_ttl_s: float | None = None,
+        debug: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from explicit values, falling back to the environment, then to defaults."""
@@ -112,6 +120,9 @@ class Settings:
             login_window_s=_number(env, "MPUPLOAD_LOGIN_WINDOW", 60.0),
             live_after_s=_number(env, "MPUPLOAD_LIVE_AFTER", DEFAULT_LIVE_AFTER_S),
             history_limit=int(_number(env, "MPUPLOAD_HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT)),
-            token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 30.0),
+            token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 2.0),
             subscriber_buffer=int(_number(env, "MPUPLOAD_SUBSCRIBER_BUFFER", 256)),
+            ws_max_per_user=int(_number(env, "MPUPLOAD_WS_MAX_PER_USER", 32)),
+            ws_max_operations=int(_number(env, "MPUPLOAD_WS_MAX_OPERATIONS", 4)),
+            debug=debug,
         )

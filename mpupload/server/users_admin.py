@@ -1,7 +1,17 @@
-"""Account administration on the database, for ``mpupload users`` (no HTTP, no prompts)."""
+"""Account administration on the database, for ``mpupload users`` (no HTTP, no prompts).
+
+``passwd``, ``revoke`` and ``remove`` end the user's open WebSockets on every server: with a broker
+(``MPUPLOAD_BROKER_URL``) they publish a signed revocation and each replica closes the sockets at once;
+without one (or when the broker is down) each server notices within ``MPUPLOAD_TOKEN_RECHECK`` seconds, by
+its periodic re-check of every socket's token in the database.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 from typing import TextIO
 
 from sqlalchemy import delete, select
@@ -9,9 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import UsageError
 from .auth import hash_password, revoke_user_tokens
+from .bus import make_bus
+from .bus.revocation import publish_revocation
+from .bus.signing import attach_signer, load_signer
 from .db.models import Token, User, as_utc, utcnow
 
-__all__ = ["add_user", "set_password", "remove_user", "revoke_tokens", "list_users"]
+log = logging.getLogger(__name__)
+#: how long a command waits for the broker before leaving it to the servers' periodic re-check
+ANNOUNCE_TIMEOUT_S = 5.0
+
+__all__ = ["add_user", "set_password", "remove_user", "revoke_tokens", "list_users", "announce_revocation"]
 
 
 async def _user(session: AsyncSession, name: str) -> User:
@@ -19,6 +36,32 @@ async def _user(session: AsyncSession, name: str) -> User:
     if user is None:
         raise UsageError(f"no user {name!r}; see mpupload users list")
     return user
+
+
+async def announce_revocation(session: AsyncSession, user_id: int) -> bool:
+    """Publish a revocation of ``user_id``'s tokens on the configured broker; False when there is none or it
+    cannot be reached (the servers' periodic re-check then ends the sockets)."""
+    broker_url = os.environ.get("MPUPLOAD_BROKER_URL")
+    if not broker_url:
+        return False
+    bus = make_bus(broker_url)
+    try:
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT_S):
+            start = getattr(bus, "start", None)
+            if start is not None:
+                await start()
+            attach_signer(bus, await load_signer(session))
+            await publish_revocation(bus, user_id)
+    except Exception as exc:  # noqa: BLE001 - the database change is done; the re-check covers the rest
+        log.warning("could not announce the revocation on the broker (%s): open sockets end at the servers' "
+                    "next token re-check", exc)
+        return False
+    finally:
+        close = getattr(bus, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
+    return True
 
 
 async def add_user(session: AsyncSession, name: str, password: str) -> int:
@@ -36,20 +79,26 @@ async def set_password(session: AsyncSession, name: str, password: str) -> int:
     user.password_hash = hash_password(password)
     await session.commit()
     await revoke_user_tokens(session, user.id)
+    await announce_revocation(session, user.id)
     return 0
 
 
 async def remove_user(session: AsyncSession, name: str) -> int:
     """Delete a user; their tokens and uploads go with them."""
     user = await _user(session, name)
-    await session.execute(delete(User).where(User.id == user.id))
+    user_id = user.id
+    await session.execute(delete(User).where(User.id == user_id))
     await session.commit()
+    await announce_revocation(session, user_id)
     return 0
 
 
 async def revoke_tokens(session: AsyncSession, name: str) -> int:
     """Revoke every live token of a user; return how many."""
-    return await revoke_user_tokens(session, (await _user(session, name)).id)
+    user_id = (await _user(session, name)).id
+    count = await revoke_user_tokens(session, user_id)
+    await announce_revocation(session, user_id)
+    return count
 
 
 async def list_users(session: AsyncSession, out: TextIO) -> int:

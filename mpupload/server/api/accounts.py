@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from ..auth import issue_token, revoke_token, verify_password
+from ..bus.revocation import publish_revocation
 from ..db.models import User, as_utc
 from .deps import SessionDep, StateDep, TokenDep, UserDep
 
@@ -40,8 +41,10 @@ async def login(body: LoginIn, request: Request, state: StateDep, session: Sessi
 
 
 @router.post("/auth/logout")
-async def logout(user: UserDep, token: TokenDep, session: SessionDep) -> dict[str, Any]:
-    await revoke_token(session, token)
+async def logout(user: UserDep, token: TokenDep, session: SessionDep, state: StateDep) -> dict[str, Any]:
+    token_id = await revoke_token(session, token)
+    if token_id is not None:  # every replica closes this token's WebSockets (4403)
+        await publish_revocation(state.bus, user.id, token_id)
     return {"ok": True}
 
 

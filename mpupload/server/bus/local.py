@@ -159,6 +159,8 @@ class FanOut:
 
     def __init__(self) -> None:
         self.subs: dict[str, dict[str | None, set[BufferedSubscription]]] = {}
+        #: checks a payload from the broker (``None``: drop it); set by :func:`..signing.attach_signer`
+        self.verify: Callable[[str, dict[str, Any]], dict[str, Any] | None] | None = None
 
     def add(self, sub: BufferedSubscription) -> bool:
         """Register ``sub``; True when it is the channel's first subscriber."""
@@ -193,6 +195,13 @@ class FanOut:
         return out
 
     def deliver(self, channel: str, payload: dict[str, Any]) -> None:
+        if channel not in self.subs:
+            return
+        if self.verify is not None:
+            checked = self.verify(channel, payload)
+            if checked is None:
+                return
+            payload = checked
         for sub in self.targets(channel, payload):
             sub.push(payload)
 

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from mpupload.server.bus.local import DEFAULT_BUFFER_SIZE, BufferedSubscription, FanOut
+from mpupload.server.bus.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,19 @@ def channel_ident(channel: str, prefix: str = "mpu_") -> str:
     return prefix + hashlib.sha256(channel.encode()).hexdigest()[:40]
 
 
-def encode_notify(channel: str, payload: dict[str, Any]) -> str | None:
-    """The NOTIFY text for ``payload``, or its id-only form when too big; None when it cannot be sent."""
-    text = json.dumps({"c": channel, "p": payload}, separators=(",", ":"), default=str)
+def encode_notify(channel: str, payload: dict[str, Any], signer: Signer | None = None) -> str | None:
+    """The NOTIFY text for ``payload`` (signed when a ``signer`` is given), or its id-only form when too big;
+    None when it cannot be sent."""
+    signed = payload if signer is None else signer.sign(channel, payload)
+    text = json.dumps({"c": channel, "p": signed}, separators=(",", ":"), default=str)
     if len(text.encode()) <= MAX_NOTIFY_BYTES:
         return text
     if "id" not in payload:
         return None
-    text = json.dumps({"c": channel, "p": {"id": payload["id"], REFETCH_FLAG: True}}, default=str)
+    small: dict[str, Any] = {"id": payload["id"], REFETCH_FLAG: True}
+    if signer is not None:
+        small = signer.sign(channel, small)
+    text = json.dumps({"c": channel, "p": small}, default=str)
     return text if len(text.encode()) <= MAX_NOTIFY_BYTES else None
 
 
@@ -79,6 +85,12 @@ class PostgresBus:
         self._pub_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._signer: Signer | None = None
+
+    def use_signer(self, signer: Signer) -> None:
+        """Sign every published message and drop every received one without a valid signature."""
+        self._signer = signer
+        self._fanout.verify = signer.verify
 
     @property
     def connected(self) -> bool:
@@ -111,7 +123,7 @@ class PostgresBus:
     # -- publishing --
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        text = encode_notify(channel, payload)
+        text = encode_notify(channel, payload, self._signer)
         if text is None:
             log.warning("bus: dropping an oversize payload without an id on %r", channel)
             return

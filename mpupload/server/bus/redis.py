@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from mpupload.server.bus.local import DEFAULT_BUFFER_SIZE, BufferedSubscription, FanOut
+from mpupload.server.bus.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ class RedisBus:
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._signer: Signer | None = None
+
+    def use_signer(self, signer: Signer) -> None:
+        """Sign every published message and drop every received one without a valid signature."""
+        self._signer = signer
+        self._fanout.verify = signer.verify
 
     def _new_client(self) -> Redis:
         return Redis.from_url(
@@ -103,6 +110,8 @@ class RedisBus:
         if self._client is None:
             log.warning("bus: publish on %r before start(); dropped", channel)
             return
+        if self._signer is not None:
+            payload = self._signer.sign(channel, payload)
         text = json.dumps(payload, separators=(",", ":"), default=str)
         # A pooled connection can still point at a broker that restarted: the first command on it fails
         # ("Connection closed by server") and the pool drops it. One more attempt takes a fresh connection.

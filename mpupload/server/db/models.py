@@ -12,7 +12,7 @@ import enum
 from sqlalchemy import BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "User", "Token", "Upload", "Sample", "UploadStatus", "utcnow", "as_utc"]
+__all__ = ["Base", "User", "Token", "Upload", "Sample", "BusKey", "UploadStatus", "utcnow", "as_utc"]
 
 
 def utcnow() -> dt.datetime:
@@ -42,6 +42,7 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = {"sqlite_autoincrement": True}  # an id is never handed out twice (migration 0003)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(150), unique=True, nullable=False)
@@ -51,6 +52,7 @@ class User(Base):
 
 class Token(Base):
     __tablename__ = "tokens"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
@@ -103,3 +105,14 @@ class Sample(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     bytes_done: Mapped[int] = mapped_column(BigInteger, nullable=False)
     speed_bps: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class BusKey(Base):
+    """The key that signs bus messages (one row, created by migration 0004, shared by every replica)."""
+
+    __tablename__ = "bus_keys"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)

@@ -4,36 +4,56 @@ database reads every resolver needs, always scoped to the viewer.
 Over HTTP the token comes in ``Authorization: Bearer TOKEN`` and a missing or bad one is a 401, as on the
 REST routes. Over WebSocket it comes in the ``connection_init`` payload ``{"token": ...}``; the router's
 ``on_ws_connect`` calls :meth:`GraphQLContext.authenticate` and a bad token closes the socket with 4403.
-A long-lived connection re-checks its token every ``token_recheck_s`` seconds (expiry, logout, revocation).
+
+A context is bound to the user *and* the token row that signed it in, never to the user id alone: every
+query, subscription and ``stopUpload`` first re-checks, in the same database session, that this token row
+still exists, belongs to this user, and is neither revoked nor expired (ids are never reused, so a removed
+user's socket cannot act as a later user). An open socket is also ended by :class:`.sessions.Sessions`
+within seconds of a revocation or expiry, while events flow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
+from graphql import GraphQLError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket, WebSocketState
 from strawberry.fastapi import BaseContext
 
 from .. import uploads as svc
 from ..api.deps import ServerState
-from ..auth import token_user
+from ..auth import token_row_valid, token_session
 from ..db.models import User
 
-__all__ = ["GraphQLContext", "get_context"]
+if TYPE_CHECKING:
+    from .sessions import Sessions
+
+__all__ = ["GraphQLContext", "get_context", "UNAUTHENTICATED_MESSAGE"]
+
+UNAUTHENTICATED_MESSAGE = "token expired or revoked: sign in again"
+#: a nested field (``history`` of each upload in a list) trusts a check of the token row this recent
+_NESTED_FRESH_S = 1.0
 
 
 class GraphQLContext(BaseContext):
     """Shared by every resolver of one HTTP request or one WebSocket connection."""
 
-    def __init__(self, state: ServerState, connection: HTTPConnection) -> None:
+    def __init__(self, state: ServerState, connection: HTTPConnection, sessions: Sessions | None = None) -> None:
         super().__init__()
         self.state = state
         self.connection = connection
-        self.token: str | None = None
+        self.sessions = sessions
         self._user: User | None = None
-        self._checked_at = 0.0
+        self.token_id = 0
+        self.user_id = 0
+        #: the socket was closed by the server (token revoked or expired): no more reads
+        self.ended = False
+        self._checked_at = float("-inf")
 
     @property
     def live_after_s(self) -> float:
@@ -48,42 +68,65 @@ class GraphQLContext(BaseContext):
     async def authenticate(self, token: str) -> bool:
         """Sign the context in with ``token``; False when it is unknown, expired or revoked."""
         async with self.state.sessionmaker() as session:
-            user = await token_user(session, token)
-        if user is None:
+            found = await token_session(session, token)
+        if found is None:
             return False
-        self.token, self._user, self._checked_at = token, user, time.monotonic()
+        self._user, self.token_id = found
+        self.user_id = self._user.id
         return True
 
-    async def token_still_valid(self) -> bool:
-        """Re-check the token once ``token_recheck_s`` has passed since the last check."""
-        if self.token is None:
-            return False
-        if time.monotonic() - self._checked_at < self.state.settings.token_recheck_s:
-            return True
-        return await self.authenticate(self.token)
+    async def end(self, code: int, reason: str) -> None:
+        """Close the WebSocket (once); nothing more is read for it."""
+        if self.ended:
+            return
+        self.ended = True
+        connection = self.connection
+        if isinstance(connection, WebSocket) and connection.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, OSError):  # the client went away meanwhile
+                await connection.close(code, reason)
+
+    async def _viewer(self, session: AsyncSession, fresh_s: float = 0.0) -> User:
+        """The signed-in user, once the token row is checked again (the error ends the socket with 4403).
+
+        ``fresh_s``: a nested field skips the check when the row was checked that recently (by the field
+        above it in the same operation), so a list of uploads does not re-check once per upload."""
+        user = self.user
+        if not self.ended and fresh_s and time.monotonic() - self._checked_at < fresh_s:
+            return user
+        if self.ended or not await token_row_valid(session, self.token_id, user.id):
+            from .sessions import TOKEN_REJECTED_CODE
+
+            await self.end(TOKEN_REJECTED_CODE, UNAUTHENTICATED_MESSAGE)
+            raise GraphQLError(UNAUTHENTICATED_MESSAGE, extensions={"code": "UNAUTHENTICATED"})
+        self._checked_at = time.monotonic()
+        return user
 
     # -- reads, always the viewer's own --
 
     async def upload(self, upload_id: str) -> dict[str, Any] | None:
         async with self.state.sessionmaker() as session:
+            user = await self._viewer(session)
             try:
-                upload = await svc.get_upload(session, self.user, upload_id)
+                upload = await svc.get_upload(session, user, upload_id)
             except svc.NotFound:
                 return None
             return svc.upload_dict(upload, self.live_after_s)
 
     async def uploads(self) -> list[dict[str, Any]]:
         async with self.state.sessionmaker() as session:
-            return [svc.upload_dict(u, self.live_after_s) for u in await svc.list_uploads(session, self.user)]
+            user = await self._viewer(session)
+            return [svc.upload_dict(u, self.live_after_s) for u in await svc.list_uploads(session, user)]
 
     async def history(self, upload_id: str) -> list[dict[str, Any]]:
         async with self.state.sessionmaker() as session:
-            await svc.get_upload(session, self.user, upload_id)  # NotFound for anyone else's
+            user = await self._viewer(session, _NESTED_FRESH_S)
+            await svc.get_upload(session, user, upload_id)  # NotFound for anyone else's
             return await svc.history(session, upload_id, self.state.settings.history_limit)
 
     async def stop(self, upload_id: str) -> dict[str, Any]:
         async with self.state.sessionmaker() as session:
-            upload, changed = await svc.stop_upload(session, self.user, upload_id)
+            user = await self._viewer(session)
+            upload, changed = await svc.stop_upload(session, user, upload_id)
             if changed:
                 await svc.publish(self.state.bus, upload, self.live_after_s)
             return svc.upload_dict(upload, self.live_after_s)
@@ -96,9 +139,10 @@ def _unauthorized(detail: str) -> HTTPException:
 async def get_context(connection: HTTPConnection) -> GraphQLContext:
     """FastAPI dependency building the context; HTTP requests must carry a valid bearer token."""
     state: ServerState = connection.app.state.server
-    context = GraphQLContext(state, connection)
     if connection.scope["type"] == "websocket":
-        return context  # authenticated by on_ws_connect from the connection_init payload
+        # authenticated by on_ws_connect from the connection_init payload, then watched by the sessions
+        return GraphQLContext(state, connection, getattr(connection.app.state, "sessions", None))
+    context = GraphQLContext(state, connection)
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token: sign in with mpupload login")

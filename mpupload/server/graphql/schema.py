@@ -2,16 +2,30 @@
 
 Every resolver acts as the viewer (:class:`.context.GraphQLContext`): someone else's upload is not found,
 exactly like an id that does not exist.
+
+Every document is bounded before any work is done on it (:func:`build_schema`): at most
+:data:`MAX_QUERY_BYTES` of text, :data:`MAX_TOKENS` tokens (the parser stops there, so validation never
+sees a big document), :data:`MAX_DEPTH` levels and :data:`MAX_ALIASES` aliases; introspection is refused
+unless the server runs with ``--debug``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from functools import partial
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, Info
 
@@ -21,7 +35,16 @@ from .context import GraphQLContext
 from .streams import follow
 from .types import INT64_SCALAR, Int64, Upload
 
-__all__ = ["schema"]
+__all__ = ["schema", "build_schema", "MAX_QUERY_BYTES", "MAX_TOKENS", "MAX_DEPTH", "MAX_ALIASES"]
+
+#: the longest GraphQL document accepted (the dashboard's biggest query is under 1 KiB)
+MAX_QUERY_BYTES = 16 * 1024
+#: tokens the parser reads before it gives up (the dashboard's biggest query has about 100)
+MAX_TOKENS = 1000
+#: nesting levels (``uploads { history { at } }`` is 2)
+MAX_DEPTH = 8
+#: aliased fields in one document
+MAX_ALIASES = 20
 
 Ctx = Info[GraphQLContext, None]
 log = logging.getLogger(__name__)
@@ -107,5 +130,28 @@ class _Schema(strawberry.Schema):
         super().process_errors(rest, execution_context)
 
 
-schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
-                 config=StrawberryConfig(scalar_map={Int64: INT64_SCALAR}), extensions=[_MaskUnexpected])
+class _QuerySize(SchemaExtension):
+    """Refuse a document over :data:`MAX_QUERY_BYTES` before it is parsed."""
+
+    def on_parse(self) -> Iterator[None]:
+        query = self.execution_context.query
+        if query is not None and len(query) > MAX_QUERY_BYTES // 4 and len(query.encode()) > MAX_QUERY_BYTES:
+            raise GraphQLError(f"the query is over {MAX_QUERY_BYTES} bytes", extensions={"code": "QUERY_TOO_LARGE"})
+        yield
+
+
+def build_schema(debug: bool = False) -> strawberry.Schema:
+    """The schema with its limits; introspection only when ``debug``."""
+    # factories: strawberry builds fresh extensions for every operation
+    extensions: list[Any] = [
+        _QuerySize, partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES)]
+    if not debug:
+        extensions.append(DisableIntrospection)
+    extensions.append(_MaskUnexpected)
+    return _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                   config=StrawberryConfig(scalar_map={Int64: INT64_SCALAR}), extensions=extensions)
+
+
+schema = build_schema()

@@ -13,7 +13,8 @@ for a payload too big for the broker (``refetch``), and when a live upload's rep
 (or newer, if a report was missed). While the database is unavailable the stream stays open: a read that
 fails is replaced by a re-read of everything a second later, until one succeeds (the first read, too). A
 slow subscriber never holds an unbounded queue: the bus buffer keeps the latest state per upload. A token
-that expires or is revoked ends the connection (4403).
+that expires or is revoked ends the connection (4403): :class:`.sessions.Sessions` closes the socket within
+seconds, whether or not events flow, and the stream stops forwarding as soon as it is closed.
 """
 
 from __future__ import annotations
@@ -25,17 +26,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketState
-
 from ..db.engine import UNAVAILABLE, unavailable_reason
 from ..uploads import ACTIVE, NotFound
 from .context import GraphQLContext
+from .sessions import TOKEN_REJECTED_CODE
 
 __all__ = ["Follower", "follow", "TOKEN_REJECTED_CODE"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_REJECTED_CODE = 4403
 #: after a read failed because the database was unavailable, re-read everything this much later
 _REREAD_UNAVAILABLE_S = 1.0
 #: re-read a record this long after its ``live`` deadline, so that the server agrees it is no longer live
@@ -97,12 +96,6 @@ class Follower:
         return keys
 
 
-async def _reject(context: GraphQLContext) -> None:
-    connection = context.connection
-    if isinstance(connection, WebSocket) and connection.application_state == WebSocketState.CONNECTED:
-        await connection.close(TOKEN_REJECTED_CODE, "token expired or revoked: sign in again")
-
-
 async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterator[dict[str, Any]]:
     """Records of one upload (``upload_id``), or of all the viewer's uploads (None), as they change.
 
@@ -113,7 +106,6 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
     if bus is None:
         raise RuntimeError("the server has no bus")
     follower = Follower(context.live_after_s)
-    recheck_s = context.state.settings.token_recheck_s
 
     async def current() -> list[dict[str, Any]]:
         if upload_id is None:
@@ -123,7 +115,7 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
             raise NotFound(upload_id)
         return [record]
 
-    async with bus.subscribe(str(context.user.id), upload_id) as subscription:
+    async with bus.subscribe(str(context.user_id), upload_id) as subscription:
         while True:  # the first read waits for the database, like every later one
             try:
                 first = await current()
@@ -142,11 +134,11 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
                 yield record
         loop = asyncio.get_running_loop()
         reread_at: float | None = None  # a read failed (database unavailable): re-read everything then
-        while True:
-            quiet_in = follower.next_in()
-            timeout = recheck_s if quiet_in is None else min(quiet_in, recheck_s)
+        while not context.ended:
+            timeout = follower.next_in()  # None: wait for the bus (the sessions watcher ends a revoked socket)
             if reread_at is not None:
-                timeout = max(0.0, min(timeout, reread_at - loop.time()))
+                until_reread = max(0.0, reread_at - loop.time())
+                timeout = until_reread if timeout is None else min(timeout, until_reread)
             try:
                 payload: dict[str, Any] | None = await asyncio.wait_for(anext(subscription), timeout)
             except TimeoutError:
@@ -158,9 +150,6 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
                     records = await current()  # whatever was missed while the database was away
                     reread_at = None
                 elif payload is None:
-                    if not await context.token_still_valid():
-                        await _reject(context)
-                        return
                     records = [r for r in [await context.upload(k) for k in follower.due()] if r is not None]
                 elif payload.get("resync"):
                     records = await current()
@@ -179,5 +168,7 @@ async def follow(context: GraphQLContext, upload_id: str | None) -> AsyncIterato
                 reread_at = loop.time() + _REREAD_UNAVAILABLE_S  # the stream stays open meanwhile
                 records = []
             for record in records:
+                if context.ended:
+                    return
                 if follower.offer(record):
                     yield record
