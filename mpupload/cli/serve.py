@@ -7,6 +7,7 @@ The database defaults to SQLite in the user's data directory; ``--database-url``
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..errors import UsageError
@@ -25,6 +26,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--token-ttl", type=float, help="token lifetime in seconds (env MPUPLOAD_TOKEN_TTL)")
     p.add_argument("--access-log", action="store_true",
                    help="log every request (off by default: at 500 progress reports/s it costs a third of the CPU)")
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated Host names to answer, '*' for any (env MPUPLOAD_ALLOWED_HOSTS; default: "
+                        "localhost, 127.0.0.1, ::1 and --host)")
+    p.add_argument("--forwarded-allow-ips", metavar="ADDRESSES",
+                   help="comma-separated proxy addresses or networks whose X-Forwarded-For/-Proto is trusted "
+                        "(env MPUPLOAD_FORWARDED_ALLOW_IPS; default: none, the peer is the client)")
+    p.add_argument("--limit-concurrency", type=int, metavar="N",
+                   help="open connections before new requests get 503 (env MPUPLOAD_LIMIT_CONCURRENCY; "
+                        "default 2048, less under a low open-file limit)")
+    p.add_argument("--certfile", help="serve HTTPS with this certificate chain (PEM); needs --keyfile")
+    p.add_argument("--keyfile", help="the private key (PEM) of --certfile")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.set_defaults(func=run)
 
@@ -34,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..server.app import create_app
+        from ..server.edge import http_protocol
         from ..server.settings import Settings
     except ImportError as exc:
         raise UsageError(f"the server needs the 'server' extra ({exc.name} is missing): "
@@ -42,11 +55,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.token_ttl is not None and args.token_ttl <= 0:
         raise UsageError(f"--token-ttl must be positive, got {args.token_ttl}")
+    if args.limit_concurrency is not None and args.limit_concurrency <= 0:
+        raise UsageError(f"--limit-concurrency must be positive, got {args.limit_concurrency}")
+    if bool(args.certfile) != bool(args.keyfile):
+        raise UsageError("--certfile and --keyfile go together")
+    for tls_file in (args.certfile, args.keyfile):
+        if tls_file and not os.path.isfile(tls_file):
+            raise UsageError(f"{tls_file}: no such file")
     settings = Settings.from_env(database_url=args.database_url, broker_url=args.broker_url, host=args.host,
-                                 port=args.port, token_ttl_s=args.token_ttl)
+                                 port=args.port, token_ttl_s=args.token_ttl, allowed_hosts=args.allowed_hosts,
+                                 forwarded_allow_ips=args.forwarded_allow_ips,
+                                 limit_concurrency=args.limit_concurrency)
     app = create_app(settings)
     # No permessage-deflate: events are a few hundred bytes, and compressing every one of them for every
-    # subscriber cost more CPU than it saved bytes.
+    # subscriber cost more CPU than it saved bytes. proxy_headers is off here: create_app reads forwarded
+    # headers itself, and only from --forwarded-allow-ips (uvicorn's own default trusts 127.0.0.1).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="debug" if args.debug else "info",
-                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False)
+                access_log=args.access_log, lifespan="on", ws_per_message_deflate=False,
+                proxy_headers=False, server_header=False,
+                http=http_protocol(settings.header_timeout_s), limit_concurrency=settings.limit_concurrency,
+                timeout_keep_alive=5, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile)
     return EXIT_OK

@@ -13,6 +13,13 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_HISTORY_LIMIT``         samples kept per upload for the chart
 ``MPUPLOAD_TOKEN_RECHECK``         seconds between token re-checks on a long-lived WebSocket
 ``MPUPLOAD_SUBSCRIBER_BUFFER``     events held for a subscriber that reads slowly (then latest wins)
+``MPUPLOAD_ALLOWED_HOSTS``         comma-separated ``Host`` names answered (``*``: any); default
+                                   loopback and ``--host``
+``MPUPLOAD_FORWARDED_ALLOW_IPS``   comma-separated proxies whose ``X-Forwarded-For`` is trusted;
+                                   default none
+``MPUPLOAD_LIMIT_CONCURRENCY``     open connections (WebSockets too) before new requests get 503
+``MPUPLOAD_HEADER_TIMEOUT``        seconds a request's headers may take to arrive
+``MPUPLOAD_BODY_TIMEOUT``          seconds a request's body may take to arrive (then 408)
 =================================  ==========================================================
 """
 
@@ -30,6 +37,23 @@ __all__ = ["Settings", "default_database_url", "normalize_database_url"]
 DEFAULT_TOKEN_TTL_S = 30 * 24 * 3600.0
 DEFAULT_LIVE_AFTER_S = 30.0
 DEFAULT_HISTORY_LIMIT = 600
+DEFAULT_LIMIT_CONCURRENCY = 2048
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 10.0
+
+
+def default_limit_concurrency() -> int:
+    """2048 connections, or fewer when the open-file limit is lower: past the cap a request gets 503; past the
+    file limit the server could not even open a database connection."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return DEFAULT_LIMIT_CONCURRENCY
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_LIMIT_CONCURRENCY
+    return max(16, min(DEFAULT_LIMIT_CONCURRENCY, soft - 128))
 
 
 def default_database_url(env: Mapping[str, str] | None = None) -> str:
@@ -81,6 +105,11 @@ class Settings:
     history_limit: int = DEFAULT_HISTORY_LIMIT
     token_recheck_s: float = 30.0
     subscriber_buffer: int = 256
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    forwarded_allow_ips: tuple[str, ...] = ()
+    limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,15 +124,28 @@ class Settings:
         host: str | None = None,
         port: int | None = None,
         token_ttl_s: float | None = None,
+        allowed_hosts: str | None = None,
+        forwarded_allow_ips: str | None = None,
+        limit_concurrency: int | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from explicit values, falling back to the environment, then to defaults."""
+        from .edge import check_forwarded_allow_ips, default_allowed_hosts
+
         env = os.environ if env is None else env
         raw_db = database_url or env.get("MPUPLOAD_DATABASE_URL") or default_database_url(env)
+        listen = host or "127.0.0.1"
+        hosts = _names(allowed_hosts if allowed_hosts is not None else env.get("MPUPLOAD_ALLOWED_HOSTS"))
+        proxies = _names(forwarded_allow_ips if forwarded_allow_ips is not None
+                         else env.get("MPUPLOAD_FORWARDED_ALLOW_IPS"))
+        try:
+            proxies = check_forwarded_allow_ips(proxies)
+        except ValueError as exc:
+            raise UsageError(f"--forwarded-allow-ips: {exc}") from None
         return cls(
             database_url=normalize_database_url(raw_db),
             broker_url=broker_url or env.get("MPUPLOAD_BROKER_URL") or None,
-            host=host or "127.0.0.1",
+            host=listen,
             port=8000 if port is None else port,
             token_ttl_s=token_ttl_s if token_ttl_s is not None else _number(env, "MPUPLOAD_TOKEN_TTL",
                                                                             DEFAULT_TOKEN_TTL_S),
@@ -114,4 +156,15 @@ class Settings:
             history_limit=int(_number(env, "MPUPLOAD_HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT)),
             token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 30.0),
             subscriber_buffer=int(_number(env, "MPUPLOAD_SUBSCRIBER_BUFFER", 256)),
+            allowed_hosts=tuple(h.lower() for h in hosts) if hosts else default_allowed_hosts(listen),
+            forwarded_allow_ips=proxies,
+            limit_concurrency=limit_concurrency if limit_concurrency is not None else int(
+                _number(env, "MPUPLOAD_LIMIT_CONCURRENCY", default_limit_concurrency())),
+            header_timeout_s=_number(env, "MPUPLOAD_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S),
+            body_timeout_s=_number(env, "MPUPLOAD_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S),
         )
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
