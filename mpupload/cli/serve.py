@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..server.app import create_app
-        from ..server.edge import http_protocol
+        from ..server.edge import RECORD_BODY_BYTES, http_protocol
         from ..server.settings import Settings
     except ImportError as exc:
         raise UsageError(f"the server needs the 'server' extra ({exc.name} is missing): "
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     # headers itself, and only from --forwarded-allow-ips (uvicorn's own default trusts 127.0.0.1).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="debug" if args.debug else "info",
                 access_log=args.access_log, lifespan="on", ws_per_message_deflate=False,
+                ws_max_size=RECORD_BODY_BYTES,  # a GraphQL message is a query, never more than a record
                 proxy_headers=False, server_header=False,
                 http=http_protocol(settings.header_timeout_s), limit_concurrency=settings.limit_concurrency,
                 timeout_keep_alive=5, ssl_certfile=args.certfile, ssl_keyfile=args.keyfile)

@@ -282,6 +282,19 @@ def test_connections_over_the_cap_get_503(edge_server: ServerProcess) -> None:
         assert time.monotonic() < end, "still 503 after the held connections closed"
 
 
+def test_a_websocket_message_is_capped_like_a_record(edge_server: ServerProcess) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = edge_server.base_url.replace("http://", "ws://") + "/graphql"
+    with connect(url, subprotocols=["graphql-transport-ws"], open_timeout=5) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"type": "connection_init", "payload": {"token": "x" * (RECORD_BODY_BYTES + 1)}}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+    _healthy(edge_server)
+
+
 # -- hosts, forwarded headers, security headers ------------------------------------------------------------------
 
 
