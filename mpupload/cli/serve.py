@@ -2,18 +2,21 @@
 
 The database defaults to SQLite in the user's data directory; ``--database-url`` (or
 ``MPUPLOAD_DATABASE_URL``) takes ``sqlite:///PATH`` or ``postgresql://USER@HOST/DB``. Migrations run at start.
+Requests for other host names than loopback and --host are refused (--allowed-hosts); off loopback, serve
+HTTPS (--certfile/--keyfile) or put a TLS proxy in front (--forwarded-allow-ips). See docs/server.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from ..errors import UsageError
 from .errors import EXIT_OK
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "wildcard_warning"]
 
 
 def add_parser(sub: Any) -> None:
@@ -41,6 +44,14 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def wildcard_warning(host: str, allowed_hosts: tuple[str, ...], chosen: str | None) -> str | None:
+    """What to say when the server listens on every address but answers only the default host names."""
+    if host not in ("0.0.0.0", "::") or chosen:
+        return None
+    return (f"listening on {host}, but answering only requests for {', '.join(allowed_hosts)}: "
+            "pass --allowed-hosts with the names clients use")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -66,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
                                  port=args.port, token_ttl_s=args.token_ttl, allowed_hosts=args.allowed_hosts,
                                  forwarded_allow_ips=args.forwarded_allow_ips,
                                  limit_concurrency=args.limit_concurrency)
+    warning = wildcard_warning(settings.host, settings.allowed_hosts,
+                               args.allowed_hosts or os.environ.get("MPUPLOAD_ALLOWED_HOSTS"))
+    if warning:
+        print(f"mpupload: warning: {warning}", file=sys.stderr, flush=True)
     app = create_app(settings)
     # No permessage-deflate: events are a few hundred bytes, and compressing every one of them for every
     # subscriber cost more CPU than it saved bytes. proxy_headers is off here: create_app reads forwarded

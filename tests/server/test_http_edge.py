@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mpupload.cli.serve import wildcard_warning
 from mpupload.server.app import create_app
-from mpupload.server.edge import AUTH_BODY_BYTES, RECORD_BODY_BYTES, host_allowed
+from mpupload.server.edge import AUTH_BODY_BYTES, LOOPBACK_HOSTS, RECORD_BODY_BYTES, host_allowed
 from mpupload.server.settings import Settings
 from tests.support.tls import make_tls
 
@@ -338,6 +339,10 @@ def test_host_patterns() -> None:
     assert Settings.from_env(host="10.1.2.3", env=env).allowed_hosts == ("localhost", "127.0.0.1", "::1", "10.1.2.3")
     assert Settings.from_env(host="0.0.0.0", env=env).allowed_hosts == ("localhost", "127.0.0.1", "::1")
     assert Settings.from_env(env={**env, "MPUPLOAD_ALLOWED_HOSTS": "A.example, b"}).allowed_hosts == ("a.example", "b")
+    # listening everywhere with only the loopback names allowed: serve says so at start
+    assert "--allowed-hosts" in (wildcard_warning("0.0.0.0", LOOPBACK_HOSTS, None) or "")
+    assert wildcard_warning("0.0.0.0", ("a.example",), "a.example") is None
+    assert wildcard_warning("127.0.0.1", LOOPBACK_HOSTS, None) is None
 
 
 def test_forwarded_for_does_not_dodge_the_per_address_limit(edge_server: ServerProcess) -> None:
