@@ -339,6 +339,10 @@ def http_protocol(header_timeout_s: float, max_header_bytes: int = 64 * 1024) ->
             if not self._refused:
                 super().on_headers_complete()
 
+        def handle_websocket_upgrade(self) -> None:
+            if not self._refused:  # headers cut off at the cap never become a WebSocket
+                super().handle_websocket_upgrade()
+
         def on_body(self, body: bytes) -> None:
             if not self._refused:
                 super().on_body(body)
