@@ -30,7 +30,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["EdgeMiddleware", "AUTH_BODY_BYTES", "RECORD_BODY_BYTES", "PROGRESS_BODY_BYTES", "LOOPBACK_HOSTS",
-           "body_limit", "client_address", "default_allowed_hosts", "host_allowed", "http_protocol"]
+           "body_limit", "client_address", "default_allowed_hosts", "host_allowed", "host_name", "http_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def default_allowed_hosts(listen_host: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*LOOPBACK_HOSTS, *extra)))
 
 
-def _host_name(value: str) -> str:
+def host_name(value: str) -> str:
     """``Host`` without its port, lower case, IPv6 without brackets."""
     value = value.strip().lower()
     if value.startswith("["):
@@ -89,7 +89,7 @@ def host_allowed(host_header: str | None, allowed: Iterable[str]) -> bool:
         return True
     if not host_header:
         return False
-    name = _host_name(host_header).rstrip(".")
+    name = host_name(host_header).rstrip(".")
     for pattern in allowed:
         if pattern.startswith("*.") and (name.endswith(pattern[1:]) or name == pattern[2:]):
             return True

@@ -130,7 +130,7 @@ class Settings:
         env: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from explicit values, falling back to the environment, then to defaults."""
-        from .edge import check_forwarded_allow_ips, default_allowed_hosts
+        from .edge import check_forwarded_allow_ips, default_allowed_hosts, host_name
 
         env = os.environ if env is None else env
         raw_db = database_url or env.get("MPUPLOAD_DATABASE_URL") or default_database_url(env)
@@ -156,7 +156,7 @@ class Settings:
             history_limit=int(_number(env, "MPUPLOAD_HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT)),
             token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 30.0),
             subscriber_buffer=int(_number(env, "MPUPLOAD_SUBSCRIBER_BUFFER", 256)),
-            allowed_hosts=tuple(h.lower() for h in hosts) if hosts else default_allowed_hosts(listen),
+            allowed_hosts=tuple(host_name(h) for h in hosts) if hosts else default_allowed_hosts(listen),
             forwarded_allow_ips=proxies,
             limit_concurrency=limit_concurrency if limit_concurrency is not None else int(
                 _number(env, "MPUPLOAD_LIMIT_CONCURRENCY", default_limit_concurrency())),

@@ -349,7 +349,8 @@ def test_host_patterns() -> None:
     env = {"MPUPLOAD_DATABASE_URL": "sqlite:///x.db"}
     assert Settings.from_env(host="10.1.2.3", env=env).allowed_hosts == ("localhost", "127.0.0.1", "::1", "10.1.2.3")
     assert Settings.from_env(host="0.0.0.0", env=env).allowed_hosts == ("localhost", "127.0.0.1", "::1")
-    assert Settings.from_env(env={**env, "MPUPLOAD_ALLOWED_HOSTS": "A.example, b"}).allowed_hosts == ("a.example", "b")
+    chosen = Settings.from_env(env={**env, "MPUPLOAD_ALLOWED_HOSTS": "A.example:8000, b, [::1]"})
+    assert chosen.allowed_hosts == ("a.example", "b", "::1")
     # listening everywhere with only the loopback names allowed: serve says so at start
     assert "--allowed-hosts" in (wildcard_warning("0.0.0.0", LOOPBACK_HOSTS, None) or "")
     assert wildcard_warning("0.0.0.0", ("a.example",), "a.example") is None
