@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from mpupload.cli.serve import wildcard_warning
+from mpupload.server.api import ingest
 from mpupload.server.app import create_app
-from mpupload.server.edge import AUTH_BODY_BYTES, LOOPBACK_HOSTS, RECORD_BODY_BYTES, host_allowed
+from mpupload.server.edge import AUTH_BODY_BYTES, LOOPBACK_HOSTS, PROGRESS_BODY_BYTES, RECORD_BODY_BYTES, host_allowed
 from mpupload.server.settings import Settings
 from tests.support.tls import make_tls
 
@@ -216,6 +217,7 @@ def test_record_bodies_are_capped_and_small_ones_pass(edge_server: ServerProcess
                            json={"query": "{ __typename }" + " " * RECORD_BODY_BYTES})
     assert big_query.status_code == 413
     # a progress report keeps its own, larger limit (1 MiB): 100 KiB is still read and judged on its content
+    assert PROGRESS_BODY_BYTES == ingest.MAX_BODY_BYTES
     report = httpx.post(f"{edge_server.base_url}/api/v1/uploads/{created.json()['id']}/progress", headers=auth,
                         json={"seq": 1, "status": "running", "bytes_done": 0, "pad": "x" * 100_000})
     assert report.status_code != 413, report.text
