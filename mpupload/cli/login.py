@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from .. import errors as E
 from ..client import ApiAuthError, ApiClient, ApiUnreachable, Credentials, credentials_path, load_credentials
@@ -78,8 +80,26 @@ def _username(args: argparse.Namespace) -> str:
     raise E.UsageError("no user name: pass --username NAME")
 
 
+def plain_http_to_remote(url: str) -> bool:
+    """Whether a password sent to ``url`` would cross a network in clear text: ``http://`` to a host that is
+    not loopback (``localhost`` names and 127.0.0.0/8, ::1 are loopback; any other name may not be)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 def run_login(args: argparse.Namespace) -> int:
     url = _api_url(args.api_url)
+    if plain_http_to_remote(url):  # before the password is asked, so there is time to stop
+        print(f"warning: {url} is plain http: the password crosses the network unencrypted (use https://)",
+              file=sys.stderr, flush=True)
     args.username = _username(args)
     password = _password(args)
     client = ApiClient(url, connect_timeout_s=3.0, read_timeout_s=LOGIN_TIMEOUT_S)

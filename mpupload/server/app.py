@@ -29,6 +29,7 @@ from .bus import Bus, make_bus
 from .bus.signing import attach_signer, load_signer
 from .db import make_engine, make_sessionmaker, upgrade
 from .db.engine import UNAVAILABLE, unavailable_reason
+from .edge import EdgeMiddleware
 from .graphql import build_graphql_router
 from .graphql.sessions import Sessions
 from .settings import Settings
@@ -57,9 +58,16 @@ async def _database_unavailable(conn: Request | WebSocket, exc: Exception) -> Re
 
 
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
-    """A ready-to-serve ASGI app for ``settings`` (FastAPI, with the progress endpoint in front)."""
+    """A ready-to-serve ASGI app for ``settings`` (FastAPI, with the progress endpoint in front, and the HTTP
+    edge checks of :mod:`.edge` in front of that; forwarded headers are read only from trusted proxies)."""
     app = _build(settings, bus)
     app.add_middleware(ProgressEndpoint, fastapi_app=app)
+    app.add_middleware(EdgeMiddleware, allowed_hosts=settings.allowed_hosts, body_timeout_s=settings.body_timeout_s)
+    if settings.forwarded_allow_ips:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        # outermost, so the Host check and the login limiter see the client the proxy saw
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.forwarded_allow_ips))
     return app
 
 

@@ -15,6 +15,13 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_SUBSCRIBER_BUFFER``     events held for a subscriber that reads slowly (then latest wins)
 ``MPUPLOAD_WS_MAX_PER_USER``       GraphQL WebSockets one user may hold on one server (then 4429)
 ``MPUPLOAD_WS_MAX_OPERATIONS``     operations (subscriptions) running at once on one WebSocket
+``MPUPLOAD_ALLOWED_HOSTS``         comma-separated ``Host`` names answered (``*``: any); default
+                                   loopback and ``--host``
+``MPUPLOAD_FORWARDED_ALLOW_IPS``   comma-separated proxies whose ``X-Forwarded-For`` is trusted;
+                                   default none
+``MPUPLOAD_LIMIT_CONCURRENCY``     open connections (WebSockets too) before new requests get 503
+``MPUPLOAD_HEADER_TIMEOUT``        seconds a request's headers may take to arrive
+``MPUPLOAD_BODY_TIMEOUT``          seconds a request's body may take to arrive (then 408)
 =================================  ==========================================================
 
 ``debug`` (``serve --debug``) also turns GraphQL introspection on.
@@ -34,6 +41,23 @@ __all__ = ["Settings", "default_database_url", "normalize_database_url"]
 DEFAULT_TOKEN_TTL_S = 30 * 24 * 3600.0
 DEFAULT_LIVE_AFTER_S = 30.0
 DEFAULT_HISTORY_LIMIT = 600
+DEFAULT_LIMIT_CONCURRENCY = 2048
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 10.0
+
+
+def default_limit_concurrency() -> int:
+    """2048 connections, or fewer when the open-file limit is lower: past the cap a request gets 503; past the
+    file limit the server could not even open a database connection."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return DEFAULT_LIMIT_CONCURRENCY
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_LIMIT_CONCURRENCY
+    return max(16, min(DEFAULT_LIMIT_CONCURRENCY, soft - 128))
 
 
 def default_database_url(env: Mapping[str, str] | None = None) -> str:
@@ -88,6 +112,11 @@ class Settings:
     ws_max_per_user: int = 32
     ws_max_operations: int = 4
     debug: bool = False
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    forwarded_allow_ips: tuple[str, ...] = ()
+    limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     @property
     def is_sqlite(self) -> bool:
@@ -103,15 +132,28 @@ class Settings:
         port: int | None = None,
         token_ttl_s: float | None = None,
         debug: bool = False,
+        allowed_hosts: str | None = None,
+        forwarded_allow_ips: str | None = None,
+        limit_concurrency: int | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from explicit values, falling back to the environment, then to defaults."""
+        from .edge import check_forwarded_allow_ips, default_allowed_hosts, host_name
+
         env = os.environ if env is None else env
         raw_db = database_url or env.get("MPUPLOAD_DATABASE_URL") or default_database_url(env)
+        listen = host or "127.0.0.1"
+        hosts = _names(allowed_hosts if allowed_hosts is not None else env.get("MPUPLOAD_ALLOWED_HOSTS"))
+        proxies = _names(forwarded_allow_ips if forwarded_allow_ips is not None
+                         else env.get("MPUPLOAD_FORWARDED_ALLOW_IPS"))
+        try:
+            proxies = check_forwarded_allow_ips(proxies)
+        except ValueError as exc:
+            raise UsageError(f"--forwarded-allow-ips: {exc}") from None
         return cls(
             database_url=normalize_database_url(raw_db),
             broker_url=broker_url or env.get("MPUPLOAD_BROKER_URL") or None,
-            host=host or "127.0.0.1",
+            host=listen,
             port=8000 if port is None else port,
             token_ttl_s=token_ttl_s if token_ttl_s is not None else _number(env, "MPUPLOAD_TOKEN_TTL",
                                                                             DEFAULT_TOKEN_TTL_S),
@@ -125,4 +167,15 @@ class Settings:
             ws_max_per_user=int(_number(env, "MPUPLOAD_WS_MAX_PER_USER", 32)),
             ws_max_operations=int(_number(env, "MPUPLOAD_WS_MAX_OPERATIONS", 4)),
             debug=debug,
+            allowed_hosts=tuple(host_name(h) for h in hosts) if hosts else default_allowed_hosts(listen),
+            forwarded_allow_ips=proxies,
+            limit_concurrency=limit_concurrency if limit_concurrency is not None else int(
+                _number(env, "MPUPLOAD_LIMIT_CONCURRENCY", default_limit_concurrency())),
+            header_timeout_s=_number(env, "MPUPLOAD_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S),
+            body_timeout_s=_number(env, "MPUPLOAD_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S),
         )
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())

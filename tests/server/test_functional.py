@@ -33,7 +33,7 @@ async def _stop_flow(backend: Backend) -> None:
     bus = RecordingBus()
     app = create_app(Settings.from_env(database_url=backend.database_url, env={}), bus=bus)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
             token = (await client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}
                                        )).json()["token"]
             headers = {"Authorization": f"Bearer {token}"}

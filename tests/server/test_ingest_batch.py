@@ -160,7 +160,7 @@ async def _concurrent_reports(backend: Backend, user: str) -> None:
     app = create_app(Settings.from_env(database_url=backend.database_url, env={}))
     rng = random.Random(7)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
             token = (await client.post("/api/v1/auth/login", json={"username": user, "password": PASSWORD}
                                        )).json()["token"]
             headers = {"Authorization": f"Bearer {token}"}

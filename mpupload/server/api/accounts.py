@@ -12,6 +12,7 @@ from sqlalchemy import select
 from ..auth import issue_token, revoke_token, verify_password
 from ..bus.revocation import publish_revocation
 from ..db.models import User, as_utc
+from ..edge import client_address
 from .deps import SessionDep, StateDep, TokenDep, UserDep
 
 __all__ = ["router"]
@@ -26,7 +27,7 @@ class LoginIn(BaseModel):
 
 @router.post("/auth/login")
 async def login(body: LoginIn, request: Request, state: StateDep, session: SessionDep) -> dict[str, Any]:
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     wait = state.limiter.retry_after(body.username, address)
     if wait is not None:
         raise HTTPException(429, f"too many failed logins; try again in {math.ceil(wait)} s",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -12,6 +16,36 @@ __all__ = ["make_engine", "make_sessionmaker", "make_sqlite_writer_engine", "SQL
            "unavailable_reason"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+log = logging.getLogger(__name__)
+
+
+def _private_sqlite_file(database_url: str) -> None:
+    """Create the SQLite file 0600 in a 0700 directory before SQLite opens it (it holds password hashes).
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's mode, so they are 0600 too. A file
+    created earlier with wider permissions is narrowed to 0600, with a warning.
+    """
+    database = make_url(database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            log.warning("%s was readable by others (mode %04o): narrowed to 0600", path, mode)
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if stat.S_IMODE(extra.stat().st_mode) & 0o077:
+                extra.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -48,6 +82,7 @@ def unavailable_reason(exc: BaseException) -> str | None:
 def make_engine(database_url: str) -> AsyncEngine:
     """An async engine for a driver URL (see :func:`mpupload.server.settings.normalize_database_url`)."""
     if database_url.startswith("sqlite"):
+        _private_sqlite_file(database_url)
         engine = create_async_engine(database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
