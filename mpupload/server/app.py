@@ -75,7 +75,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
             app.state.server = ServerState(
                 settings=settings, sessionmaker=make_sessionmaker(engine),
                 limiter=LoginRateLimiter(settings.login_max_per_user, settings.login_max_per_address,
-                                         settings.login_window_s),
+                                         settings.login_window_s, max_keys=settings.login_max_keys),
                 bus=chosen_bus, writer=writer)
             app.state.bus = chosen_bus
             # Everything imported and built so far lives as long as the process: keep it out of the cyclic

@@ -6,13 +6,15 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_DATABASE_URL``          ``sqlite:///PATH`` or ``postgresql://...`` (driver added)
 ``MPUPLOAD_BROKER_URL``            pub/sub backend; unset means in-process
 ``MPUPLOAD_TOKEN_TTL``             token lifetime in seconds
-``MPUPLOAD_LOGIN_MAX_PER_USER``    failed logins per user per window before 429
+``MPUPLOAD_LOGIN_MAX_PER_USER``    failed logins per user from one address per window before 429
 ``MPUPLOAD_LOGIN_MAX_PER_ADDRESS`` failed logins per client address per window before 429
 ``MPUPLOAD_LOGIN_WINDOW``          the rate-limit window in seconds
 ``MPUPLOAD_LIVE_AFTER``            an upload is no longer ``live`` after this many silent seconds
 ``MPUPLOAD_HISTORY_LIMIT``         samples kept per upload for the chart
 ``MPUPLOAD_TOKEN_RECHECK``         seconds between token re-checks on a long-lived WebSocket
 ``MPUPLOAD_SUBSCRIBER_BUFFER``     events held for a subscriber that reads slowly (then latest wins)
+``MPUPLOAD_MAX_UPLOADS_PER_USER``  upload records a user may have; one more is refused with 409
+``MPUPLOAD_LOGIN_MAX_KEYS``        (address, user) pairs and addresses the login limiter remembers
 =================================  ==========================================================
 """
 
@@ -81,6 +83,8 @@ class Settings:
     history_limit: int = DEFAULT_HISTORY_LIMIT
     token_recheck_s: float = 30.0
     subscriber_buffer: int = 256
+    max_uploads_per_user: int = 10_000
+    login_max_keys: int = 10_000
 
     @property
     def is_sqlite(self) -> bool:
@@ -114,4 +118,6 @@ class Settings:
             history_limit=int(_number(env, "MPUPLOAD_HISTORY_LIMIT", DEFAULT_HISTORY_LIMIT)),
             token_recheck_s=_number(env, "MPUPLOAD_TOKEN_RECHECK", 30.0),
             subscriber_buffer=int(_number(env, "MPUPLOAD_SUBSCRIBER_BUFFER", 256)),
+            max_uploads_per_user=int(_number(env, "MPUPLOAD_MAX_UPLOADS_PER_USER", 10_000)),
+            login_max_keys=int(_number(env, "MPUPLOAD_LOGIN_MAX_KEYS", 10_000)),
         )

@@ -20,7 +20,7 @@ from ..settings import Settings
 from ..uploads import ProgressWriter
 
 __all__ = ["ServerState", "server_state", "db_session", "bearer_token", "current_user", "StateDep", "SessionDep",
-           "UserDep", "TokenDep", "unauthorized"]
+           "UserDep", "TokenDep", "unauthorized", "client_address"]
 
 
 @dataclass
@@ -48,6 +48,11 @@ async def db_session(state: StateDep) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(db_session)]
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the login limiter keys it: the one place that decides which address counts."""
+    return request.client.host if request.client else "unknown"
 
 
 def unauthorized(detail: str) -> HTTPException:
