@@ -16,7 +16,7 @@ upload id                   64 characters      ids are 16; a longer one is simpl
 ``key``                     1024 bytes         S3's own key limit
 ``bucket``, ``host``        255 characters     their columns
 ``checksum``, ``etag``      1024 bytes
-``error``                   4096 bytes
+``error``                   64 KiB             room for a store's whole error answer
 ``resume_command``          8192 bytes
 every text                  no NUL, valid      PostgreSQL cannot store either
                             Unicode
@@ -43,7 +43,7 @@ MAX_KEY_BYTES = 1024
 MAX_BUCKET_CHARS = 255
 MAX_HOST_CHARS = 255
 #: the free-text fields of a progress report, in bytes
-MAX_TEXT_BYTES = {"checksum": 1024, "etag": 1024, "error": 4096, "resume_command": 8192, "status": 64}
+MAX_TEXT_BYTES = {"checksum": 1024, "etag": 1024, "error": 65536, "resume_command": 8192, "status": 64}
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 DEFAULT_MAX_UPLOADS_PER_USER = 10_000
