@@ -157,7 +157,9 @@ CASES: list[tuple[str, str, str, str, Any, int | tuple[int, ...]]] = [
     ("progress: NUL in the id", "POST", "/uploads/ab%00cd/progress", "valid", report(), 404),
     ("progress: id of 200 characters", "POST", "/uploads/" + "i" * 200 + "/progress", "valid", report(), 404),
     ("progress: 2 MiB body", "POST", "/uploads/{id}/progress", "valid", report(error="e" * 2 * 1024**2), 413),
+    ("progress: invalid UTF-8 in the id", "POST", "/uploads/%ED%A0%80/progress", "valid", report(), 404),
     ("get: NUL in the id", "GET", "/uploads/ab%00cd", "valid", None, 404),
+    ("get: invalid UTF-8 in the id", "GET", "/uploads/%ED%A0%80%FF", "valid", None, 404),
     ("get: id of 200 characters", "GET", "/uploads/" + "i" * 200, "valid", None, 404),
 ]
 
