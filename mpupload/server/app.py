@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
@@ -32,6 +34,7 @@ from .db.engine import UNAVAILABLE, unavailable_reason
 from .edge import EdgeMiddleware
 from .graphql import build_graphql_router
 from .graphql.sessions import Sessions
+from .limits import InputError
 from .settings import Settings
 from .uploads import progress_writer
 from .web import mount_dashboard
@@ -55,6 +58,25 @@ async def _database_unavailable(conn: Request | WebSocket, exc: Exception) -> Re
         return None
     log.warning("database unavailable (%s): %s %s answered 503", reason, conn.method, conn.url.path)
     return JSONResponse({"detail": UNAVAILABLE_DETAIL}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    """422 naming each wrong field (``loc``, ``msg``, ``type``) without echoing what was sent: FastAPI's own
+    answer repeats the input, which may be a password, megabytes, or a lone surrogate that cannot be encoded
+    (a 500). ASCII JSON, so nothing in it can fail to encode. A refusal by :mod:`.limits` (an
+    :class:`~.limits.InputError` from a request dataclass) is a plain message, as the CLI shows it."""
+    errors = exc.errors()
+    ours = [error.get("ctx", {}).get("error") for error in errors]
+    detail: str | list[dict[str, Any]]
+    for error in ours:
+        if isinstance(error, BaseException):  # its frames hold the whole input until the cyclic GC runs
+            error.__traceback__ = None
+    if errors and all(isinstance(error, InputError) for error in ours):
+        detail = "; ".join(str(error) for error in ours)
+    else:
+        detail = [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")),
+                   "type": str(error.get("type", ""))} for error in errors]
+    return Response(json.dumps({"detail": detail}, default=str), status_code=422, media_type="application/json")
 
 
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
@@ -92,7 +114,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
             app.state.server = ServerState(
                 settings=settings, sessionmaker=sessionmaker,
                 limiter=LoginRateLimiter(settings.login_max_per_user, settings.login_max_per_address,
-                                         settings.login_window_s),
+                                         settings.login_window_s, max_keys=settings.login_max_keys),
                 bus=chosen_bus, writer=writer)
             app.state.bus = chosen_bus
             app.state.sessions = sessions = Sessions(sessionmaker, settings.token_recheck_s,
@@ -116,6 +138,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
 
     # No /docs or /redoc: they load their scripts from a CDN (the OpenAPI schema stays at /openapi.json)
     app = FastAPI(title="mpupload", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_exception_handler(RequestValidationError, cast(Any, _invalid_request))
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, cast(Any, _database_unavailable))  # one handler for HTTP and WebSocket
     app.include_router(build_router())

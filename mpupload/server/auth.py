@@ -4,9 +4,9 @@
   serving progress reports.
 * Tokens are opaque random strings (``secrets.token_urlsafe(32)``) handed out once; the database keeps only
   their SHA-256, an expiry and a revoked flag.
-* :class:`LoginRateLimiter` counts *failed* logins per user name and per client address in a sliding window.
-  It lives in the process: with several replicas each one counts on its own, so the effective limit is
-  the configured one times the number of replicas.
+* :class:`LoginRateLimiter` counts *failed* logins per (client address, user name) and per client address in
+  a sliding window, in bounded memory. It lives in the process: with several replicas each one counts on its
+  own, so the effective limit is the configured one times the number of replicas.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import datetime as dt
 import hashlib
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -112,37 +113,72 @@ async def revoke_user_tokens(session: AsyncSession, user_id: int) -> int:
 
 
 class LoginRateLimiter:
-    """Sliding-window count of failed logins per key (``user:NAME``, ``addr:IP``), in this process only."""
+    """Sliding-window count of *failed* logins, in this process only, in bounded memory.
+
+    Two counts: per (client address, user name) pair, limited to ``max_per_user`` (so a stranger's wrong
+    passwords lock the name only from the stranger's address, never the owner out from theirs), and per
+    client address, limited to ``max_per_address`` (a coarse cap on guessing many names from one place).
+    A correct password is not counted and clears its pair (the address keeps its count). Asking whether an
+    attempt is allowed stores nothing. Each map holds at most ``max_keys`` keys: a key is forgotten once its
+    newest failure is older than the window, and when the map is full the least recently failed key goes.
+    Each key keeps at most its limit of timestamps, and user names are length-checked before they get here
+    (:data:`..limits.MAX_USERNAME_BYTES`), so the limiter's memory is bounded whatever clients send.
+    """
 
     def __init__(self, max_per_user: int, max_per_address: int, window_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._limits = {"user": max_per_user, "addr": max_per_address}
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
+        self._max_per_pair = max(1, max_per_user)
+        self._max_per_address = max(1, max_per_address)
         self._window_s = window_s
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self._max_keys = max(1, max_keys)
+        #: key -> its newest failures, oldest first; the map is ordered by the newest failure, oldest first
+        self._pairs: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._addresses: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, key: str) -> deque[float]:
-        now = self._clock()
-        entries = self._failures.setdefault(key, deque())
-        while entries and now - entries[0] >= self._window_s:
-            entries.popleft()
-        return entries
+    def __len__(self) -> int:
+        """How many keys are remembered (both maps)."""
+        return len(self._pairs) + len(self._addresses)
+
+    def _expire(self, failures: OrderedDict[Any, deque[float]], now: float) -> None:
+        while failures:
+            _, entries = next(iter(failures.items()))
+            if now - entries[-1] < self._window_s:
+                break
+            failures.popitem(last=False)
+
+    def _wait(self, entries: deque[float] | None, limit: int, now: float) -> float | None:
+        if entries is None:
+            return None
+        recent = [t for t in entries if now - t < self._window_s]
+        if len(recent) < limit:
+            return None
+        return self._window_s - (now - recent[-limit])
 
     def retry_after(self, username: str, address: str) -> float | None:
-        """Seconds until another attempt is allowed, or ``None`` when it is allowed now."""
-        waits: list[float] = []
-        for kind, value in (("user", username), ("addr", address)):
-            entries = self._recent(f"{kind}:{value}")
-            if len(entries) >= self._limits[kind]:
-                waits.append(self._window_s - (self._clock() - entries[0]))
+        """Seconds until another attempt is allowed, or ``None`` when it is allowed now (stores nothing)."""
+        now = self._clock()
+        waits = [wait for wait in (self._wait(self._pairs.get((address, username)), self._max_per_pair, now),
+                                   self._wait(self._addresses.get(address), self._max_per_address, now))
+                 if wait is not None]
         return max(waits) if waits else None
 
-    def failed(self, username: str, address: str) -> None:
-        """Record one failed attempt for both keys."""
-        now = self._clock()
-        for key in (f"user:{username}", f"addr:{address}"):
-            self._recent(key).append(now)
+    def _record(self, failures: OrderedDict[Any, deque[float]], key: Any, limit: int, now: float) -> None:
+        self._expire(failures, now)
+        entries = failures.pop(key, None)
+        if entries is None:
+            entries = deque(maxlen=limit)
+        entries.append(now)
+        failures[key] = entries  # now the newest
+        while len(failures) > self._max_keys:
+            failures.popitem(last=False)
 
-    def succeeded(self, username: str) -> None:
-        """Forget the user's failures after a good login (the address keeps its count)."""
-        self._failures.pop(f"user:{username}", None)
+    def failed(self, username: str, address: str) -> None:
+        """Record one failed attempt for the (address, user) pair and for the address."""
+        now = self._clock()
+        self._record(self._pairs, (address, username), self._max_per_pair, now)
+        self._record(self._addresses, address, self._max_per_address, now)
+
+    def succeeded(self, username: str, address: str) -> None:
+        """Forget the pair's failures after a good login (the address keeps its count)."""
+        self._pairs.pop((address, username), None)

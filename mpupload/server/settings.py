@@ -6,7 +6,7 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_DATABASE_URL``          ``sqlite:///PATH`` or ``postgresql://...`` (driver added)
 ``MPUPLOAD_BROKER_URL``            pub/sub backend; unset means in-process
 ``MPUPLOAD_TOKEN_TTL``             token lifetime in seconds
-``MPUPLOAD_LOGIN_MAX_PER_USER``    failed logins per user per window before 429
+``MPUPLOAD_LOGIN_MAX_PER_USER``    failed logins per user from one address per window before 429
 ``MPUPLOAD_LOGIN_MAX_PER_ADDRESS`` failed logins per client address per window before 429
 ``MPUPLOAD_LOGIN_WINDOW``          the rate-limit window in seconds
 ``MPUPLOAD_LIVE_AFTER``            an upload is no longer ``live`` after this many silent seconds
@@ -22,6 +22,8 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_LIMIT_CONCURRENCY``     open connections (WebSockets too) before new requests get 503
 ``MPUPLOAD_HEADER_TIMEOUT``        seconds a request's headers may take to arrive
 ``MPUPLOAD_BODY_TIMEOUT``          seconds a request's body may take to arrive (then 408)
+``MPUPLOAD_MAX_UPLOADS_PER_USER``  upload records a user may have; one more is refused with 409
+``MPUPLOAD_LOGIN_MAX_KEYS``        (address, user) pairs and addresses the login limiter remembers
 =================================  ==========================================================
 
 ``debug`` (``serve --debug``) also turns GraphQL introspection on.
@@ -117,6 +119,8 @@ class Settings:
     limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_uploads_per_user: int = 10_000
+    login_max_keys: int = 10_000
 
     @property
     def is_sqlite(self) -> bool:
@@ -173,6 +177,8 @@ class Settings:
                 _number(env, "MPUPLOAD_LIMIT_CONCURRENCY", default_limit_concurrency())),
             header_timeout_s=_number(env, "MPUPLOAD_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S),
             body_timeout_s=_number(env, "MPUPLOAD_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S),
+            max_uploads_per_user=int(_number(env, "MPUPLOAD_MAX_UPLOADS_PER_USER", 10_000)),
+            login_max_keys=int(_number(env, "MPUPLOAD_LOGIN_MAX_KEYS", 10_000)),
         )
 
 

@@ -18,6 +18,8 @@ one ``INSERT`` of the sample and the commit. Only a report that the ``UPDATE`` r
 from __future__ import annotations
 
 import datetime as dt
+import math
+import reprlib
 import secrets
 from dataclasses import dataclass
 from typing import Any, cast
@@ -46,6 +48,20 @@ from .bus.base import Bus
 from .db.engine import make_sqlite_writer_engine
 from .db.group_commit import AsyncGroupCommit, GroupCommit, ThreadedGroupCommit
 from .db.models import Sample, Token, Upload, UploadStatus, User, as_utc, utcnow
+from .limits import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_BUCKET_CHARS,
+    MAX_FILENAME_BYTES,
+    MAX_HOST_CHARS,
+    MAX_KEY_BYTES,
+    MAX_TEXT_BYTES,
+    InputError,
+    check_float,
+    check_int,
+    check_text,
+    valid_upload_id,
+)
 
 __all__ = ["ACTIVE", "ALLOWED", "ProgressError", "NotFound", "ProgressReport", "NewUpload", "create_upload",
            "new_upload_id", "get_upload", "list_uploads", "apply_progress", "ingest", "Unauthorized", "PRUNE_EVERY",
@@ -101,6 +117,16 @@ class NewUpload:
     parts_total: int = 0
     host: str = ""
 
+    def __post_init__(self) -> None:
+        """The limits of :mod:`.limits` (:class:`~.limits.InputError`, answered 422)."""
+        check_text("filename", self.filename, max_bytes=MAX_FILENAME_BYTES)
+        check_text("key", self.key, max_bytes=MAX_KEY_BYTES)
+        check_text("bucket", self.bucket, max_chars=MAX_BUCKET_CHARS)
+        check_text("host", self.host, max_chars=MAX_HOST_CHARS)
+        for name in ("total_bytes", "part_size"):
+            check_int(name, getattr(self, name))
+        check_int("parts_total", self.parts_total, INT32_MAX)
+
 
 @dataclass(frozen=True)
 class ProgressReport:
@@ -117,12 +143,34 @@ class ProgressReport:
     error: str | None = None
     resume_command: str | None = None
 
+    def __post_init__(self) -> None:
+        """The limits of :mod:`.limits`: 64-bit counts, 32-bit part counts, finite numbers, bounded text."""
+        check_text("status", self.status, max_bytes=MAX_TEXT_BYTES["status"])
+        check_int("seq", self.seq)
+        check_int("bytes_done", self.bytes_done)
+        if self.parts_done is not None:
+            check_int("parts_done", self.parts_done, INT32_MAX)
+        for name in ("speed_bps", "avg_speed_bps", "eta_seconds", "elapsed_seconds"):
+            value = getattr(self, name)
+            if value is not None:
+                check_float(name, value)
+        for name in ("checksum", "etag", "error", "resume_command"):
+            value = getattr(self, name)
+            if value is not None:
+                check_text(name, value, max_bytes=MAX_TEXT_BYTES[name])
+
 
 _REQUIRED = {"seq": int, "status": str, "bytes_done": int}
 _OPTIONAL: dict[str, tuple[type, ...]] = {
     "speed_bps": (int, float), "avg_speed_bps": (int, float), "eta_seconds": (int, float), "parts_done": (int,),
     "elapsed_seconds": (int, float), "checksum": (str,), "etag": (str,), "error": (str,), "resume_command": (str,),
 }
+
+
+def _shown(value: object) -> str:
+    """A short ``repr`` for an error message (the value may be megabytes long)."""
+    text = reprlib.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_report(data: object) -> ProgressReport:
@@ -138,16 +186,21 @@ def parse_report(data: object) -> ProgressReport:
         if value is None:
             raise ProgressError(f"missing field {name!r}: a report needs seq, status and bytes_done")
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ProgressError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+            raise ProgressError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {_shown(value)}")
         values[name] = value
     for name, kinds in _OPTIONAL.items():
         value = data.get(name)
         if value is None:
             continue
         if not isinstance(value, kinds) or isinstance(value, bool):
-            raise ProgressError(f"{name} must be {'a string' if kinds == (str,) else 'a number'}, got {value!r}")
-        values[name] = float(value) if float in kinds and isinstance(value, int | float) else value
-    return ProgressReport(**values)
+            raise ProgressError(f"{name} must be {'a string' if kinds == (str,) else 'a number'}, got {_shown(value)}")
+        if float in kinds and isinstance(value, int):
+            value = float(value) if abs(value) <= INT64_MAX else math.inf  # 10**400 is a number JSON allows
+        values[name] = value
+    try:
+        return ProgressReport(**values)
+    except InputError as exc:
+        raise ProgressError(str(exc)) from None
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -162,15 +215,25 @@ def is_live(upload: Upload, live_after_s: float, now: dt.datetime | None = None)
     return ((now or utcnow()) - last).total_seconds() < live_after_s
 
 
+def _finite(value: float | None, unknown: float | None = 0.0) -> float | None:
+    """``value``, or ``unknown`` for a NaN or an infinity stored before reports were checked (one such sample
+    must not break the JSON answer or null out a whole GraphQL list)."""
+    return value if value is None or math.isfinite(value) else unknown
+
+
 def upload_dict(upload: Upload, live_after_s: float) -> dict[str, Any]:
-    """The record as JSON-able snake_case data (the REST body and the bus payload)."""
+    """The record as JSON-able snake_case data (the REST body and the bus payload).
+
+    A non-finite number stored before reports were checked is shown as 0 (``eta_seconds``: null).
+    """
     total = upload.total_bytes
     return {
         "id": upload.id, "filename": upload.filename, "bucket": upload.bucket, "key": upload.key,
         "host": upload.host, "status": upload.status.value, "total_bytes": total, "bytes_done": upload.bytes_done,
         "percent": 100.0 if total == 0 else 100.0 * upload.bytes_done / total,
-        "speed_bps": upload.speed_bps, "avg_speed_bps": upload.avg_speed_bps, "eta_seconds": upload.eta_seconds,
-        "elapsed_seconds": upload.elapsed_seconds, "part_size": upload.part_size,
+        "speed_bps": _finite(upload.speed_bps), "avg_speed_bps": _finite(upload.avg_speed_bps),
+        "eta_seconds": _finite(upload.eta_seconds, None), "elapsed_seconds": _finite(upload.elapsed_seconds),
+        "part_size": upload.part_size,
         "parts_done": upload.parts_done, "parts_total": upload.parts_total, "seq": upload.seq,
         "checksum": upload.checksum, "etag": upload.etag, "error": upload.error,
         "resume_command": upload.resume_command,
@@ -190,10 +253,19 @@ def new_upload_id() -> str:
             return candidate
 
 
-async def create_upload(session: AsyncSession, user: User, new: NewUpload) -> Upload:
-    """Store a new pending record owned by ``user``."""
+async def create_upload(session: AsyncSession, user: User, new: NewUpload, max_uploads: int | None = None
+                        ) -> Upload:
+    """Store a new pending record owned by ``user``; :class:`ProgressError` (409) once the user already has
+    ``max_uploads`` records."""
     if new.total_bytes < 0 or new.part_size < 0 or new.parts_total < 0:
         raise ProgressError("total_bytes, part_size and parts_total must not be negative")
+    if max_uploads is not None:
+        count = (await session.execute(select(func.count()).select_from(Upload)
+                                       .where(Upload.owner_id == user.id))).scalar_one()
+        if count >= max_uploads:
+            raise ProgressError(f"you already have {count} upload records, the most this server keeps per user "
+                                f"(MPUPLOAD_MAX_UPLOADS_PER_USER={max_uploads}): no new record was created",
+                                status_code=409)
     now = utcnow()
     upload = Upload(
         id=new_upload_id(), owner_id=user.id, filename=new.filename, bucket=new.bucket, key=new.key,
@@ -206,7 +278,9 @@ async def create_upload(session: AsyncSession, user: User, new: NewUpload) -> Up
 
 
 async def get_upload(session: AsyncSession, user: User, upload_id: str, *, for_update: bool = False) -> Upload:
-    """The user's upload, or :class:`NotFound` (also for someone else's)."""
+    """The user's upload, or :class:`NotFound` (also for someone else's, and for an id that cannot exist)."""
+    if not valid_upload_id(upload_id):
+        raise NotFound(upload_id)
     query = select(Upload).where(Upload.id == upload_id, Upload.owner_id == user.id)
     if for_update:
         query = query.with_for_update()
@@ -228,7 +302,7 @@ async def history(session: AsyncSession, upload_id: str, limit: int) -> list[dic
     rows = await session.execute(
         select(Sample).where(Sample.upload_id == upload_id).order_by(Sample.id.desc()).limit(limit))
     samples = list(rows.scalars())[::-1]
-    return [{"at": _iso(s.at), "bytes_done": s.bytes_done, "speed_bps": s.speed_bps} for s in samples]
+    return [{"at": _iso(s.at), "bytes_done": s.bytes_done, "speed_bps": _finite(s.speed_bps)} for s in samples]
 
 
 def _status(report: ProgressReport) -> UploadStatus:
@@ -385,9 +459,11 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], writer: ProgressWri
     was accepted. Raises :class:`Unauthorized`, :class:`NotFound` or :class:`ProgressError`.
     """
     try:
+        if not valid_upload_id(upload_id):
+            raise NotFound(upload_id)
         status = _status(report)
         _validate_values(report)
-    except ProgressError:
+    except (ProgressError, NotFound):
         async with sessions() as session:  # a bad token is a 401 whatever the report says
             if await token_user(session, token) is None:
                 raise Unauthorized("invalid, expired or revoked token") from None

@@ -301,8 +301,8 @@ def test_a_subscriber_that_stops_reading_costs_bounded_memory(server: ServerProc
     tok = token(server.base_url, "carol")
     headers = {"Authorization": f"Bearer {tok}"}
     record = create(server, headers, total=10**12)
-    big = secrets.token_urlsafe(150_000)  # every event carries 200 kB that do not compress
-    reports = 200  # 40 MB of events if the server queued them all; it holds 16 (MPUPLOAD_SUBSCRIBER_BUFFER)
+    big = secrets.token_urlsafe(48_000)  # every event carries 64 kB (an error's limit) that do not compress
+    reports = 600  # 38 MB of events if the server queued them all; it holds 16 (MPUPLOAD_SUBSCRIBER_BUFFER)
 
     async def body() -> None:
         from websockets.asyncio.client import connect

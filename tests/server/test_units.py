@@ -52,13 +52,14 @@ class FakeClock:
         return self.now
 
 
-def test_rate_limiter_per_user_and_per_address() -> None:
+def test_rate_limiter_per_address_and_user_and_per_address() -> None:
     clock = FakeClock()
     limiter = LoginRateLimiter(max_per_user=2, max_per_address=3, window_s=60, clock=clock)
     limiter.failed("a", "1.1.1.1")
     assert limiter.retry_after("a", "1.1.1.1") is None
     limiter.failed("a", "1.1.1.1")
-    assert limiter.retry_after("a", "2.2.2.2") == pytest.approx(60)  # per user, from any address
+    assert limiter.retry_after("a", "1.1.1.1") == pytest.approx(60)  # this user from this address
+    assert limiter.retry_after("a", "2.2.2.2") is None  # the owner, from elsewhere, is not locked out
     assert limiter.retry_after("b", "1.1.1.1") is None
     limiter.failed("b", "1.1.1.1")
     assert limiter.retry_after("c", "1.1.1.1") == pytest.approx(60)  # per address, any user
@@ -67,9 +68,10 @@ def test_rate_limiter_per_user_and_per_address() -> None:
     clock.now += 30
     assert limiter.retry_after("a", "1.1.1.1") is None  # the window slid past
     limiter.failed("d", "9.9.9.9")
-    limiter.succeeded("d")
+    assert len(limiter) == 2  # expired keys went at this failure (only its pair and address are left)
+    limiter.succeeded("d", "9.9.9.9")
     limiter.failed("d", "9.9.9.9")
-    assert limiter.retry_after("d", "8.8.8.8") is None
+    assert limiter.retry_after("d", "9.9.9.9") is None  # the good login cleared the pair
 
 
 def test_tokens_are_stored_as_sha256() -> None:

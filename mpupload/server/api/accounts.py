@@ -13,6 +13,7 @@ from ..auth import issue_token, revoke_token, verify_password
 from ..bus.revocation import publish_revocation
 from ..db.models import User, as_utc
 from ..edge import client_address
+from ..limits import MAX_PASSWORD_BYTES, MAX_USERNAME_BYTES, InputError, check_text
 from .deps import SessionDep, StateDep, TokenDep, UserDep
 
 __all__ = ["router"]
@@ -27,6 +28,11 @@ class LoginIn(BaseModel):
 
 @router.post("/auth/login")
 async def login(body: LoginIn, request: Request, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    try:  # before argon2 and the limiter; a plain message, so the password is not echoed back
+        check_text("username", body.username, max_bytes=MAX_USERNAME_BYTES)
+        check_text("password", body.password, max_bytes=MAX_PASSWORD_BYTES)
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
     address = client_address(request)
     wait = state.limiter.retry_after(body.username, address)
     if wait is not None:
@@ -36,7 +42,7 @@ async def login(body: LoginIn, request: Request, state: StateDep, session: Sessi
     if not await verify_password(user.password_hash if user else None, body.password) or user is None:
         state.limiter.failed(body.username, address)
         raise HTTPException(401, "wrong user name or password", headers={"WWW-Authenticate": "Bearer"})
-    state.limiter.succeeded(body.username)
+    state.limiter.succeeded(body.username, address)
     token, expires_at = await issue_token(session, user, state.settings.token_ttl_s)
     return {"token": token, "expires_at": expires_at.isoformat().replace("+00:00", "Z")}
 

@@ -134,6 +134,8 @@ def _report(body: bytes) -> svc.ProgressReport:
         data = json.loads(body)
     except ValueError:
         raise _Refused(422, "the body is not JSON: send a progress snapshot object") from None
+    except RecursionError:  # nested deeper than the interpreter's recursion limit
+        raise _Refused(400, "the body is nested too deeply: send a flat progress snapshot object") from None
     try:
         return svc.parse_report(data)
     except svc.ProgressError as exc:

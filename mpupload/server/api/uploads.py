@@ -13,7 +13,8 @@ __all__ = ["router"]
 
 router = APIRouter()
 # Request bodies are the service layer's own frozen dataclasses (FastAPI validates them; extra snapshot
-# fields such as ``event`` or ``percent`` are ignored): one definition per payload.
+# fields such as ``event`` or ``percent`` are ignored): one definition per payload. Their limits (lengths, 64-
+# and 32-bit ranges, no NUL) are checked in their ``__post_init__`` (:mod:`..limits`) and answered 422.
 
 
 def _not_found(upload_id: str) -> HTTPException:
@@ -23,7 +24,7 @@ def _not_found(upload_id: str) -> HTTPException:
 @router.post("/uploads")
 async def create(body: svc.NewUpload, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
     try:
-        upload = await svc.create_upload(session, user, body)
+        upload = await svc.create_upload(session, user, body, state.settings.max_uploads_per_user)
     except svc.ProgressError as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     await svc.publish(state.bus, upload, state.settings.live_after_s)

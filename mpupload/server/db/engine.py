@@ -1,4 +1,8 @@
-"""The async engine and session factory; SQLite gets its pragmas on every new connection."""
+"""The async engine and session factory; SQLite gets its pragmas on every new connection.
+
+Every engine hides statement parameters from its errors (``hide_parameters``): an error that reaches a log
+line must never carry a token hash or a password hash.
+"""
 
 from __future__ import annotations
 
@@ -83,18 +87,19 @@ def make_engine(database_url: str) -> AsyncEngine:
     """An async engine for a driver URL (see :func:`mpupload.server.settings.normalize_database_url`)."""
     if database_url.startswith("sqlite"):
         _private_sqlite_file(database_url)
-        engine = create_async_engine(database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                                     hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping: it costs a round trip per request. A connection that died with a database restart fails
     # one request and the pool is invalidated (SQLAlchemy does that on a disconnect error); the CLI retries.
-    return create_async_engine(database_url, pool_size=10, max_overflow=20)
+    return create_async_engine(database_url, pool_size=10, max_overflow=20, hide_parameters=True)
 
 
 def make_sqlite_writer_engine(engine: AsyncEngine) -> Engine:
     """A synchronous engine on the same SQLite file, for a writer thread of its own (see ``group_commit``)."""
     url = engine.url.set(drivername="sqlite+pysqlite")
-    sync = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    sync = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True)
     event.listen(sync, "connect", _sqlite_pragmas)
     return sync
 
