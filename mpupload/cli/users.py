@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import UsageError
+from ..server.limits import MAX_PASSWORD_BYTES, MAX_USER_NAME_CHARS
 from .errors import EXIT_OK
 
 __all__ = ["add_parser", "run", "read_password"]
@@ -32,6 +34,9 @@ def add_parser(sub: Any) -> None:
         if password:
             q.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
         q.add_argument("--database-url", help="the server's database (env MPUPLOAD_DATABASE_URL)")
+        if name in ("passwd", "remove", "revoke"):
+            q.add_argument("--broker-url", help="the servers' broker, to end the user's open sockets at once "
+                                                "(env MPUPLOAD_BROKER_URL)")
         q.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
         q.set_defaults(func=run)
 
@@ -83,8 +88,15 @@ def run(args: argparse.Namespace) -> int:
     name: str = args.name
     if not name.strip():
         raise UsageError("the user name is empty")
+    if getattr(args, "broker_url", None):
+        os.environ["MPUPLOAD_BROKER_URL"] = args.broker_url  # what announce_revocation publishes through
+    if command == "add" and len(name) > MAX_USER_NAME_CHARS:
+        raise UsageError(f"a user name is at most {MAX_USER_NAME_CHARS} characters, got {len(name)}")
     if command in ("add", "passwd"):
         password = read_password(args.password_stdin)
+        if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES or "\0" in password:
+            raise UsageError(f"a password is at most {MAX_PASSWORD_BYTES} bytes without NUL (a longer one could "
+                             "never sign in); choose a shorter one")
         fn = admin.add_user if command == "add" else admin.set_password
         asyncio.run(_with_db(args.database_url, lambda s: fn(s, name, password)))
         print(f"user {name!r} {'added' if command == 'add' else 'password changed'}")

@@ -55,7 +55,9 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
 
 def hash_token(token: str) -> str:
     """The SHA-256 (hex) under which a token is stored."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: a token sent with a lone surrogate (not valid UTF-8) hashes to something no token has,
+    # so it is refused like any unknown token instead of failing the request
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 async def issue_token(session: AsyncSession, user: User, ttl_s: float) -> tuple[str, dt.datetime]:

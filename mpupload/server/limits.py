@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["InputError", "MAX_USERNAME_BYTES", "MAX_PASSWORD_BYTES", "MAX_UPLOAD_ID_CHARS", "MAX_FILENAME_BYTES",
+__all__ = ["InputError", "MAX_USERNAME_BYTES", "MAX_USER_NAME_CHARS", "MAX_PASSWORD_BYTES", "MAX_UPLOAD_ID_CHARS",
+           "MAX_FILENAME_BYTES",
            "MAX_KEY_BYTES", "MAX_BUCKET_CHARS", "MAX_HOST_CHARS", "MAX_TEXT_BYTES", "INT64_MAX", "INT32_MAX",
            "DEFAULT_MAX_UPLOADS_PER_USER", "check_text", "check_int", "check_float", "valid_upload_id"]
 
 MAX_USERNAME_BYTES = 256
+#: what ``mpupload users add`` accepts: the ``users.name`` column
+MAX_USER_NAME_CHARS = 150
 MAX_PASSWORD_BYTES = 4096
 MAX_UPLOAD_ID_CHARS = 64
 MAX_FILENAME_BYTES = 4096

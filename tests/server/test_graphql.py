@@ -112,6 +112,7 @@ def test_no_ide_is_served(server: ServerProcess) -> None:
 @ONE_DB  # the graphql-transport-ws handshake
 @pytest.mark.parametrize(("payload", "code"), [
     ({"token": "nope"}, 4403), ({}, 4403), ({"token": 5}, 4403), ({"token": ""}, 4403),
+    ({"token": "\ud800"}, 4403),  # a lone surrogate (sent as a JSON escape): refused, not a server error
     (None, 4400), ("junk", 4400),  # not an object: a protocol error before any token check
 ])
 def test_websocket_with_a_bad_token_is_closed(server: ServerProcess, payload: Any, code: int) -> None:
@@ -335,3 +336,19 @@ def test_a_subscriber_that_stops_reading_costs_bounded_memory(server: ServerProc
             assert received < reports, "every event was queued for the paused subscriber"
             print(f"paused subscriber: server grew {grown / 1024**2:.1f} MiB, got {received} of {reports} events")
     run(body())
+
+
+@ONE_DB  # what the server log says about the answers it gives on purpose
+def test_expected_errors_are_answered_not_logged(server: ServerProcess) -> None:
+    tok = token(server.base_url, "alice")
+    before = server.log.read_text(errors="replace")
+    marker = "no-such-upload-" + secrets.token_hex(4)
+    answer = gql_http(server.base_url, "mutation($id: ID!) { stopUpload(id: $id) { id } }", {"id": marker},
+                      headers={"Authorization": f"Bearer {tok}"})
+    assert answer.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    bad = gql_http(server.base_url, "{ nosuchfield }", headers={"Authorization": f"Bearer {tok}"})
+    assert bad.json()["errors"]
+    healthy = httpx.get(f"{server.base_url}/healthz")  # the log is written before the next answer
+    assert healthy.status_code == 200
+    added = server.log.read_text(errors="replace")[len(before):]
+    assert marker not in added and "Traceback" not in added and "nosuchfield" not in added, added

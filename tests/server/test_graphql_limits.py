@@ -171,7 +171,7 @@ def test_big_bodies_and_messages_are_refused(served: tuple[ServerProcess, str]) 
 
     async def claims_a_gigabyte() -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))
-        writer.write(b"POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+        writer.write(b"POST /graphql HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + token.encode()
                      + b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{")
         await writer.drain()
         status = await asyncio.wait_for(reader.readline(), 5)

@@ -5,6 +5,7 @@ Commands whose outcomes do not depend on each other run side by side (each is a 
 from __future__ import annotations
 
 import subprocess
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -73,3 +74,16 @@ def test_bad_database_url_is_usage_error() -> None:
                            lambda: cli("serve", "--database-url", "nonsense"))
     assert done.returncode == 2 and "unsupported database URL scheme" in done.stderr
     assert serve.returncode == 2
+
+
+def test_users_add_refuses_what_could_never_sign_in(backend: Backend) -> None:
+    db = ("--database-url", backend.database_url)
+    name = "long-pw-" + uuid.uuid4().hex[:8]
+    long_name, long_password = together(
+        lambda: cli("users", "add", "n" * 151, "--password-stdin", *db, stdin="pw\n"),
+        lambda: cli("users", "add", name, "--password-stdin", *db, stdin="p" * 4097 + "\n"))
+    assert long_name.returncode == 2 and long_name.stderr.count("\n") == 1, long_name.stderr
+    assert "at most 150 characters" in long_name.stderr
+    assert long_password.returncode == 2 and "at most 4096 bytes" in long_password.stderr, long_password.stderr
+    listed = cli("users", "list", *db)
+    assert name not in listed.stdout and "n" * 151 not in listed.stdout

@@ -118,10 +118,15 @@ class _MaskUnexpected(MaskErrors):
 
 class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        """Log errors as strawberry does (with the traceback), except a database outage: one line."""
+        """Log unexpected errors as strawberry does (with the traceback), a database outage as one line, and
+        nothing for the answers we give on purpose (NOT_FOUND, a refused or invalid document): those are the
+        client's business, and logging them would let any client write what it likes into the server log."""
         rest = []
         for error in errors:
-            reason = None if error.original_error is None else unavailable_reason(error.original_error)
+            original = error.original_error
+            if original is None or isinstance(original, GraphQLError):
+                continue  # a query/validation error or one a resolver raised on purpose: answered, not logged
+            reason = unavailable_reason(original)
             if reason is None:
                 rest.append(error)
             else:
