@@ -6,8 +6,8 @@ socket is registered with the replica's :class:`.sessions.Sessions` (which close
 token is revoked or expires); a user's socket beyond ``ws_max_per_user`` on this server is closed with
 4429, and an operation beyond ``ws_max_operations`` running at once on one socket is refused with an error.
 A ``graphql-transport-ws`` socket that does not sign in within :data:`CONNECTION_INIT_TIMEOUT_S` is closed
-with 4408. An HTTP request body over :data:`MAX_HTTP_BODY_BYTES` is answered 413 without being read further
-(WebSocket messages are bounded by ``serve``: :data:`MAX_WS_MESSAGE_BYTES`).
+with 4408. Request bodies are bounded before they reach this router (``mpupload/server/edge.py``: 64 KiB, 413),
+WebSocket messages by ``serve`` (:data:`MAX_WS_MESSAGE_BYTES`, 1009).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http.typevars import RootValue
@@ -32,36 +30,14 @@ from .context import GraphQLContext, get_context
 from .schema import build_schema
 from .sessions import TOO_MANY_CODE
 
-__all__ = ["build_graphql_router", "MAX_HTTP_BODY_BYTES", "MAX_WS_MESSAGE_BYTES"]
+__all__ = ["build_graphql_router", "MAX_WS_MESSAGE_BYTES"]
 
 log = logging.getLogger(__name__)
 
-#: a GraphQL request over HTTP: the query (at most 16 KiB) and its variables
-MAX_HTTP_BODY_BYTES = 64 * 1024
 #: a ``graphql-transport-ws`` socket that has not sent ``connection_init`` by then is closed with 4408
 CONNECTION_INIT_TIMEOUT_S = 5.0
 #: one WebSocket message (``serve`` hands it to uvicorn as ``ws_max_size``; a bigger one closes with 1009)
 MAX_WS_MESSAGE_BYTES = 64 * 1024
-
-
-def _too_large() -> JSONResponse:
-    return JSONResponse({"detail": f"the request body is over {MAX_HTTP_BODY_BYTES} bytes"}, status_code=413)
-
-
-async def _bounded_body(request: Request) -> bool:
-    """Read the body up to the limit (kept for strawberry to parse); False when it is over."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_HTTP_BODY_BYTES:
-        return False
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_HTTP_BODY_BYTES:
-            return False
-        chunks.append(chunk)
-    setattr(request, "_body", b"".join(chunks))  # noqa: B010 - what Request.body() returns from now on
-    return True
 
 
 class _TooManySockets(Exception):
@@ -72,6 +48,12 @@ _TOO_MANY_REASON = "too many open connections for this user: close another dashb
 
 
 class _TransportWS(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
+    def forget_id(self, id: str) -> None:  # noqa: A002 - the base class's name
+        # An operation can end (its stream finishes and it sends "complete") after the socket's clean-up has
+        # already dropped it, when the server closes a socket (a revocation) while events flow; the base class
+        # then raises KeyError in a worker task and logs a traceback. Forgetting twice is not an error.
+        self.operations.pop(id, None)
+
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         try:
             await super().handle_connection_init(message)
@@ -104,8 +86,6 @@ class _Router(GraphQLRouter[GraphQLContext, None]):
 
     async def run(self, request: Any, context: GraphQLContext | UnsetType = UNSET,
                   root_value: RootValue | UnsetType = UNSET) -> Any:
-        if isinstance(request, Request) and request.method == "POST" and not await _bounded_body(request):
-            return _too_large()
         try:
             view: Any = super()
             return await view.run(request, context=context, root_value=root_value)
