@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import errors as E
 from . import journal as journal_mod
@@ -29,7 +29,7 @@ from .sinks import Sink
 from .storage import StoreConfig
 from .storage.config import effective_endpoint
 
-__all__ = ["upload_file", "check_source", "make_plan"]
+__all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan"]
 
 log = logging.getLogger("mpupload")
 
@@ -68,6 +68,102 @@ def make_plan(size: int, options: UploadOptions) -> UploadPlan:
         raise E.UsageError(str(exc)) from None
 
 
+class PreparedUpload:
+    """An upload whose set-up is done, once: its input checked, its plan made, its workers started, and its resume
+    decision taken against the store (which may change the plan). What is left is to run it, with sinks fed by an
+    aggregator built from the final plan; :meth:`close` releases it unrun.
+
+    The CLI registers the upload with the API server between :func:`prepare_upload` and :meth:`run`, from
+    :attr:`plan` and :attr:`record_id` (the API record an interrupted run kept in its journal).
+    """
+
+    def __init__(self, coordinator: Coordinator, lock: JournalLock | None, token: CancelToken,
+                 owns_token: bool) -> None:
+        self._coordinator = coordinator
+        self._lock = lock
+        self._token = token
+        self._owns_token = owns_token
+        self._closed = False
+
+    @property
+    def source(self) -> Source:
+        return self._coordinator.source
+
+    @property
+    def plan(self) -> UploadPlan:
+        return self._coordinator.plan
+
+    @property
+    def record_id(self) -> str | None:
+        return self._coordinator.record_id
+
+    def run(self, sinks: Sequence[Sink] = (), *, upload_id: str | None = None) -> UploadResult:
+        """Send, complete and verify; ``upload_id`` is the API server's record id when there is one."""
+        c = self._coordinator
+        agg = Aggregator(bucket=c.bucket, key=c.key, total_bytes=c.source.size, parts_total=c.plan.parts_total,
+                         sinks=list(sinks))
+        agg.upload_id = upload_id
+        c.record_id = upload_id or c.record_id
+        try:
+            return c.run(agg)
+        finally:
+            agg.close()
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._coordinator.close()
+        if self._lock is not None:
+            self._lock.release()
+        if self._owns_token:
+            self._token.close()
+
+
+def prepare_upload(
+    path: str,
+    bucket: str,
+    key: str,
+    *,
+    store: StoreConfig | None = None,
+    options: UploadOptions | None = None,
+    cancel: CancelToken | None = None,
+    before_store: Callable[[Source, UploadPlan], None] | None = None,
+) -> PreparedUpload:
+    """Check the input and plan (a :class:`UsageError` before anything else), call ``before_store`` (the CLI checks
+    its API token there: nothing may touch the store before), then start the workers and take the resume
+    decision. The caller must :meth:`~PreparedUpload.run` or :meth:`~PreparedUpload.close` what it gets."""
+    store = store or StoreConfig()
+    options = options or UploadOptions()
+    if not bucket or not key:
+        raise E.UsageError("bucket and key are required: s3://BUCKET/KEY")
+    source = check_source(path)
+    plan = make_plan(source.size, options)
+    if before_store is not None:
+        before_store(source, plan)
+    token = cancel or CancelToken()
+    journal_path = None
+    lock: JournalLock | None = None
+    if options.journal:
+        try:
+            journal_path = journal_mod.journal_path(source.path, effective_endpoint(store.endpoint_url), bucket,
+                                                    key)
+            lock = JournalLock(journal_path).acquire()  # a second run on the same journal: UsageError (exit 2)
+        except OSError as exc:  # a state directory that cannot be written: the upload goes on without a lock
+            log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
+                        "interrupted, --resume finds it on the store instead", exc.strerror or exc)
+    coordinator = Coordinator(source, bucket, key, plan, store=store, options=options, cancel=token,
+                              journal_path=journal_path)
+    prepared = PreparedUpload(coordinator, lock, token, owns_token=cancel is None)
+    try:
+        coordinator.prepare()
+    except BaseException:
+        prepared.close()
+        raise
+    return prepared
+
+
 def upload_file(
     path: str,
     bucket: str,
@@ -86,31 +182,5 @@ def upload_file(
     is kept in the resume journal so that ``--resume`` continues the same record).
     Raises a subclass of :class:`~mpupload.errors.MpuploadError`.
     """
-    store = store or StoreConfig()
-    options = options or UploadOptions()
-    if not bucket or not key:
-        raise E.UsageError("bucket and key are required: s3://BUCKET/KEY")
-    source = check_source(path)
-    plan = make_plan(source.size, options)
-    token = cancel or CancelToken()
-    agg = Aggregator(bucket=bucket, key=key, total_bytes=source.size, parts_total=plan.parts_total, sinks=list(sinks))
-    agg.upload_id = upload_id
-    journal_path = None
-    lock: JournalLock | None = None
-    if options.journal:
-        try:
-            journal_path = journal_mod.journal_path(source.path, effective_endpoint(store.endpoint_url), bucket,
-                                                    key)
-            lock = JournalLock(journal_path).acquire()  # a second run on the same journal: UsageError (exit 2)
-        except OSError as exc:  # a state directory that cannot be written: the upload goes on without a lock
-            log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
-                        "interrupted, --resume finds it on the store instead", exc.strerror or exc)
-    try:
-        return Coordinator(source, bucket, key, plan, store=store, options=options, aggregator=agg,
-                           cancel=token, journal_path=journal_path, record_id=upload_id).run()
-    finally:
-        if lock is not None:
-            lock.release()
-        agg.close()
-        if cancel is None:
-            token.close()
+    prepared = prepare_upload(path, bucket, key, store=store, options=options, cancel=cancel)
+    return prepared.run(sinks, upload_id=upload_id)

@@ -5,8 +5,10 @@ Before a single byte goes to the store:
 1. the token is checked (``GET /api/v1/me``, :data:`CHECK_TIMEOUT`): a server that answers 401 ends the
    command with exit 3 and nothing is created on the store; a server that does not answer (down, hanging)
    costs one warning line and the upload goes ahead — the sender keeps trying in the background;
-2. the upload is registered (``POST /api/v1/uploads``), or, with ``--resume``, the record id kept in the
-   upload's journal is continued. The record id becomes the events' ``upload_id``.
+2. the upload's set-up is done, once (:func:`~mpupload.api.prepare_upload`): its plan and the resume decision,
+   which may change the plan;
+3. the upload is registered from that final plan (``POST /api/v1/uploads``), or, with ``--resume``, the record
+   id kept in the upload's journal is continued. The record id becomes the events' ``upload_id``.
 
 Then a :class:`~mpupload.sinks.push.PushSink` reports every ``--report-interval`` seconds and on every status
 change, and a ``{"action": "stop"}`` answer cancels the upload like Ctrl+C ("stopped from the dashboard").
@@ -19,19 +21,19 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .. import journal as journal_mod
-from ..api import check_source, make_plan
 from ..client import ApiAuthError, ApiClient, ApiError, ApiNotFound, ApiTarget, resolve_target
 from ..engine.cancel import CancelToken
+from ..engine.session import Source
 from ..options import UploadOptions
+from ..plan import UploadPlan
 from ..sinks.base import TERMINAL_LOCK
 from ..sinks.push import PushSink
-from ..storage import StoreConfig
-from ..storage.config import effective_endpoint
 
-__all__ = ["CHECK_TIMEOUT", "SENDER_TIMEOUT", "STOP_REASON", "start_reporting", "warn_line"]
+__all__ = ["CHECK_TIMEOUT", "SENDER_TIMEOUT", "STOP_REASON", "Reporting", "check_reporting", "start_reporting",
+           "warn_line"]
 
 #: (connect, read) seconds for the checks before the upload starts
 CHECK_TIMEOUT = (2.0, 3.0)
@@ -49,22 +51,18 @@ def warn_line(quiet: bool) -> Callable[[str], None]:
     return say
 
 
-def _journal_record_id(source_path: str, store: StoreConfig, bucket: str, key: str) -> str | None:
-    """The API record id the interrupted run kept in its journal (``--resume``), if any."""
-    path = journal_mod.journal_path(os.path.abspath(source_path), effective_endpoint(store.endpoint_url),
-                                    bucket, key)
-    try:
-        journal = journal_mod.load(path)
-    except journal_mod.CorruptJournal:
-        return None  # the engine reports and sets it aside
-    if journal is None or (journal.bucket, journal.key) != (bucket, key):
-        return None
-    return journal.record_id
+@dataclass
+class Reporting:
+    """The API server this upload reports to, checked before the store sees anything (see the module docstring)."""
+
+    target: ApiTarget
+    #: the server did not answer the check: one warning was printed, and the sender keeps trying
+    warning: str | None = None
 
 
-def start_reporting(args: argparse.Namespace, *, bucket: str, key: str, store: StoreConfig,
-                    options: UploadOptions, token: CancelToken) -> PushSink | None:
-    """The push sink for this upload, or ``None`` when no API server is configured or ``--no-report``."""
+def check_reporting(args: argparse.Namespace) -> Reporting | None:
+    """The API server to report to, its token checked (exit 3 when rejected); ``None`` without a server or with
+    ``--no-report``."""
     if args.no_report:
         return None
     target = resolve_target(args.api_url)
@@ -77,17 +75,39 @@ def start_reporting(args: argparse.Namespace, *, bucket: str, key: str, store: S
     if not target.token:
         raise ApiAuthError(f"not logged in to the API server at {target.api_url}: run mpupload login "
                            "(or upload with --no-report)")
-    # bad input is reported before anything is registered (upload_file checks the same again)
-    source = check_source(args.source)
-    plan = make_plan(source.size, options)
+    client = ApiClient(target.api_url, target.token, connect_timeout_s=CHECK_TIMEOUT[0],
+                       read_timeout_s=CHECK_TIMEOUT[1])
+    try:
+        client.me()
+    except ApiAuthError as exc:
+        raise ApiAuthError(f"the API server at {target.api_url} rejected the token: run mpupload login",
+                           status=exc.status, detail=exc.detail) from None
+    except ApiError as exc:
+        return Reporting(target, _outage(exc))
+    finally:
+        client.close()
+    return Reporting(target)
+
+
+def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: str, key: str, source: Source,
+                    plan: UploadPlan, record_id: str | None, options: UploadOptions,
+                    token: CancelToken) -> PushSink:
+    """Register the upload (its final plan, after the resume decision) and return the sink that reports it.
+
+    ``record_id`` is the record an interrupted run kept in its journal: ``--resume`` continues it.
+    """
+    target = reporting.target
     registration: dict[str, Any] = {
         "filename": os.path.basename(source.path), "bucket": bucket, "key": key, "total_bytes": source.size,
         "part_size": plan.part_size if plan.multipart else source.size, "parts_total": plan.parts_total,
         "host": socket.gethostname(),
     }
     say = warn_line(args.quiet)
-    record_id = _journal_record_id(args.source, store, bucket, key) if options.resume else None
-    record_id, warning = _check_and_register(target, registration, record_id)
+    warning = reporting.warning
+    if warning is None:
+        record_id, warning = _register(target, registration, record_id if options.resume else None)
+    else:
+        record_id = record_id if options.resume else None
     if warning:
         say(warning)
     transport = ApiClient(target.api_url, target.token, connect_timeout_s=SENDER_TIMEOUT[0],
@@ -97,20 +117,16 @@ def start_reporting(args: argparse.Namespace, *, bucket: str, key: str, store: S
                     continuing=options.resume and record_id is not None, outage_reported=warning is not None)
 
 
-def _check_and_register(target: ApiTarget, registration: dict[str, Any],
-                        record_id: str | None) -> tuple[str | None, str | None]:
-    """(the record id to report to, a warning line); no record id: the sender registers it later.
+def _outage(exc: ApiError) -> str:
+    return f"{exc}: the upload goes ahead without progress reports for now (retrying in the background)"
 
-    Raises :class:`ApiAuthError` (exit 3) when the server rejects the token.
-    """
+
+def _register(target: ApiTarget, registration: dict[str, Any],
+              record_id: str | None) -> tuple[str | None, str | None]:
+    """(the record id to report to, a warning line); no record id: the sender registers it later."""
     client = ApiClient(target.api_url, target.token, connect_timeout_s=CHECK_TIMEOUT[0],
                        read_timeout_s=CHECK_TIMEOUT[1])
     try:
-        try:
-            client.me()
-        except ApiAuthError as exc:
-            raise ApiAuthError(f"the API server at {target.api_url} rejected the token: run mpupload login",
-                               status=exc.status, detail=exc.detail) from None
         if record_id is not None:
             try:
                 client.get_upload(record_id)
@@ -118,11 +134,10 @@ def _check_and_register(target: ApiTarget, registration: dict[str, Any],
             except ApiNotFound:
                 pass  # gone, or someone else's: a new record
         return str(client.create_upload(registration)["id"]), None
-    except ApiAuthError:
-        raise
+    except ApiAuthError as exc:
+        raise ApiAuthError(f"the API server at {target.api_url} rejected the token: run mpupload login",
+                           status=exc.status, detail=exc.detail) from None
     except ApiError as exc:
-        return record_id, (f"{exc}: the upload goes ahead without progress reports for now "
-                           "(retrying in the background)")
+        return record_id, _outage(exc)
     finally:
         client.close()
-

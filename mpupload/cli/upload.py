@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from .. import errors as E
-from ..api import upload_file
+from ..api import PreparedUpload, prepare_upload
 from ..engine.cancel import CancelToken
 from ..events import Status
 from ..options import ChecksumMode, UploadOptions, VerifyMode
@@ -21,7 +21,7 @@ from ..storage.config import effective_endpoint
 from ..units import parse_size
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
-from .reporting import start_reporting
+from .reporting import Reporting, check_reporting, start_reporting
 from .signals import cancel_on_signals
 
 __all__ = ["add_parser", "parse_s3_url", "run"]
@@ -171,22 +171,30 @@ def run(args: argparse.Namespace) -> int:
                                     connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
     token = CancelToken()
     push: PushSink | None = None
+    prepared: PreparedUpload | None = None
     try:
         with cancel_on_signals(token, quiet=args.quiet):
-            # authenticated and registered before the store sees anything (see .reporting)
-            push = start_reporting(args, bucket=bucket, key=key, store=store, options=options, token=token)
+            # bad input first (exit 2), then the API token (exit 3), before the store sees anything
+            reporting: list[Reporting | None] = []
+            prepared = prepare_upload(args.source, bucket, key, store=store, options=options, cancel=token,
+                                      before_store=lambda source, plan: reporting.append(check_reporting(args)))
+            if reporting and reporting[0] is not None:  # registered from the final plan (see .reporting)
+                push = start_reporting(args, reporting[0], bucket=bucket, key=key, source=prepared.source,
+                                       plan=prepared.plan, record_id=prepared.record_id, options=options,
+                                       token=token)
             sinks: list[Sink] = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
             if push is not None:
                 sinks.append(push)
             try:
-                upload_file(args.source, bucket, key, store=store, options=options, sinks=sinks, cancel=token,
-                            upload_id=push.record_id if push is not None else None)
+                prepared.run(sinks, upload_id=push.record_id if push is not None else None)
             except BaseException as exc:
                 if push is not None:  # ended before a final snapshot (e.g. a missing bucket): say so
                     stopped = isinstance(exc, (E.Cancelled, KeyboardInterrupt))
                     push.fail(Status.STOPPED if stopped else Status.FAILED, None if stopped else str(exc))
                 raise
     finally:
+        if prepared is not None:
+            prepared.close()
         if push is not None:
             push.finish()
         token.close()

@@ -28,8 +28,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
-from multiprocessing.connection import wait
 from typing import Any
 
 from .. import errors as E
@@ -37,16 +35,15 @@ from ..checksums import Algorithm, boto_checksum_param
 from ..events import Event, Status
 from ..options import ChecksumMode, UploadResult
 from ..storage.errors import error_code, gone_error, http_status, is_gone
-from .aggregator import TICK_S
-from .counter import ByteCounter
+from .aggregator import TICK_S, Aggregator
+from .executor import JobDone, WorkerBroken, WorkerLost
 from .journaling import Journaling
-from .pool import WorkerHandle, WorkerPool
 from .probe import IntegrityPlan, StoreTraits, integrity_plan
 from .resume import AlreadyComplete, ResumeState
-from .session import SHUTDOWN_JOIN_S, Source
+from .session import Source
 from .single import SinglePut
 from .verify import Expected, Verdict, identify, verify_written
-from .worker import PartResult, WorkerSpec
+from .worker import PartJob, PartResult, PartTarget
 
 __all__ = ["Source", "Coordinator"]
 
@@ -60,22 +57,53 @@ class Coordinator(SinglePut, Journaling):
     #: set once CompleteMultipartUpload went through: there is no upload to abort or keep any more
     _completed = False
 
-    def run(self) -> UploadResult:
-        self.client = self.store.make_client()
+    #: what the set-up decided: resume this upload, report this object as already there, or start afresh
+    _state: ResumeState | AlreadyComplete | None = None
+    _prepared = False
+    _cancelled_in_prepare = False
+
+    def prepare(self) -> None:
+        """The set-up, done once before anything is reported: the workers start (and build their clients) before
+        this process asks the store what can be resumed; the plan may change (the interrupted run's part size).
+        A cancel here is reported by :meth:`run` (as "stopped before the start")."""
+        self._prepared = True
         try:
+            # this process's client first: boto3 imported and its models loaded here are shared by the workers
+            # forked next (a worker then builds its client in about 30 ms instead of importing boto3 itself)
+            self.client = self.store.make_client()
+            self._start_executor(multipart=self.plan.multipart)
             self._check_cancel()
             if self.options.no_overwrite:
                 self._refuse_if_exists()
-            state = self._prepare_journal()
+            self._state = self._prepare_journal()
             self._check_cancel()
         except E.Cancelled:
-            raise self._stopped_before_start() from None
-        if isinstance(state, AlreadyComplete):
-            return self._report_already_complete(state)
-        if state is not None or self.plan.multipart:
-            return self._run_multipart(state)
-        self._check_bucket()
-        return self._run_single()
+            self._cancelled_in_prepare = True
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, aggregator: Aggregator) -> UploadResult:
+        """Send, complete and verify, reporting through ``aggregator`` (built from the final plan)."""
+        self.agg = aggregator
+        try:
+            if not self._prepared:
+                self.prepare()
+            if self._cancelled_in_prepare:
+                raise self._stopped_before_start() from None
+            state = self._state
+            if isinstance(state, AlreadyComplete):
+                return self._report_already_complete(state)
+            if state is not None or self.plan.multipart:
+                return self._run_multipart(state)
+            self._check_bucket()
+            return self._run_single()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        self._shutdown_executor()
 
     def _refuse_if_exists(self) -> None:
         try:
@@ -123,7 +151,6 @@ class Coordinator(SinglePut, Journaling):
     # -- multipart ------------------------------------------------------------------------------------------------
     def _run_multipart(self, resume: ResumeState | None) -> UploadResult:
         done: dict[int, PartResult] = {}
-        counter = ByteCounter(self.plan.workers)
         try:
             if resume is not None:
                 integrity = self._resume(resume, done)
@@ -132,13 +159,13 @@ class Coordinator(SinglePut, Journaling):
             self._journal_start(integrity.algorithm, integrity.content_md5, done)
             self.agg.started(self._started_extra(integrity))
             assert self.upload_id is not None
-            spec = WorkerSpec(self.store, self.source.path, self.bucket, self.key, self.upload_id,
-                              integrity.algorithm, integrity.content_md5, integrity.etag_is_md5)
-            self._upload_parts(spec, counter, done)
+            target = PartTarget(self.source.path, self.bucket, self.key, self.upload_id, integrity.algorithm,
+                                integrity.content_md5, integrity.etag_is_md5)
+            self._upload_parts(target, done)
             self.source.check_unchanged()
             self._check_cancel()
             self.agg.set_status(Status.FINALIZING)
-            self.agg.tick(counter.total(), len(done))
+            self.agg.tick(self._bytes_sent(), len(done))
             self._save_journal()  # every part is recorded before Complete: a crash now can still be verified
             result = self._complete_multipart(done, integrity)
             self._journal_end(keep=False)
@@ -147,9 +174,9 @@ class Coordinator(SinglePut, Journaling):
             self._flag.set()
             if isinstance(exc, E.Cancelled) or not isinstance(exc, Exception):
                 # (KeyboardInterrupt in a library caller without our signal handlers is a cancel too)
-                raise self._stopped(counter, done) from None
+                raise self._stopped(done) from None
             err = exc if isinstance(exc, E.MpuploadError) else self._err(exc)
-            raise self._failed(err, counter, done) from (None if err is exc else exc)
+            raise self._failed(err, done) from (None if err is exc else exc)
 
     def _create(self) -> IntegrityPlan:
         algorithm = self._algorithm()
@@ -186,7 +213,6 @@ class Coordinator(SinglePut, Journaling):
                 md5=(record.md5 if record is not None else None) or (listed.etag if integrity.etag_is_md5 else None))
         self.resumed_bytes, self.resumed_parts = resume.resumed_bytes, len(resume.reusable)
         self.agg.resumed_bytes = self.resumed_bytes
-        self.agg.parts_total = self.plan.parts_total
         return integrity
 
     def _integrity(self, algorithm: Algorithm | None, traits: StoreTraits | None) -> IntegrityPlan:
@@ -199,13 +225,13 @@ class Coordinator(SinglePut, Journaling):
             f"remove it with: {self._cleanup_command(self.upload_id or '')}"
         )
 
-    def _stopped(self, counter: ByteCounter, done: dict[int, PartResult]) -> E.Cancelled:
+    def _stopped(self, done: dict[int, PartResult]) -> E.Cancelled:
         """A cancel once the upload exists: abort it (or keep it) and say exactly what is left."""
         reason = self.cancel.reason or "interrupted"
         if self._completed:  # Ctrl+C during the read-back of a completed object: nothing to abort
             self.agg.finish(Event.STOPPED, Status.STOPPED,
                             {"aborted": False, "kept": False, "reason": reason, "object_completed": True},
-                            sent_bytes=counter.total(), parts_done=len(done))
+                            sent_bytes=self._bytes_sent(), parts_done=len(done))
             return E.Cancelled(f"{reason}; s3://{self.bucket}/{self.key} was completed, but the read-back "
                                "verification was stopped: it is not verified", upload_id=self.upload_id)
         keep = self.options.keeps_on_interrupt and self.upload_id is not None
@@ -219,7 +245,7 @@ class Coordinator(SinglePut, Journaling):
                 extra["resume_command"] = self.options.resume_command
         if self.left:
             extra["left_behind"] = self._left_behind()
-        self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=counter.total(), parts_done=len(done))
+        self.agg.finish(Event.STOPPED, Status.STOPPED, extra, sent_bytes=self._bytes_sent(), parts_done=len(done))
         if keep:
             message = f"{reason}; the multipart upload was kept"
             if self.options.resume_command:
@@ -232,7 +258,7 @@ class Coordinator(SinglePut, Journaling):
             message = f"{reason}; the multipart upload was aborted"
         return E.Cancelled(message + self._left_behind_text(), upload_id=self.upload_id)
 
-    def _failed(self, err: E.MpuploadError, counter: ByteCounter, done: dict[int, PartResult]) -> E.MpuploadError:
+    def _failed(self, err: E.MpuploadError, done: dict[int, PartResult]) -> E.MpuploadError:
         """A failure: abort what cannot succeed later, keep what can, and say exactly what is left."""
         if not err.upload_exists or self._completed:
             # gone (aborted by someone else, expired), or completed: nothing to abort, keep or resume
@@ -256,7 +282,7 @@ class Coordinator(SinglePut, Journaling):
                 extra["resume_command"] = self.options.resume_command
         if self.left:
             extra["left_behind"] = self._left_behind()
-        self.agg.finish(Event.FAILED, Status.FAILED, extra, sent_bytes=counter.total(), parts_done=len(done))
+        self.agg.finish(Event.FAILED, Status.FAILED, extra, sent_bytes=self._bytes_sent(), parts_done=len(done))
         if resumable and self.options.resume_command:
             advice = re.sub(r"(, then|:) run the same command again$", "", err.message)
             err.message = f"{advice}; the upload was kept: continue it with {self.options.resume_command}"
@@ -264,80 +290,58 @@ class Coordinator(SinglePut, Journaling):
             err.message += self._left_behind_text()
         return err
 
-    def _upload_parts(self, spec: WorkerSpec, counter: ByteCounter, done: dict[int, PartResult]) -> None:
+    def _upload_parts(self, target: PartTarget, done: dict[int, PartResult]) -> None:
         plan = self.plan
-        pending = deque(p for p in plan.parts() if p.number not in done)
+        pending = [p for p in plan.parts() if p.number not in done]
         if not pending:
             return
         self._check_cancel()
-        pool = WorkerPool(spec, plan.workers, counter, self._flag, start_method=self.options.start_method)
+        executor = self._start_executor(multipart=True)
+        for part in pending:
+            executor.submit(PartJob(target, part))
         deaths = 0
         max_deaths = max(3, 2 * plan.workers)
-
-        def died(worker: WorkerHandle) -> None:
-            nonlocal deaths
-            deaths += 1
-            if worker.job is not None:
-                pending.appendleft(worker.job)
-                worker.job = None
-            log.warning("worker %d (pid %s) died with exit code %s; replacing it", worker.slot,
-                        worker.process.pid, worker.process.exitcode)
-            if deaths > max_deaths:
-                raise E.WorkerCrashed(
-                    f"worker processes died {deaths} times (last exit code {worker.process.exitcode}): "
-                    "check memory limits and the system log, then run the command again",
-                    bucket=self.bucket, key=self.key, upload_id=self.upload_id)
-            pool.replace(worker)
-
         try:
             next_tick = time.monotonic() + TICK_S
             while len(done) < plan.parts_total:
-                for worker in pool.dispatch(pending):  # workers that died while idle
-                    died(worker)
-                ready = wait([*pool.waitables(), self.cancel.fileno()], max(0.0, next_tick - time.monotonic()))
+                events = executor.events(max(0.0, next_tick - time.monotonic()), wake=[self.cancel.fileno()])
                 if self.cancel.cancelled:
                     raise E.Cancelled(self.cancel.reason or "interrupted")
-                for worker in list(pool.workers):
-                    alive = True
-                    if worker.conn in ready:
-                        alive = self._drain(worker, done)
-                    if worker.process.sentinel in ready or not alive:
-                        if worker.conn.poll(0):
-                            self._drain(worker, done)
-                        if worker.process.is_alive() and alive:
-                            continue
-                        died(worker)
+                for event in events:
+                    if isinstance(event, WorkerBroken):  # the worker could not start
+                        event.raise_error(self.upload_id)
+                    elif isinstance(event, WorkerLost):
+                        deaths += 1
+                        if event.job is not None:
+                            executor.submit(event.job, first=True)
+                        log.warning("worker %d (pid %s) died with exit code %s; replacing it", event.slot, event.pid,
+                                    event.exitcode)
+                        if deaths > max_deaths:
+                            raise E.WorkerCrashed(
+                                f"worker processes died {deaths} times (last exit code {event.exitcode}): "
+                                "check memory limits and the system log, then run the command again",
+                                bucket=self.bucket, key=self.key, upload_id=self.upload_id)
+                    else:
+                        self._part_done(event, done)
                 now = time.monotonic()
                 if now >= next_tick:
-                    self.agg.tick(counter.total(), len(done))
+                    self.agg.tick(executor.bytes_sent(), len(done))
                     next_tick = now + TICK_S
         finally:
             if len(done) < plan.parts_total:
-                self._flag.set()
-            pool.shutdown(SHUTDOWN_JOIN_S)
+                executor.cancel()
 
-    def _drain(self, worker: Any, done: dict[int, PartResult]) -> bool:
-        """Read every result waiting on a worker's pipe; False when the pipe is broken."""
-        try:
-            while worker.conn.poll(0):
-                result: PartResult = worker.conn.recv()
-                if result.number == 0 and not result.ok:  # the worker could not start
-                    result.raise_error(self.upload_id)
-                if result.ok:
-                    done[result.number] = result
-                    worker.completed_bytes += result.size
-                    worker.job = None
-                    self._journal_part(result)
-                elif result.cancelled:
-                    worker.job = None
-                    raise E.Cancelled(self.cancel.reason or "interrupted")
-                else:
-                    if result.traceback:
-                        log.debug("part %d failed:\n%s", result.number, result.traceback)
-                    result.raise_error(self.upload_id)
-        except (EOFError, OSError, ConnectionError):
-            return False
-        return True
+    def _part_done(self, event: JobDone, done: dict[int, PartResult]) -> None:
+        result = event.result
+        if result.ok:
+            done[result.number] = result
+            self._journal_part(result)
+        elif result.cancelled:
+            raise E.Cancelled(self.cancel.reason or "interrupted")
+        else:
+            if result.traceback:
+                log.debug("part %d failed:\n%s", result.number, result.traceback)
+            result.raise_error(self.upload_id)
 
     def _expected(self, done: dict[int, PartResult], integrity: IntegrityPlan) -> Expected:
         ordered = [done[n] for n in range(1, self.plan.parts_total + 1)]

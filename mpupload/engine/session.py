@@ -25,18 +25,19 @@ from ..storage.errors import GONE_CODES, error_code
 from .aggregator import Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag
+from .executor import Executor, ThreadExecutor
+from .pool import LocalProcessExecutor
 from .probe import IntegrityPlan, StoreTraits, probe_store
 from .verify import ObjectAccess, Verdict
+from .worker import WorkerConfig
 
 log = logging.getLogger("mpupload")
 
-__all__ = ["Source", "UploadSession", "SHUTDOWN_JOIN_S", "JOURNAL_SAVE_S", "SINGLE_PUT_ATTEMPTS",
-           "algorithm_or_none"]
+__all__ = ["Source", "UploadSession", "SHUTDOWN_JOIN_S", "JOURNAL_SAVE_S", "algorithm_or_none"]
 
 SHUTDOWN_JOIN_S = 2.0
 #: the journal is rewritten at most this often while parts finish (and always at the end)
 JOURNAL_SAVE_S = 1.0
-SINGLE_PUT_ATTEMPTS = 5
 #: how many times an abort is repeated while ListParts still shows parts (parts in flight may land after it)
 ABORT_ROUNDS = 3
 
@@ -79,7 +80,6 @@ class UploadSession:
         *,
         store: StoreConfig,
         options: UploadOptions,
-        aggregator: Aggregator,
         cancel: CancelToken,
         journal_path: Path | None = None,
         record_id: str | None = None,
@@ -90,7 +90,8 @@ class UploadSession:
         self.plan = plan
         self.store = store
         self.options = options
-        self.agg = aggregator
+        #: the sinks' aggregator, built once the set-up decided the final plan (given to ``run``)
+        self.agg: Aggregator
         self.cancel = cancel
         self.warnings: list[str] = []
         self.client: Any = None
@@ -109,6 +110,9 @@ class UploadSession:
         self.resumed_parts = 0
         #: multipart uploads of this run still on the store that nobody meant to keep: upload id -> why
         self.left: dict[str, str] = {}
+        #: where parts run: worker processes for a multipart upload, a thread of this process for one PutObject
+        self.executor: Executor | None = None
+        self._executor_down = False
 
     # -- shared helpers -----------------------------------------------------------------------------------------
     def _err(self, exc: BaseException, part_number: int | None = None) -> E.MpuploadError:
@@ -183,6 +187,31 @@ class UploadSession:
     @property
     def _read_back_path(self) -> str | None:
         return self.source.path if self.options.verify == "read-back" else None
+
+    # -- the executor --------------------------------------------------------------------------------------------
+    def _start_executor(self, *, multipart: bool) -> Executor:
+        """The executor for this upload, started at once (its workers build their clients meanwhile)."""
+        wanted = LocalProcessExecutor if multipart else ThreadExecutor
+        if isinstance(self.executor, wanted) and not self._executor_down:
+            return self.executor
+        self._shutdown_executor()
+        config = WorkerConfig(self.store)
+        if multipart:
+            self.executor = LocalProcessExecutor(config, self.plan.workers, cancel=self._flag,
+                                                 start_method=self.options.start_method)
+        else:
+            self.executor = ThreadExecutor(config, 1, cancel=self._flag)
+        self._executor_down = False
+        return self.executor
+
+    def _shutdown_executor(self) -> None:
+        """Stop the workers; their byte count stays readable."""
+        if self.executor is not None and not self._executor_down:
+            self._executor_down = True
+            self.executor.shutdown(SHUTDOWN_JOIN_S)
+
+    def _bytes_sent(self) -> int:
+        return self.executor.bytes_sent() if self.executor is not None else 0
 
     # -- entry point ----------------------------------------------------------------------------------------------
     def fingerprint(self) -> journal_mod.SourceFingerprint:

@@ -6,7 +6,7 @@ sentinel that ends the worker). The boto3 client is built here, inside the child
 
 Retries: botocore retries throttling and connection errors itself (rewinding the body, which takes back
 the bytes it counted); on top of that a part is retried here with exponential backoff and jitter up to
-``WorkerSpec.part_attempts`` times, for what botocore does not retry (a store that rejected the checksum
+``WorkerConfig.part_attempts`` times, for what botocore does not retry (a store that rejected the checksum
 of bytes corrupted in transit, an ETag that does not match the local MD5). Only what a retry can fix is
 retried (:func:`~mpupload.storage.errors.is_retryable`: by error code and HTTP status). An upload that is gone
 fails the part at once with :class:`~mpupload.errors.UploadGone`: said by the store (NoSuchUpload), or found out
@@ -34,32 +34,65 @@ from ..plan import Part
 from ..storage import StoreConfig, classify, is_retryable
 from ..storage.errors import gone_error, http_status, is_gone
 from .counter import ByteCounter, CancelFlag
+from .probe import etag_is_md5_answer
 from .reader import PartReader, digest_range
 
-__all__ = ["WorkerSpec", "PartJob", "PartResult", "worker_main", "upload_one_part", "die_with_parent"]
+__all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "worker_main", "run_job", "upload_one_part",
+           "die_with_parent", "OpenFiles"]
 
-#: a job is one planned part (plain frozen data: it crosses the pipe)
-PartJob = Part
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
-class WorkerSpec:
+class WorkerConfig:
+    """What every worker of an executor shares, whatever object it is sending: the store and the retry policy."""
+
     store: StoreConfig
+    part_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class PartTarget:
+    """The object a job belongs to: a job names it, so one long-lived executor serves many objects."""
+
     path: str
     bucket: str
     key: str
-    upload_id: str
+    #: the multipart upload the part goes to; ``None``: the whole file goes up with one PutObject
+    upload_id: str | None
     #: the checksum header sent with each part (None: no checksum header)
     algorithm: Algorithm | None
     #: compute the part's MD5 too and send it as Content-MD5
     md5: bool
     #: the store's part ETags are MD5s of the bytes it got: compare them with the local MD5 (needs ``md5``)
     etag_is_md5: bool = True
-    part_attempts: int = 5
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 20.0
+    #: PutObject only: the object's arguments (ContentType, Metadata, encryption, IfNoneMatch ...)
+    put_args: tuple[tuple[str, Any], ...] = ()
+    #: which of the run's objects this is (the scheduler's own name for it)
+    object_id: int = 0
+
+
+@dataclass(frozen=True)
+class PartJob:
+    """One part of one object (plain frozen data: it crosses the pipe)."""
+
+    target: PartTarget
+    part: Part
+
+    @property
+    def number(self) -> int:
+        return self.part.number
+
+    @property
+    def offset(self) -> int:
+        return self.part.offset
+
+    @property
+    def length(self) -> int:
+        return self.part.length
 
 
 @dataclass(frozen=True)
@@ -68,9 +101,9 @@ class PartResult:
     ok: bool
     size: int = 0
     etag: str | None = None
-    #: base64 checksum of the part (``WorkerSpec.algorithm``), as sent and confirmed
+    #: base64 checksum of the part (``PartTarget.algorithm``), as sent and confirmed
     checksum: str | None = None
-    #: hex MD5 of the part when ``WorkerSpec.md5``
+    #: hex MD5 of the part when ``PartTarget.md5``
     md5: str | None = None
     #: whether the store echoed the checksum it was sent
     checksum_echoed: bool = False
@@ -80,12 +113,18 @@ class PartResult:
     error_type: str | None = None
     error: str | None = None
     traceback: str | None = None
+    #: the object the part belongs to (``PartTarget.object_id``)
+    object_id: int = 0
+    #: a PutObject's whole answer (headers the verification reads); ``None`` for a part
+    answer: dict[str, Any] | None = None
 
-    def raise_error(self, upload_id: str | None = None) -> None:
+    def raise_error(self, upload_id: str | None = None, *, part: bool = True) -> None:
+        """Raise the error this result names (``part=False``: a whole object's PutObject, not a part)."""
         cls = getattr(E, self.error_type or "UploadFailed", E.UploadFailed)
         if not (isinstance(cls, type) and issubclass(cls, E.MpuploadError)):
             cls = E.UploadFailed
-        raise cls(self.error or "part upload failed", part_number=self.number, upload_id=upload_id)
+        raise cls(self.error or ("part upload failed" if part else "the upload failed"),
+                  part_number=self.number if part else None, upload_id=upload_id)
 
 
 def die_with_parent(coordinator_pid: int) -> None:
@@ -122,26 +161,49 @@ def die_with_parent(coordinator_pid: int) -> None:
     threading.Thread(target=watch, name="coordinator-watchdog", daemon=True).start()
 
 
+class OpenFiles:
+    """The worker's open source files, by path: a few stay open, so a job for the same file reads at once."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._fds: dict[str, int] = {}
+
+    def get(self, path: str) -> int:
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            while len(self._fds) >= self.keep:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[path] = fd  # (re)inserted last: the least recently used goes first
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
 def worker_main(
     slot: int,
-    spec: WorkerSpec,
+    config: WorkerConfig,
     conn: Connection,
     counter: ByteCounter,
     cancel: CancelFlag,
     parent_pid: int,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process: the client is built at once, before the first job arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent_pid)
     try:
-        client = spec.store.make_client()
-        fd = os.open(spec.path, os.O_RDONLY)
+        client = config.store.make_client()
     except BaseException as exc:  # noqa: BLE001 - reported, not raised
-        err = classify(exc, bucket=spec.bucket, key=spec.key)
+        err = classify(exc, endpoint=config.store.endpoint_url)
         with contextlib.suppress(Exception):
             conn.send(PartResult(0, False, error_type=type(err).__name__, error=str(err)))
         return
+    files = OpenFiles()
     try:
         while True:
             try:
@@ -150,10 +212,23 @@ def worker_main(
                 return
             if job is None:
                 return
-            result = upload_one_part(client, fd, spec, job, counter, slot, cancel)
-            conn.send(result)
+            conn.send(run_job(client, files, config, job, counter, slot, cancel))
     finally:
-        os.close(fd)
+        files.close()
+
+
+def run_job(client: Any, files: OpenFiles, config: WorkerConfig, job: PartJob, counter: ByteCounter, slot: int,
+            cancel: CancelFlag) -> PartResult:
+    """Open the job's file (or reuse it) and send the part; a file that cannot be read fails this job."""
+    try:
+        fd = files.get(job.target.path)
+    except OSError as exc:
+        err = E.SourceChanged(f"cannot read the source file {job.target.path} ({exc.strerror or exc})",
+                              bucket=job.target.bucket, key=job.target.key, upload_id=job.target.upload_id,
+                              part_number=job.number)
+        return PartResult(job.number, False, error_type=type(err).__name__, error=str(err),
+                          object_id=job.target.object_id)
+    return upload_one_part(client, fd, config, job, counter, slot, cancel)
 
 
 def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
@@ -165,10 +240,12 @@ def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
         time.sleep(min(0.05, left))
 
 
-def _upload_gone(client: Any, spec: WorkerSpec) -> bool:
+def _upload_gone(client: Any, target: PartTarget) -> bool:
     """Ask the store whether the multipart upload still exists (one ListParts); only a clear "no" is True."""
+    if target.upload_id is None:
+        return False
     try:
-        client.list_parts(Bucket=spec.bucket, Key=spec.key, UploadId=spec.upload_id, MaxParts=1)
+        client.list_parts(Bucket=target.bucket, Key=target.key, UploadId=target.upload_id, MaxParts=1)
     except Exception as exc:  # noqa: BLE001 - anything but "gone" means "cannot tell"
         return is_gone(exc)
     return False
@@ -177,32 +254,36 @@ def _upload_gone(client: Any, spec: WorkerSpec) -> bool:
 def upload_one_part(
     client: Any,
     fd: int,
-    spec: WorkerSpec,
+    config: WorkerConfig,
     job: PartJob,
     counter: ByteCounter,
     slot: int,
     cancel: CancelFlag,
 ) -> PartResult:
-    """Checksum the part, upload it with retries; never raises (the result says what happened)."""
+    """Checksum the part, upload it with retries; never raises (the result says what happened).
+
+    A part of a multipart upload goes up with UploadPart; a target without an upload id is a whole object
+    sent with one PutObject, through the same checks and the same retry policy.
+    """
+    target = job.target
+    put = target.upload_id is None
     attempt = 0
     while True:
         attempt += 1
         reader: PartReader | None = None
         try:
-            algo_hasher = new_hasher(spec.algorithm) if spec.algorithm is not None else None
-            md5_hasher = new_hasher(Algorithm.MD5) if spec.md5 else None
+            algo_hasher = new_hasher(target.algorithm) if target.algorithm is not None else None
+            md5_hasher = new_hasher(Algorithm.MD5) if target.md5 else None
             hashers: list[Hasher] = [h for h in (algo_hasher, md5_hasher) if h is not None]
             if hashers:
                 digest_range(fd, job.offset, job.length, hashers, cancel=cancel)
-            params: dict[str, Any] = {
-                "Bucket": spec.bucket,
-                "Key": spec.key,
-                "UploadId": spec.upload_id,
-                "PartNumber": job.number,
-                "ContentLength": job.length,
-            }
+            params: dict[str, Any] = {"Bucket": target.bucket, "Key": target.key, "ContentLength": job.length}
+            if put:
+                params.update(target.put_args)
+            else:
+                params.update(UploadId=target.upload_id, PartNumber=job.number)
             checksum = md5_hex = None
-            checksum_param = boto_checksum_param(spec.algorithm) if spec.algorithm is not None else None
+            checksum_param = boto_checksum_param(target.algorithm) if target.algorithm is not None else None
             if algo_hasher is not None and checksum_param is not None:
                 checksum = b64(algo_hasher.digest())
                 params[checksum_param] = checksum
@@ -212,7 +293,7 @@ def upload_one_part(
                 params["ContentMD5"] = b64(raw)
             reader = PartReader(fd, job.offset, job.length, counter=counter, slot=slot, cancel=cancel)
             params["Body"] = reader
-            response = client.upload_part(**params)
+            response = client.put_object(**params) if put else client.upload_part(**params)
             etag = str(response.get("ETag", "")).strip('"')
             echoed = None
             if checksum_param is not None:
@@ -221,7 +302,10 @@ def upload_one_part(
                     raise E.PartCorrupted(
                         f"part {job.number}: the store computed checksum {echoed}, expected {checksum}"
                     )
-            if md5_hex is not None and spec.etag_is_md5 and etag.lower() != md5_hex:
+            # only when the store is known to give MD5 ETags (and this answer does not say otherwise: SSE-KMS)
+            # is a different ETag a damaged body
+            if md5_hex is not None and target.etag_is_md5 and etag.lower() != md5_hex \
+                    and etag_is_md5_answer(response) is not False:
                 raise E.PartCorrupted(
                     f"part {job.number}: the store's ETag {etag} is not the MD5 {md5_hex} of the bytes sent"
                 )
@@ -230,24 +314,33 @@ def upload_one_part(
                 counter.add(slot, job.length - reader.counted)
             return PartResult(
                 job.number, True, size=job.length, etag=etag, checksum=checksum, md5=md5_hex,
-                checksum_echoed=echoed is not None, attempts=attempt,
+                checksum_echoed=echoed is not None, attempts=attempt, object_id=target.object_id,
+                answer=_plain(response) if put else None,
             )
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
             if reader is not None:
                 reader.rollback()
             if cancel.is_set() or isinstance(exc, E.Cancelled) or isinstance(exc.__context__, E.Cancelled):
                 return PartResult(job.number, False, cancelled=True, attempts=attempt, error_type="Cancelled",
-                                  error="cancelled")
-            err = classify(exc, bucket=spec.bucket, key=spec.key, upload_id=spec.upload_id, part_number=job.number)
+                                  error="cancelled", object_id=target.object_id)
+            err = classify(exc, bucket=target.bucket, key=target.key, upload_id=target.upload_id,
+                           part_number=None if put else job.number, endpoint=config.store.endpoint_url)
             retryable = is_retryable(exc) and not isinstance(exc, E.SourceChanged)
-            if is_gone(exc) or (http_status(exc) in (404, 500) and _upload_gone(client, spec)):
-                err = gone_error(bucket=spec.bucket, key=spec.key, upload_id=spec.upload_id, part_number=job.number)
+            if not put and (is_gone(exc) or (http_status(exc) in (404, 500) and _upload_gone(client, target))):
+                err = gone_error(bucket=target.bucket, key=target.key, upload_id=target.upload_id,
+                                 part_number=job.number)
                 retryable = False
-            if not retryable or attempt >= spec.part_attempts:
+            if not retryable or attempt >= config.part_attempts:
                 message = str(err)
                 if retryable:
-                    message = f"part {job.number} failed {attempt} times; last error: {err}"
+                    what = "the upload" if put else f"part {job.number}"
+                    message = f"{what} failed {attempt} times; last error: {err}"
                 return PartResult(job.number, False, attempts=attempt, error_type=type(err).__name__,
-                                  error=message, traceback=traceback.format_exc())
-            delay = min(spec.backoff_max_s, spec.backoff_base_s * (2 ** (attempt - 1)))
+                                  error=message, traceback=traceback.format_exc(), object_id=target.object_id)
+            delay = min(config.backoff_max_s, config.backoff_base_s * (2 ** (attempt - 1)))
             _sleep_unless_cancelled(random.uniform(delay / 2, delay), cancel)
+
+
+def _plain(response: Any) -> dict[str, Any]:
+    """A PutObject answer as plain data (it crosses the pipe): everything but the streaming body."""
+    return {k: v for k, v in dict(response).items() if k != "Body"}

@@ -143,12 +143,13 @@ class ReportBuffer:
         return self._items[-1] if self._items else None
 
 
-def report_body(snapshot: Snapshot, seq: int, parts_total: int | None = None) -> dict[str, Any]:
-    """The progress report for one snapshot: the snapshot's fields plus ``seq`` (extra fields are ignored)."""
+def report_body(snapshot: Snapshot, seq: int) -> dict[str, Any]:
+    """The progress report for one snapshot: the snapshot's fields plus ``seq`` (extra fields are ignored).
+
+    Its ``parts_total`` is the registration's: the upload is registered from the final plan, after the resume
+    decision, and the aggregator is built from the same plan."""
     body = snapshot.to_dict()
     body["seq"] = seq
-    if parts_total and body.get("parts_done", 0) > parts_total:
-        body["parts_done"] = parts_total
     return body
 
 
@@ -213,8 +214,7 @@ class PushSink:
             if self._disabled or self.final_seen:
                 return
             seq = self._seq.next()
-            parts_total = self._registration.get("parts_total")
-            report = Report(seq, snapshot.status, report_body(snapshot, seq, parts_total), final=final,
+            report = Report(seq, snapshot.status, report_body(snapshot, seq), final=final,
                             urgent=final or snapshot.event is Event.STARTED or snapshot.status is not self._last_status)
             self._last_status = snapshot.status
             self.final_seen = final

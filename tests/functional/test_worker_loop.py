@@ -12,7 +12,8 @@ import pytest
 
 from mpupload.checksums import Algorithm
 from mpupload.engine.counter import ByteCounter, CancelFlag
-from mpupload.engine.worker import PartJob, PartResult, WorkerSpec, worker_main
+from mpupload.engine.worker import PartJob, PartResult, PartTarget, WorkerConfig, worker_main
+from mpupload.plan import Part
 from mpupload.storage import StoreConfig
 from tests.support.s3server import S3Server
 
@@ -27,10 +28,13 @@ def restore_signals() -> Iterator[None]:
         signal.signal(s, h)
 
 
-def _spec(server: S3Server, path: Path, bucket: str, upload_id: str, **kw: object) -> WorkerSpec:
+def _config(server: S3Server) -> WorkerConfig:
     os.environ.update({"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key})
-    store = StoreConfig(endpoint_url=server.endpoint_url, region="us-east-1")
-    return WorkerSpec(store, str(path), bucket, "k", upload_id, **kw)  # type: ignore[arg-type]
+    return WorkerConfig(StoreConfig(endpoint_url=server.endpoint_url, region="us-east-1"))
+
+
+def _target(path: Path, bucket: str, upload_id: str, **kw: object) -> PartTarget:
+    return PartTarget(str(path), bucket, "k", upload_id, **kw)  # type: ignore[arg-type]
 
 
 def test_worker_uploads_its_parts_and_stops_at_the_sentinel(
@@ -43,12 +47,12 @@ def test_worker_uploads_its_parts_and_stops_at_the_sentinel(
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     upload_id = client.create_multipart_upload(Bucket="wloop", Key="k", ChecksumAlgorithm="CRC32C")["UploadId"]
-    spec = _spec(moto_server, path, "wloop", upload_id, algorithm=Algorithm.CRC32C, md5=True)
+    target = _target(path, "wloop", upload_id, algorithm=Algorithm.CRC32C, md5=True)
     parent, child = multiprocessing.Pipe()
-    for job in (PartJob(1, 0, 5 * MiB), PartJob(2, 5 * MiB, 5 * MiB), PartJob(3, 10 * MiB, MiB), None):
-        parent.send(job)
+    for part in (Part(1, 0, 5 * MiB), Part(2, 5 * MiB, 5 * MiB), Part(3, 10 * MiB, MiB), None):
+        parent.send(PartJob(target, part) if part is not None else None)
     counter, flag = ByteCounter(2), CancelFlag()
-    worker_main(1, spec, child, counter, flag, os.getpid())  # returns at the sentinel
+    worker_main(1, _config(moto_server), child, counter, flag, os.getpid())  # returns at the sentinel
     results: list[PartResult] = [parent.recv() for _ in range(3)]
     assert [r.number for r in results] == [1, 2, 3]
     assert all(r.ok and r.checksum and r.md5 and r.etag == r.md5 for r in results)
@@ -66,13 +70,13 @@ def test_cancelled_worker_answers_cancelled_and_counts_nothing(
     path = tmp_path / "f.bin"
     path.write_bytes(os.urandom(6 * MiB))
     upload_id = client.create_multipart_upload(Bucket="wcancel", Key="k")["UploadId"]
-    spec = _spec(moto_server, path, "wcancel", upload_id, algorithm=None, md5=False)
+    target = _target(path, "wcancel", upload_id, algorithm=None, md5=False)
     parent, child = multiprocessing.Pipe()
-    parent.send(PartJob(1, 0, 6 * MiB))
+    parent.send(PartJob(target, Part(1, 0, 6 * MiB)))
     parent.send(None)
     counter, flag = ByteCounter(1), CancelFlag()
     flag.set()
-    worker_main(0, spec, child, counter, flag, os.getpid())
+    worker_main(0, _config(moto_server), child, counter, flag, os.getpid())
     result: PartResult = parent.recv()
     assert result.cancelled and not result.ok
     assert counter.total() == 0
@@ -83,11 +87,11 @@ def test_worker_reports_a_fatal_error_without_retrying(
 ) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 10)
-    spec = _spec(moto_server, path, "no-such-bucket-wloop", "nope", algorithm=None, md5=False)
+    target = _target(path, "no-such-bucket-wloop", "nope", algorithm=None, md5=False)
     parent, child = multiprocessing.Pipe()
-    parent.send(PartJob(1, 0, 10))
+    parent.send(PartJob(target, Part(1, 0, 10)))
     parent.send(None)
-    worker_main(0, spec, child, ByteCounter(1), CancelFlag(), os.getpid())
+    worker_main(0, _config(moto_server), child, ByteCounter(1), CancelFlag(), os.getpid())
     result: PartResult = parent.recv()
     assert not result.ok and not result.cancelled
     assert result.attempts == 1

@@ -110,12 +110,13 @@ def test_done_keeps_a_newer_replacement() -> None:
     assert len(buf) == 0
 
 
-def test_report_body_adds_seq_and_clamps_parts() -> None:
+def test_report_body_adds_seq_and_keeps_the_snapshot() -> None:
     s = Snapshot(event=Event.PROGRESS, status=Status.UPLOADING, upload_id=None, bucket="b", key="k",
                  total_bytes=10, bytes_done=5, speed_bps=None, avg_speed_bps=0.0, eta_seconds=None,
-                 elapsed_seconds=0.0, parts_done=9, parts_total=9)
-    body = report_body(s, 7, parts_total=3)
-    assert body["seq"] == 7 and body["parts_done"] == 3 and body["status"] == "uploading"
+                 elapsed_seconds=0.0, parts_done=3, parts_total=9)
+    body = report_body(s, 7)
+    assert body["seq"] == 7 and body["parts_done"] == 3 and body["parts_total"] == 9
+    assert body["status"] == "uploading"
     assert body["speed_bps"] == 0.0 and body["eta_seconds"] is None
 
 
