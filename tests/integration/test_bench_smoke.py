@@ -331,6 +331,48 @@ def test_discard_transfer_encoding_chunked(discard_url: str) -> None:
     assert _client(discard_url).head_object(Bucket="t", Key="te")["ContentLength"] == len(payload)
 
 
+# --------------------------------------------------------------------------------------------------
+# The library peers, multipart (the smoke run's 16 MiB fits in one of their 32 MiB parts)
+# --------------------------------------------------------------------------------------------------
+
+
+def _peer_env() -> dict[str, str]:
+    from benchmarks import run
+
+    return run.peer_env()
+
+
+@pytest.mark.parametrize("peer", ["awscrt", "boto3-tuned"])
+def test_library_peer_uploads_in_parts_without_any_checksum(discard_url: str, tmp_path: Path, peer: str) -> None:
+    from benchmarks import run
+
+    size = 40 * MIB  # two parts of 32 MiB and 8 MiB
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(size))
+    key = f"peer-{peer}"
+    argv = next(p for p in run.PEERS if p.name == peer).build(path, discard_url, key)
+    argv = [a if a != run.BUCKET else "t" for a in argv]  # the fixture's bucket
+    proc = subprocess.run(argv, env=_peer_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    head = _client(discard_url).head_object(Bucket="t", Key=key, ChecksumMode="ENABLED")
+    assert head["ContentLength"] == size
+    assert head["ETag"].endswith('-2"'), head["ETag"]  # a multipart upload of two 32 MiB-sized parts
+    assert not [k for k in head if k.startswith("Checksum")], head  # it sent no checksum, as the report says
+
+
+def test_awscrt_peer_exits_non_zero_when_the_upload_fails(tmp_path: Path) -> None:
+    from benchmarks import run
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    argv = next(p for p in run.PEERS if p.name == "awscrt").build(path, url, "k")
+    proc = subprocess.run(argv, env=_peer_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 1 and "awscrt upload failed" in proc.stderr, proc.stderr
+
+
 def test_bar_cost_instrument_runs() -> None:
     """The bar-cost measurement (benchmarks/bar_cost.py) keeps working: it drives the real bar on a pty."""
     import subprocess
