@@ -33,12 +33,15 @@ unit: venv
 run: venv
 	$(PY) -m mpupload demo
 
-# Every peer on a 1 GiB file (discard endpoint and moto), then mpupload's memory on a 4 GiB file.
+# Every peer on a 1 GiB file (discard endpoint and moto); the fastest peers on a 4 GiB file (discard); every
+# peer on a 100 MiB file (discard: start-up cost). mpupload's peak RSS is recorded in every run.
 bench: venv
 	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/1gib.json
-	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd --runs 3 \
-		--out benchmarks/results/4gib.json
-	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json --readme README.md
+	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd,awscrt,boto3-tuned \
+		--runs 3 --out benchmarks/results/4gib.json
+	$(PY) -m benchmarks.run --size 100MiB --servers discard --runs 5 --out benchmarks/results/100mib.json
+	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json \
+		benchmarks/results/100mib.json --readme README.md
 	$(PY) -m benchmarks.bar_cost
 	$(PY) -m benchmarks.push --out benchmarks/results/push.json --readme benchmarks/README.md
 	$(PY) -m benchmarks.ingest --backend both --generators 1 --out benchmarks/results/ingest.json

@@ -45,31 +45,69 @@ def machine_line(doc: dict[str, Any]) -> str:
     )
 
 
+#: mpupload itself, never the peer it is compared with (kept in step with benchmarks.run.SELF).
+SELF = ("mpupload", "mpupload-bar")
+
+
+def _fastest(peers: dict[str, Any], selected: set[str]) -> str | None:
+    """The other client with the highest median MiB/s (computed here too, so older result files render)."""
+    others = {n: e["median"] for n, e in peers.items() if n in selected and n not in SELF and e.get("median")}
+    return max(others, key=lambda n: others[n]["mib_s"]) if others else None
+
+
+def _target_text(t: dict[str, Any]) -> str:
+    unit = t.get("unit")
+    if unit is None:  # result files from before the unit and operator were recorded
+        unit = "%" if "cost" in t["name"] else ""
+    op = t.get("op") or ("≥" if "best" in t["name"] else ("<" if unit == "%" else "≤"))
+    if unit == "%":
+        value, limit = _pct(t["value"]), _pct(t["limit"])
+    elif unit == "×":
+        value, limit = _ratio(t["value"]), _ratio(t["limit"])
+    else:
+        value, limit = _num(t["value"], 2), _num(t["limit"], 2)
+    return f"{t['name']} {value} (target {op} {limit}): {'met' if t['met'] else 'NOT met'}"
+
+
 def server_table(doc: dict[str, Any], kind: str) -> list[str]:
     srv = doc["servers"][kind]
+    selected = set(doc["config"].get("peers") or srv["peers"])
+    fastest = _fastest(srv["peers"], selected)
+    top = srv["peers"][fastest]["median"] if fastest else None
     lines = [
         f"**{srv['label']}**",
         "",
-        "| peer | wall s | MiB/s | CPU-s/GiB | peak RSS MiB | vs mpupload (speed / CPU / RSS) |",
-        "|---|---:|---:|---:|---:|---|",
+        "| peer | wall s | MiB/s | CPU-s/GiB | peak RSS MiB | × fastest peer (speed / CPU) | checksum computed |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
-    selected = set(doc["config"].get("peers") or srv["peers"])
     for name, entry in srv["peers"].items():
         if name not in selected:
             continue  # not asked for in this run (e.g. the memory run on a larger file)
+        checksum = (entry.get("checksum") or "–").replace("|", "/")
         med = entry.get("median")
         if not med:
             reason = (entry.get("error") or "did not run").strip().splitlines()
             short = reason[-1] if reason else "did not run"
-            lines.append(f"| {name} | failed: {short[:80].replace('|', '/')} | | | | |")
+            lines.append(f"| {name} | failed: {short[:80].replace('|', '/')} | | | | | {checksum} |")
             continue
-        r = entry.get("ratio_vs_mpupload")
-        ratio = "–" if not r else f"{_ratio(r['mib_s'])} / {_ratio(r['cpu_s_per_gib'])} / {_ratio(r['peak_rss_mib'])}"
+        ratio = "–"
+        if top:
+            cpu = med["cpu_s_per_gib"] / top["cpu_s_per_gib"] if top["cpu_s_per_gib"] else None
+            ratio = f"{_ratio(med['mib_s'] / top['mib_s'])} / {_ratio(cpu)}"
         flag = "" if not entry.get("failed_runs") else f" ({entry['failed_runs']} failed)"
         lines.append(
             f"| {name}{flag} | {_num(med['wall_s'], 2)} | {_num(med['mib_s'], 0)} | "
-            f"{_num(med['cpu_s_per_gib'], 2)} | {_num(med['peak_rss_mib'], 0)} | {ratio} |"
+            f"{_num(med['cpu_s_per_gib'], 2)} | {_num(med['peak_rss_mib'], 0)} | {ratio} | {checksum} |"
         )
+    mine = (srv["peers"].get("mpupload") or {}).get("median")
+    if top and fastest:
+        summary = (f"Fastest peer: {fastest}, {_num(top['mib_s'], 0)} MiB/s at {_num(top['cpu_s_per_gib'], 2)} "
+                   "CPU-s/GiB.")
+        if mine and "mpupload" in selected:
+            cpu = mine["cpu_s_per_gib"] / top["cpu_s_per_gib"] if top["cpu_s_per_gib"] else None
+            summary += (f" mpupload: {_ratio(mine['mib_s'] / top['mib_s'])} its speed at {_ratio(cpu)} its CPU, "
+                        f"peak RSS {_num(mine.get('peak_rss_mib_max', mine['peak_rss_mib']), 0)} MiB.")
+        lines += ["", summary]
     cost = srv.get("bar_cost")
     if cost:
         lines += [
@@ -79,16 +117,7 @@ def server_table(doc: dict[str, Any], kind: str) -> list[str]:
         ]
     targets = srv.get("targets") or []
     if targets:
-        parts = []
-        for t in targets:
-            percent = "cost" in t["name"]
-            if percent:
-                value, limit = _pct(t["value"]), _pct(t["limit"])
-            else:
-                value, limit = _num(t["value"], 2), _num(t["limit"], 2)
-            op = "≥" if "best" in t["name"] else ("<" if percent else "≤")
-            parts.append(f"{t['name']} {value} (target {op} {limit}): {'met' if t['met'] else 'NOT met'}")
-        lines += ["", "Targets: " + "; ".join(parts) + "."]
+        lines += ["", "Targets: " + "; ".join(_target_text(t) for t in targets) + "."]
     return lines
 
 
@@ -99,8 +128,9 @@ def render(doc: dict[str, Any]) -> str:
         machine_line(doc),
         "",
         (f"File: {cfg['size']} of random bytes, page cache warm; median of {cfg['runs']} interleaved run(s); "
-         "mpupload with `--checksum crc32c`, the other clients at their defaults. CPU-s/GiB is user+sys of "
-         "the whole process tree; peak RSS is summed over the process tree."),
+         "mpupload with `--checksum crc32c`, the other clients as configured in benchmarks/README.md. CPU-s/GiB "
+         "is user+sys of the whole process tree; peak RSS is summed over the process tree; × fastest peer "
+         "compares each median with the fastest other client's (mpupload's own rows excluded)."),
     ]
     tools = doc.get("tools") or {}
     named = [f"{k} {v}" for k, v in tools.items() if v and " " not in k]

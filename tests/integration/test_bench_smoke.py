@@ -64,7 +64,7 @@ def test_smoke_bench_runs_every_peer_on_every_server(tmp_path: Path) -> None:
     assert size > 0
     for key in ("cpu_model", "nproc", "memory_gib", "kernel", "python"):
         assert doc["machine"][key], key
-    expected_peers = {"mpupload", "mpupload-bar", "aws-s3-cp", "boto3-upload_file", "s5cmd"}
+    expected_peers = {"mpupload", "mpupload-bar", "aws-s3-cp", "boto3-upload_file", "boto3-tuned", "awscrt", "s5cmd"}
     assert set(doc["config"]["peers"]) == expected_peers
     assert set(doc["servers"]) == {"discard", "moto"}
     for kind, server in doc["servers"].items():
@@ -81,7 +81,13 @@ def test_smoke_bench_runs_every_peer_on_every_server(tmp_path: Path) -> None:
             median = entry["median"]
             assert median["mib_s"] > 0 and median["peak_rss_mib"] > 0, where
             assert entry["ratio_vs_mpupload"] is not None, where
+            assert entry["ratio_vs_fastest"] is not None, where
+            assert entry["checksum"], where
         assert server["bar_cost"] is not None, kind
+        fastest = server["fastest_peer"]
+        assert fastest in expected_peers - {"mpupload", "mpupload-bar"}, kind
+        assert server["peers"][fastest]["ratio_vs_fastest"]["mib_s"] == 1.0, kind
+        assert server["lowest_cpu_peer"] in expected_peers - {"mpupload", "mpupload-bar"}, kind
 
 
 def test_report_renders_and_refuses_a_readme_without_markers(tmp_path: Path) -> None:
@@ -99,6 +105,14 @@ def test_report_renders_and_refuses_a_readme_without_markers(tmp_path: Path) -> 
                     "mpupload": {
                         "median": {"wall_s": 1.0, "mib_s": 16.0, "cpu_s_per_gib": 2.0, "peak_rss_mib": 100.0},
                         "ratio_vs_mpupload": {"mib_s": 1.0, "cpu_s_per_gib": 1.0, "peak_rss_mib": 1.0},
+                        "checksum": "CRC32C per part",
+                    },
+                    "awscrt": {
+                        "median": {"wall_s": 0.5, "mib_s": 32.0, "cpu_s_per_gib": 1.0, "peak_rss_mib": 50.0},
+                        "checksum": "none",
+                    },
+                    "boto3-tuned": {
+                        "median": {"wall_s": 2.0, "mib_s": 8.0, "cpu_s_per_gib": 4.0, "peak_rss_mib": 60.0},
                     },
                     "s5cmd": {"median": None, "error": "exit code 1: boom"},
                 },
@@ -106,7 +120,10 @@ def test_report_renders_and_refuses_a_readme_without_markers(tmp_path: Path) -> 
         },
     }
     block = report.render(doc)
-    assert "| mpupload | 1.00 | 16 | 2.00 | 100 |" in block
+    assert "| mpupload | 1.00 | 16 | 2.00 | 100 | 0.50× / 2.00× | CRC32C per part |" in block
+    assert "| awscrt | 0.50 | 32 | 1.00 | 50 | 1.00× / 1.00× | none |" in block
+    assert "| boto3-tuned | 2.00 | 8 | 4.00 | 60 | 0.25× / 4.00× | – |" in block  # an older file: no checksum
+    assert "Fastest peer: awscrt" in block and "mpupload: 0.50× its speed at 2.00× its CPU" in block
     assert "failed: exit code 1: boom" in block
     assert "2026-01-02" in block and "client-bound" in block
 
@@ -123,6 +140,35 @@ def test_report_renders_and_refuses_a_readme_without_markers(tmp_path: Path) -> 
     plain.write_text("no markers\n")
     assert report.main([str(results), "--readme", str(plain)]) == 1
     assert plain.read_text() == "no markers\n"
+
+
+def test_targets_are_the_issues_at_each_size() -> None:
+    """Issue 12's targets: 1 GiB vs the fastest peer, 4 GiB absolute CPU, 100 MiB vs the lowest-CPU peer."""
+    from benchmarks import run
+
+    def med(mib_s: float, cpu: float, rss: float = 50.0) -> dict[str, Any]:
+        return {"median": {"mib_s": mib_s, "cpu_s_per_gib": cpu, "peak_rss_mib": rss, "peak_rss_mib_max": rss}}
+
+    peers = {"mpupload": med(600.0, 1.2, 280.0), "mpupload-bar": med(2000.0, 0.1),  # never "the fastest peer"
+             "awscrt": med(900.0, 1.0), "s5cmd": med(500.0, 3.0), "boto3-tuned": med(800.0, 0.95),
+             "aws-s3-cp": {"median": None}}
+    assert run.fastest_peer(peers) == "awscrt" and run.cheapest_peer(peers) == "boto3-tuned"
+
+    def by_name(size: int, server: str = "discard") -> dict[str, dict[str, Any]]:
+        return {t["name"]: t for t in run.targets(server, peers, None, size)}
+
+    one = by_name(run.GIB)
+    assert one["peak RSS MiB (process tree, defaults)"]["met"] is True
+    speed, cpu = one["MiB/s vs the fastest peer (awscrt)"], one["CPU-s/GiB vs the fastest peer (awscrt)"]
+    assert speed["value"] == pytest.approx(600 / 900) and speed["met"] is False
+    assert cpu["value"] == pytest.approx(1.2) and cpu["met"] is False
+    four = by_name(4 * run.GIB)
+    assert four["client CPU-s/GiB"]["limit"] == 0.6 and four["client CPU-s/GiB"]["met"] is False
+    small = by_name(100 * MIB)
+    low = small["CPU-s/GiB vs the lowest-CPU peer (boto3-tuned)"]
+    assert low["value"] == pytest.approx(1.2 / 0.95) and low["met"] is True
+    assert set(by_name(run.GIB, "moto")) == {"peak RSS MiB (process tree, defaults)"}  # server-bound: RSS only
+    assert set(by_name(16 * MIB)) == {"peak RSS MiB (process tree, defaults)"}  # no target at this size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,6 +329,48 @@ def test_discard_transfer_encoding_chunked(discard_url: str) -> None:
     status, text = _raw_request(discard_url, head, body)
     assert status == 200, text
     assert _client(discard_url).head_object(Bucket="t", Key="te")["ContentLength"] == len(payload)
+
+
+# --------------------------------------------------------------------------------------------------
+# The library peers, multipart (the smoke run's 16 MiB fits in one of their 32 MiB parts)
+# --------------------------------------------------------------------------------------------------
+
+
+def _peer_env() -> dict[str, str]:
+    from benchmarks import run
+
+    return run.peer_env()
+
+
+@pytest.mark.parametrize("peer", ["awscrt", "boto3-tuned"])
+def test_library_peer_uploads_in_parts_without_any_checksum(discard_url: str, tmp_path: Path, peer: str) -> None:
+    from benchmarks import run
+
+    size = 40 * MIB  # two parts of 32 MiB and 8 MiB
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(size))
+    key = f"peer-{peer}"
+    argv = next(p for p in run.PEERS if p.name == peer).build(path, discard_url, key)
+    argv = [a if a != run.BUCKET else "t" for a in argv]  # the fixture's bucket
+    proc = subprocess.run(argv, env=_peer_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    head = _client(discard_url).head_object(Bucket="t", Key=key, ChecksumMode="ENABLED")
+    assert head["ContentLength"] == size
+    assert head["ETag"].endswith('-2"'), head["ETag"]  # a multipart upload of two 32 MiB-sized parts
+    assert not [k for k in head if k.startswith("Checksum")], head  # it sent no checksum, as the report says
+
+
+def test_awscrt_peer_exits_non_zero_when_the_upload_fails(tmp_path: Path) -> None:
+    from benchmarks import run
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 1000)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    argv = next(p for p in run.PEERS if p.name == "awscrt").build(path, url, "k")
+    proc = subprocess.run(argv, env=_peer_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 1 and "awscrt upload failed" in proc.stderr, proc.stderr
 
 
 def test_bar_cost_instrument_runs() -> None:
