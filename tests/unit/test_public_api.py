@@ -44,15 +44,3 @@ def test_lazy_names_are_the_defining_modules_objects() -> None:
     with pytest.raises(ImportError):
         from mpupload import no_such_name  # type: ignore[attr-defined]  # noqa: F401
 
-
-def test_core_imports_no_ui_or_http_framework() -> None:
-    """The pure core and the engine never import a UI or web framework (checked on the source)."""
-    import pathlib
-
-    root = pathlib.Path(mpupload.__file__).parent
-    core = [root / f for f in ("errors.py", "plan.py", "stats.py", "units.py", "events.py", "checksums.py")]
-    core += sorted((root / "engine").glob("*.py"))
-    for path in core:
-        text = path.read_text()
-        for banned in ("import enlighten", "import click", "import fastapi", "import requests", "from ..cli"):
-            assert banned not in text, f"{path.name} imports {banned.split()[-1]}"
