@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import journal as journal_mod
 from ..api import check_source, make_plan
-from ..client import ApiAuthError, ApiClient, ApiError, ApiNotFound, ApiTarget, resolve_target
+from ..client import ApiAuthError, ApiError, ApiNotFound, ApiTarget, resolve_target
 from ..engine.cancel import CancelToken
 from ..options import UploadOptions
 from ..sinks.base import TERMINAL_LOCK
@@ -77,6 +77,7 @@ def start_reporting(args: argparse.Namespace, *, bucket: str, key: str, store: S
     if not target.token:
         raise ApiAuthError(f"not logged in to the API server at {target.api_url}: run mpupload login "
                            "(or upload with --no-report)")
+    from ..client import ApiClient  # requests: only when there is a server to report to
     # bad input is reported before anything is registered (upload_file checks the same again)
     source = check_source(args.source)
     plan = make_plan(source.size, options)
@@ -103,6 +104,8 @@ def _check_and_register(target: ApiTarget, registration: dict[str, Any],
 
     Raises :class:`ApiAuthError` (exit 3) when the server rejects the token.
     """
+    from ..client import ApiClient
+
     client = ApiClient(target.api_url, target.token, connect_timeout_s=CHECK_TIMEOUT[0],
                        read_timeout_s=CHECK_TIMEOUT[1])
     try:
