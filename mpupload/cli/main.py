@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Collection, Sequence
 from typing import NoReturn
@@ -43,11 +42,24 @@ class _Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"mpupload: error: {message} (see mpupload --help)\n")
 
 
+class _Version(argparse.Action):
+    """``--version``: argparse's own action builds a help formatter first (which imports shutil, bz2, lzma)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        sys.stdout.write(f"mpupload {__version__}\n")
+        parser.exit()
+
+
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given ``commands``, only their modules are imported and build their sub-parsers (the
     other commands are listed by name and help line, and parse nothing)."""
     parser = _Parser(prog="mpupload", description="Parallel, resumable, verified S3 multipart uploads.")
-    parser.add_argument("--version", action="version", version=f"mpupload {__version__}")
+    parser.add_argument("--version", action=_Version, help="show program's version number and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module_name, names in COMMANDS.items():
         if commands is None or not names.keys().isdisjoint(commands):
@@ -71,18 +83,19 @@ def _command(argv: Sequence[str]) -> str | None:
     return None
 
 
-class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log records on stderr, never in the middle of the bar's redraw."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from ..sinks.base import TERMINAL_LOCK  # loaded with the first record, not at start
-
-        with TERMINAL_LOCK:
-            super().emit(record)
-
-
 def _setup_logging(debug: bool, quiet: bool) -> None:
-    handler = _TerminalHandler(sys.stderr)
+    import logging  # once a command runs: --version and --help never load logging
+
+    from ..sinks.base import TERMINAL_LOCK
+
+    class TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        """Log records on stderr, never in the middle of the bar's redraw."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            with TERMINAL_LOCK:
+                super().emit(record)
+
+    handler = TerminalHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("mpupload: %(levelname)s: %(message)s"))
     root = logging.getLogger("mpupload")
     root.handlers[:] = [handler]
