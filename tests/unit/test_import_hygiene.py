@@ -128,3 +128,15 @@ def test_mpupload_version_in_a_subprocess_loads_no_boto3() -> None:
     assert done.returncode == 0 and done.stdout.startswith("mpupload "), done
     line = next(x for x in done.stderr.splitlines() if x.startswith("MODULES "))
     assert present(set(json.loads(line[len("MODULES "):])), ["boto3", "botocore", "mpupload.engine", "enlighten"]) == []
+
+
+def test_an_upload_without_a_server_or_a_bar_loads_no_http_client_or_ui() -> None:
+    """``upload --no-report --progress plain`` (stopped by a missing file, before the store is asked): the
+    engine is loaded, the API client and the bar are not."""
+    code = textwrap.dedent("""
+        from mpupload.cli.main import main
+        assert main(["upload", "/nonexistent/file", "s3://bucket/key", "--no-report", "--progress", "plain"]) == 2
+    """)
+    modules = loaded_after(code)
+    assert "mpupload.api" in modules
+    assert present(modules, UI[1:] + ["requests", "mpupload.client.http", "mpupload.sinks.terminal"]) == []
