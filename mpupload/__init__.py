@@ -2,30 +2,17 @@
 
 The library surface is small: :func:`upload_file` with :class:`UploadOptions` and :class:`StoreConfig`
 in, :class:`UploadResult` out, errors from :mod:`mpupload.errors`.
+
+The public names are loaded on first use (PEP 562): ``import mpupload`` alone loads no engine, no boto3,
+no terminal UI, so ``mpupload --version``, the API server and the light modules stay cheap to start.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .api import upload_file
-from .engine.cancel import CancelToken
-from .errors import (
-    AuthError,
-    BucketNotFound,
-    Cancelled,
-    IntegrityError,
-    MpuploadError,
-    ObjectExists,
-    SourceChanged,
-    StoreUnreachable,
-    UploadFailed,
-    UsageError,
-    WorkerCrashed,
-)
-from .events import Event, Snapshot, Status
-from .options import ChecksumMode, UploadOptions, UploadResult
-from .storage import StoreConfig
+__version__ = "0.1.0"
 
 __all__ = [
     "__version__", "upload_file", "UploadOptions", "UploadResult", "ChecksumMode", "StoreConfig",
@@ -33,3 +20,48 @@ __all__ = [
     "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",
     "UploadFailed", "StoreUnreachable", "IntegrityError", "WorkerCrashed", "Cancelled",
 ]
+
+#: public name -> the module (relative to this package) that defines it
+_LAZY = {
+    "upload_file": ".api",
+    "CancelToken": ".engine.cancel",
+    **dict.fromkeys(("AuthError", "BucketNotFound", "Cancelled", "IntegrityError", "MpuploadError", "ObjectExists",
+                     "SourceChanged", "StoreUnreachable", "UploadFailed", "UsageError", "WorkerCrashed"), ".errors"),
+    **dict.fromkeys(("Event", "Snapshot", "Status"), ".events"),
+    **dict.fromkeys(("ChecksumMode", "UploadOptions", "UploadResult"), ".options"),
+    "StoreConfig": ".storage",
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time :func:`__getattr__` loads these
+    from .api import upload_file
+    from .engine.cancel import CancelToken
+    from .errors import (
+        AuthError,
+        BucketNotFound,
+        Cancelled,
+        IntegrityError,
+        MpuploadError,
+        ObjectExists,
+        SourceChanged,
+        StoreUnreachable,
+        UploadFailed,
+        UsageError,
+        WorkerCrashed,
+    )
+    from .events import Event, Snapshot, Status
+    from .options import ChecksumMode, UploadOptions, UploadResult
+    from .storage import StoreConfig
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its module on first access, then keep it in the package's namespace."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

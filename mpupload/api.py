@@ -19,13 +19,12 @@ from collections.abc import Callable, Sequence
 
 from . import errors as E
 from . import journal as journal_mod
-from .engine.aggregator import Aggregator
+from .engine.aggregator import Aggregator, Sink
 from .engine.cancel import CancelToken
 from .engine.coordinator import Coordinator, Source
 from .journal import JournalLock
 from .options import UploadOptions, UploadResult
 from .plan import PlanError, UploadPlan, plan_upload
-from .sinks import Sink
 from .storage import StoreConfig
 from .storage.config import effective_endpoint
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import TextIO
 
 from ..errors import Cancelled, MpuploadError
@@ -37,6 +36,8 @@ def report_error(exc: BaseException, *, debug: bool, stream: TextIO | None = Non
     """Print one clear line (a traceback too in debug mode) and return the exit code."""
     out = stream or sys.stderr
     if debug:
+        import traceback
+
         traceback.print_exception(exc, file=out)
     if isinstance(exc, Cancelled):
         print(f"mpupload: stopped: {exc}", file=out)

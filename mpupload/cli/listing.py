@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors as E
-from ..client import ApiAuthError, ApiClient, ApiNotFound, resolve_target
+from ..client import ApiAuthError, ApiNotFound, resolve_target
 from ..events import Event, Snapshot, Status
 from ..sinks import PROGRESS_MODES, Sink, make_sinks
 from ..units import format_bytes, format_duration, format_rate
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+
+if TYPE_CHECKING:
+    from ..client import ApiClient
 
 __all__ = ["add_parsers", "snapshot_from_record", "table"]
 
@@ -52,6 +55,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
+    from ..client import ApiClient  # requests: only when a command talks to the server
+
     target = resolve_target(args.api_url)
     if target is None:
         raise ApiAuthError("no API server: run mpupload login --api-url URL")

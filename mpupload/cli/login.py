@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import errors as E
-from ..client import ApiAuthError, ApiClient, ApiUnreachable, Credentials, credentials_path, load_credentials
+from ..client import ApiAuthError, ApiUnreachable, Credentials, credentials_path, load_credentials
 from ..client.credentials import normalize_url, remove_credentials, resolve_target, save_credentials
 from .errors import EXIT_OK
 
@@ -96,6 +96,8 @@ def plain_http_to_remote(url: str) -> bool:
 
 
 def run_login(args: argparse.Namespace) -> int:
+    from ..client import ApiClient  # requests: only when a command runs
+
     url = _api_url(args.api_url)
     if plain_http_to_remote(url):  # before the password is asked, so there is time to stop
         print(f"warning: {url} is plain http: the password crosses the network unencrypted (use https://)",
@@ -122,6 +124,8 @@ def run_login(args: argparse.Namespace) -> int:
 
 
 def run_logout(args: argparse.Namespace) -> int:
+    from ..client import ApiClient  # requests: only when a command runs
+
     path = credentials_path()
     try:
         stored = load_credentials(path)
@@ -148,6 +152,8 @@ def run_logout(args: argparse.Namespace) -> int:
 
 
 def run_whoami(args: argparse.Namespace) -> int:
+    from ..client import ApiClient  # requests: only when a command runs
+
     target = resolve_target(args.api_url)
     if target is None:
         raise ApiAuthError("not logged in: run mpupload login --api-url URL")

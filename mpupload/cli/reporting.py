@@ -22,13 +22,15 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..client import ApiAuthError, ApiClient, ApiError, ApiNotFound, ApiTarget, resolve_target
+from ..client import ApiAuthError, ApiError, ApiNotFound, ApiTarget, resolve_target
 from ..engine.cancel import CancelToken
-from ..engine.session import Source
 from ..options import UploadOptions
 from ..plan import UploadPlan
+
+if TYPE_CHECKING:
+    from ..engine.session import Source
 from ..sinks.base import TERMINAL_LOCK
 from ..sinks.push import PushSink
 
@@ -75,6 +77,8 @@ def check_reporting(args: argparse.Namespace) -> Reporting | None:
     if not target.token:
         raise ApiAuthError(f"not logged in to the API server at {target.api_url}: run mpupload login "
                            "(or upload with --no-report)")
+    from ..client import ApiClient  # requests: only when there is a server to report to
+
     client = ApiClient(target.api_url, target.token, connect_timeout_s=CHECK_TIMEOUT[0],
                        read_timeout_s=CHECK_TIMEOUT[1])
     try:
@@ -110,6 +114,8 @@ def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: s
         record_id = record_id if options.resume else None
     if warning:
         say(warning)
+    from ..client import ApiClient
+
     transport = ApiClient(target.api_url, target.token, connect_timeout_s=SENDER_TIMEOUT[0],
                           read_timeout_s=SENDER_TIMEOUT[1])
     return PushSink(transport, record_id=record_id, registration=registration, interval_s=args.report_interval,
@@ -124,6 +130,8 @@ def _outage(exc: ApiError) -> str:
 def _register(target: ApiTarget, registration: dict[str, Any],
               record_id: str | None) -> tuple[str | None, str | None]:
     """(the record id to report to, a warning line); no record id: the sender registers it later."""
+    from ..client import ApiClient
+
     client = ApiClient(target.api_url, target.token, connect_timeout_s=CHECK_TIMEOUT[0],
                        read_timeout_s=CHECK_TIMEOUT[1])
     try:

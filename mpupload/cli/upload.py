@@ -1,5 +1,8 @@
 """``mpupload upload SOURCE s3://BUCKET/KEY`` — one regular file, in parallel parts, verified."""
 
+# The engine, the sinks and the API client are imported by run(), not by this module: parsing the arguments
+# (and --help) stays cheap. This docstring is the command's --help description.
+
 from __future__ import annotations
 
 import argparse
@@ -7,22 +10,25 @@ import dataclasses
 import os
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors as E
-from ..api import PreparedUpload, prepare_upload
 from ..engine.cancel import CancelToken
 from ..events import Status
 from ..options import ChecksumMode, UploadOptions, VerifyMode
 from ..plan import MAX_WORKERS
-from ..sinks import Sink, make_sinks
-from ..sinks.push import REPORT_INTERVAL_S, PushSink
+from ..sinks.push import REPORT_INTERVAL_S
 from ..storage.config import effective_endpoint
 from ..units import parse_size
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
-from .reporting import Reporting, check_reporting, start_reporting
 from .signals import cancel_on_signals
+
+if TYPE_CHECKING:
+    from ..api import PreparedUpload
+    from ..sinks import Sink
+    from ..sinks.push import PushSink
+    from .reporting import Reporting
 
 __all__ = ["add_parser", "parse_s3_url", "run"]
 
@@ -160,6 +166,10 @@ def build_options(args: argparse.Namespace, bucket: str = "", key: str = "") -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..api import prepare_upload
+    from ..sinks import make_sinks
+    from .reporting import check_reporting, start_reporting
+
     bucket, key = parse_s3_url(args.destination, args.source)
     options = build_options(args, bucket, key)
     store = build_store(args)

@@ -8,7 +8,6 @@ on a terminal, from a prompt.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import sys
@@ -77,6 +76,8 @@ async def _with_db(database_url: str | None, body: Callable[[Any], Awaitable[int
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     try:
         from ..server import users_admin as admin
     except ImportError as exc:

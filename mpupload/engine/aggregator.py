@@ -3,6 +3,10 @@
 It runs in the coordinator's main thread, on a fixed tick. It owns the clock-dependent numbers: current
 speed (:class:`~mpupload.stats.SpeedMeter`), average speed, ETA, elapsed time. Bytes counted by this
 run (``sent``) drive speed and ETA; ``bytes_done`` adds what a resumed upload already had.
+
+:class:`Sink` is the port the aggregator feeds, defined here because the engine owns it: the engine never
+imports an implementation (:mod:`mpupload.sinks` holds the terminal bar, plain lines, JSON lines and the API
+push); the caller builds the sinks and hands them in.
 """
 
 from __future__ import annotations
@@ -10,17 +14,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..events import Event, Snapshot, Status
-from ..sinks import Sink
 from ..stats import SpeedMeter, average_speed, eta_seconds
 
-__all__ = ["Aggregator", "TICK_S"]
+__all__ = ["Aggregator", "Sink", "TICK_S"]
 
 #: how often the counter is sampled and sinks are fed
 TICK_S = 0.25
 log = logging.getLogger("mpupload")
+
+
+class Sink(Protocol):
+    """Where snapshots go. Called from the parent's main thread, in order: one ``started`` snapshot, any
+    number of ``progress`` snapshots, one final snapshot, then :meth:`close`. A sink that raises is logged
+    and dropped; it never breaks the upload."""
+
+    def emit(self, snapshot: Snapshot) -> None:
+        """Take one snapshot. Called from the parent's main thread; must return quickly."""
+
+    def close(self) -> None:
+        """Flush and release the output (after the final snapshot)."""
 
 
 class Aggregator:

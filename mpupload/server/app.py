@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketState
 from .api import build_router
 from .api.deps import ServerState
 from .api.ingest import RETRY_AFTER_S, UNAVAILABLE_DETAIL, ProgressEndpoint
-from .auth import LoginRateLimiter
+from .auth import LoginRateLimiter, prepare_dummy_hash
 from .bus import Bus, make_bus
 from .bus.signing import attach_signer, load_signer
 from .db import make_engine, make_sessionmaker, upgrade
@@ -102,6 +102,8 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
         writer = progress_writer(engine)
         started = False
         watcher: asyncio.Task[None] | None = None
+        # the login's dummy hash, off the event loop and not at import (a login that needs it first waits)
+        dummy = asyncio.create_task(asyncio.to_thread(prepare_dummy_hash), name="dummy-hash")
         try:
             await upgrade(engine)
             sessionmaker = make_sessionmaker(engine)
@@ -126,6 +128,8 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
             gc.set_threshold(50_000, 20, 100)
             yield
         finally:
+            with contextlib.suppress(Exception):
+                await dummy
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

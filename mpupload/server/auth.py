@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -27,12 +28,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db.models import Token, User, as_utc, utcnow
 
-__all__ = ["hash_password", "verify_password", "hash_token", "issue_token", "token_user", "token_session",
-           "token_row_valid", "revoke_token", "revoke_user_tokens", "LoginRateLimiter"]
+__all__ = ["hash_password", "verify_password", "prepare_dummy_hash", "hash_token", "issue_token", "token_user",
+           "token_session", "token_row_valid", "revoke_token", "revoke_user_tokens", "LoginRateLimiter"]
 
 _HASHER = PasswordHasher()
-#: verified against when the user does not exist, so an unknown name costs the same time as a wrong password
-_DUMMY_HASH = _HASHER.hash("mpupload-no-such-user")
+#: verified against when the user does not exist, so an unknown name costs the same time as a wrong password;
+#: hashed on first need (a hash costs as much as a verification), not at import: see :func:`_dummy_hash`
+_dummy: str | None = None
+_dummy_lock = threading.Lock()
+
+
+def prepare_dummy_hash() -> None:
+    """Compute the dummy hash now (blocking, ~150 ms), so that even the first login of an unknown user takes
+    no longer than a wrong password: the server's start-up runs it in a worker thread."""
+    _dummy_hash()
+
+
+def _dummy_hash() -> str:
+    """The dummy hash, computed once, by the first thread that needs it (the others wait for it)."""
+    global _dummy
+    if _dummy is None:
+        with _dummy_lock:
+            if _dummy is None:
+                _dummy = _HASHER.hash("mpupload-no-such-user")
+    return _dummy
 
 
 def hash_password(password: str) -> str:
@@ -40,16 +59,16 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
-def _verify_sync(password_hash: str, password: str) -> bool:
-    try:
-        return _HASHER.verify(password_hash, password)
+def _verify_sync(password_hash: str | None, password: str) -> bool:
+    try:  # in the worker thread: the first unknown user also pays for the dummy hash there, off the event loop
+        return _HASHER.verify(password_hash or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
     """Check ``password`` in a worker thread; ``None`` (no such user) burns the same time and fails."""
-    ok = await asyncio.to_thread(_verify_sync, password_hash or _DUMMY_HASH, password)
+    ok = await asyncio.to_thread(_verify_sync, password_hash, password)
     return ok and password_hash is not None
 
 

@@ -18,16 +18,22 @@ mode       sink                                                        stream
 =========  ==========================================================  ========
 
 ``--quiet`` silences the bar and plain lines but keeps JSON lines: they are data, not chatter.
+
+Every sink implements :class:`~mpupload.engine.aggregator.Sink`, the port the engine defines. The bar's module
+(and enlighten under it) is loaded only when a bar is made, or when :class:`TerminalSink` is asked for.
 """
 
 from __future__ import annotations
 
-from typing import TextIO
+import importlib
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .base import Sink
 from .jsonl import JsonLinesSink
 from .plain import PlainSink
-from .terminal import TerminalSink
+
+if TYPE_CHECKING:
+    from .terminal import TerminalSink
 
 __all__ = ["PROGRESS_MODES", "JsonLinesSink", "PlainSink", "Sink", "TerminalSink", "make_sinks"]
 
@@ -49,5 +55,13 @@ def make_sinks(mode: str, *, stdout: TextIO, stderr: TextIO, quiet: bool) -> lis
     if mode == "auto":
         mode = "bar" if stderr.isatty() else "plain"
     if mode == "bar":
+        from .terminal import TerminalSink
+
         return [TerminalSink(stderr)]
     return [PlainSink(stderr)]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: TerminalSink loads enlighten, so only on demand
+    if name == "TerminalSink":
+        return importlib.import_module(".terminal", __name__).TerminalSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,14 @@
-"""The port every progress sink implements, and the lock that keeps terminal output in one piece."""
+"""The port every progress sink implements, and the lock that keeps terminal output in one piece.
+
+:class:`Sink` is defined by the engine (:mod:`mpupload.engine.aggregator`), which feeds it; it is re-exported
+here for the sinks and their callers. The dependency points from the sinks to the engine, never back.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol
 
-from ..events import Snapshot
+from ..engine.aggregator import Sink
 
 __all__ = ["Sink", "TERMINAL_LOCK"]
 
@@ -13,10 +16,3 @@ __all__ = ["Sink", "TERMINAL_LOCK"]
 #: warnings, log records), so that a warning never lands in the middle of a bar's redraw
 TERMINAL_LOCK = threading.RLock()
 
-
-class Sink(Protocol):
-    def emit(self, snapshot: Snapshot) -> None:
-        """Take one snapshot. Called from the parent's main thread; must return quickly."""
-
-    def close(self) -> None:
-        """Flush and release the output (after the final snapshot)."""

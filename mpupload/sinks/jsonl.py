@@ -13,13 +13,14 @@ from collections.abc import Callable
 from typing import TextIO
 
 from ..events import Event, Snapshot, Status
+from .base import Sink
 
 __all__ = ["JsonLinesSink"]
 
 JSONL_MIN_INTERVAL_S = 1.0
 
 
-class JsonLinesSink:
+class JsonLinesSink(Sink):
     """Writes snapshots as JSON lines; throttles ``progress`` events only."""
 
     def __init__(self, stream: TextIO, min_interval_s: float = JSONL_MIN_INTERVAL_S,

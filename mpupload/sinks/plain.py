@@ -18,6 +18,7 @@ from typing import TextIO
 
 from ..events import Event, Snapshot
 from ..units import format_bytes, format_duration, format_rate
+from .base import Sink
 
 __all__ = ["PlainSink", "final_line", "progress_line", "started_line"]
 
@@ -111,7 +112,7 @@ def final_line(snapshot: Snapshot) -> str:
     return progress_line(snapshot)
 
 
-class PlainSink:
+class PlainSink(Sink):
     """Writes a start line, a progress line every ``interval_s`` seconds and a final line."""
 
     def __init__(self, stream: TextIO, interval_s: float = PLAIN_INTERVAL_S,

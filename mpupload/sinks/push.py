@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from ..client.errors import ApiAuthError, ApiError, ApiNotFound, ApiRefused
 from ..events import Event, Snapshot, Status
+from .base import Sink
 
 __all__ = ["BUFFER_MAX", "FINAL_WAIT_S", "REPORT_INTERVAL_S", "PushSink", "Report", "ReportBuffer", "SeqClock",
            "Transport", "backoff_delay"]
@@ -153,7 +154,7 @@ def report_body(snapshot: Snapshot, seq: int) -> dict[str, Any]:
     return body
 
 
-class PushSink:
+class PushSink(Sink):
     """A progress sink that reports to the API server from its own thread (see the module docstring)."""
 
     def __init__(

@@ -38,7 +38,7 @@ import enlighten  # noqa: E402
 
 from ..events import Event, Snapshot
 from ..units import format_bytes, format_duration, format_rate
-from .base import TERMINAL_LOCK
+from .base import TERMINAL_LOCK, Sink
 from .plain import final_line
 
 __all__ = ["BAR_FORMAT", "TerminalSink", "render_fields", "shorten", "status_text"]
@@ -103,7 +103,7 @@ def _default_manager(stream: TextIO) -> Any:
     return manager
 
 
-class TerminalSink:
+class TerminalSink(Sink):
     """An enlighten progress bar plus a status line; the outcome is printed under the bar at the end."""
 
     render_fields = staticmethod(render_fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from argon2 import PasswordHasher
 
 from mpupload.errors import UsageError
 from mpupload.server.auth import LoginRateLimiter, hash_token
@@ -101,3 +102,37 @@ def test_upload_ids_never_begin_like_an_option(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.undo()
     ids = {new_upload_id() for _ in range(2000)}
     assert len(ids) == 2000 and not any(i[0] in "-_" for i in ids) and all(len(i) == 16 for i in ids)
+
+
+def test_the_dummy_hash_is_made_once_on_first_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hash at import; the first unknown-user login (or the server's start-up) makes it, exactly once even
+    when several threads ask at the same moment, and an unknown user never signs in."""
+    import asyncio
+    import threading
+
+    from mpupload.server import auth
+
+    made: list[str] = []
+
+    class Counting(PasswordHasher):
+        def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+            made.append(str(password))
+            return super().hash(password, salt=salt)
+
+    monkeypatch.setattr(auth, "_HASHER", Counting())
+    monkeypatch.setattr(auth, "_dummy", None)
+    start = threading.Barrier(6)
+    results: list[str] = []
+
+    def ask() -> None:
+        start.wait()
+        results.append(auth._dummy_hash())
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and len(set(results)) == 1 and results[0].startswith("$argon2")
+    assert asyncio.run(auth.verify_password(None, "mpupload-no-such-user")) is False
+    assert len(made) == 1
