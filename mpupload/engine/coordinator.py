@@ -61,7 +61,7 @@ class Coordinator(SinglePut, Journaling):
     _completed = False
 
     def run(self) -> UploadResult:
-        self.client = self.store.make_client()
+        self.client = self._boto3_client()
         try:
             self._check_cancel()
             if self.options.no_overwrite:
@@ -132,7 +132,8 @@ class Coordinator(SinglePut, Journaling):
             self._journal_start(integrity.algorithm, integrity.content_md5, done)
             self.agg.started(self._started_extra(integrity))
             assert self.upload_id is not None
-            spec = WorkerSpec(self.store, self.source.path, self.bucket, self.key, self.upload_id,
+            assert self.config is not None, "the worker processes speak boto3: a Boto3Store is needed (for now)"
+            spec = WorkerSpec(self.config, self.source.path, self.bucket, self.key, self.upload_id,
                               integrity.algorithm, integrity.content_md5, integrity.etag_is_md5)
             self._upload_parts(spec, counter, done)
             self.source.check_unchanged()

@@ -1,6 +1,6 @@
-"""What every path of one upload shares: the source, the store client, the aggregator, the cancel token,
-what the store checks (the probe), the journal's writes, and the end of an upload: the completed snapshot,
-aborting a multipart upload, and an honest account of every upload left on the store."""
+"""What every path of one upload shares: the source, the store (a :class:`~mpupload.storage.Store`), the
+aggregator, the cancel token, what the store checks (the probe), the journal's writes, and the end of an upload:
+the completed snapshot, aborting a multipart upload, and an honest account of every upload left on the store."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from ..events import Event, Status
 from ..journal import Journal
 from ..options import ChecksumMode, UploadOptions, UploadResult
 from ..plan import UploadPlan
-from ..storage import StoreConfig, classify
-from ..storage.errors import GONE_CODES, error_code
+from ..storage import Boto3Store, Store, StoreConfig, classify
+from ..storage.port import ABORT_ROUNDS
 from .aggregator import Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag
@@ -37,8 +37,6 @@ SHUTDOWN_JOIN_S = 2.0
 #: the journal is rewritten at most this often while parts finish (and always at the end)
 JOURNAL_SAVE_S = 1.0
 SINGLE_PUT_ATTEMPTS = 5
-#: how many times an abort is repeated while ListParts still shows parts (parts in flight may land after it)
-ABORT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ class UploadSession:
         key: str,
         plan: UploadPlan,
         *,
-        store: StoreConfig,
+        store: StoreConfig | Store,
         options: UploadOptions,
         aggregator: Aggregator,
         cancel: CancelToken,
@@ -88,11 +86,15 @@ class UploadSession:
         self.bucket = bucket
         self.key = key
         self.plan = plan
-        self.store = store
+        #: the store every S3 request of this upload goes through
+        self.store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
+        #: the settings worker processes build their own store from (``None``: not a boto3 store)
+        self.config: StoreConfig | None = self.store.config if isinstance(self.store, Boto3Store) else None
         self.options = options
         self.agg = aggregator
         self.cancel = cancel
         self.warnings: list[str] = []
+        #: the boto3 client of a Boto3Store, for single.py and worker.py until they call the Store themselves
         self.client: Any = None
         self.upload_id: str | None = None
         self._flag = CancelFlag()
@@ -155,7 +157,7 @@ class UploadSession:
         traits, left = probe_store(
             self.client, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
             cache_key=(self.store, self.bucket, encryption),
-            abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived().make_client()),
+            abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived()),
             cancelled=lambda: self.cancel.cancelled, endpoint=self.store.endpoint_url)
         if left is not None:
             self.left[left] = "the store probe's throwaway upload: its abort failed"
@@ -235,7 +237,7 @@ class UploadSession:
         (bounded); False, with the upload recorded as left behind, when the store would not confirm it."""
         if self.upload_id is None:
             return True
-        if self._abort_id(self.upload_id, self.store.short_lived().make_client()):
+        if self._abort_id(self.upload_id, self.store.short_lived()):
             self.left.pop(self.upload_id, None)
             self.cancel.left_behind = None
             return True
@@ -244,23 +246,18 @@ class UploadSession:
                    f"with: {self._cleanup_command(self.upload_id)}")
         return False
 
-    def _abort_id(self, upload_id: str, client: Any) -> bool:
+    def _boto3_client(self) -> Any:
+        """The client under a :class:`Boto3Store`, built now (``None`` for another store). Only for the code that
+        still speaks boto3 itself (single.py); new code calls ``self.store``."""
+        return self.store.client if isinstance(self.store, Boto3Store) else None
+
+    def _abort_id(self, upload_id: str, store: Store) -> bool:
         """True once the store says the multipart upload ``upload_id`` is gone (aborted, or never there)."""
-        for _ in range(ABORT_ROUNDS):
-            try:
-                client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
-            except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in GONE_CODES:
-                    return True
-                log.warning("aborting multipart upload %s failed: %s", upload_id, exc)
-                return False
-            try:
-                listed = client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id, MaxParts=1)
-            except Exception as exc:  # noqa: BLE001
-                return error_code(exc) in GONE_CODES
-            if not listed.get("Parts"):
-                return True
-        return False
+        try:
+            return store.abort_and_confirm(self.bucket, self.key, upload_id, rounds=ABORT_ROUNDS).gone
+        except Exception as exc:  # noqa: BLE001
+            log.warning("aborting multipart upload %s failed: %s", upload_id, exc)
+            return False
 
     def _cleanup_command(self, upload_id: str) -> str:
         template = self.options.cleanup_command
