@@ -180,7 +180,7 @@ class UploadSession:
         }
 
     def _access(self) -> ObjectAccess:
-        return ObjectAccess(self.client, self.bucket, self.key, self.store.endpoint_url)
+        return ObjectAccess(self.store, self.bucket, self.key, self.store.endpoint_url)
 
     @property
     def _read_back_path(self) -> str | None:
