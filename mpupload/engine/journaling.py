@@ -79,7 +79,7 @@ class Journaling(UploadSession):
                     f"(that aborts the old multipart upload {existing.upload_id})",
                     bucket=self.bucket, key=self.key, upload_id=existing.upload_id)
         try:
-            state = find_resume(self.client, self.bucket, self.key, self.source.size, self.plan, existing)
+            state = find_resume(self.store, self.bucket, self.key, self.source.size, self.plan, existing)
         except E.MpuploadError:
             raise
         except Exception as exc:  # noqa: BLE001
