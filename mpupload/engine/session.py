@@ -155,7 +155,7 @@ class UploadSession:
         args = self._object_args()
         encryption = (args.get("ServerSideEncryption"), args.get("SSEKMSKeyId"))
         traits, left = probe_store(
-            self.client, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
+            self.store, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
             cache_key=(self.store, self.bucket, encryption),
             abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived()),
             cancelled=lambda: self.cancel.cancelled, endpoint=self.store.endpoint_url)
