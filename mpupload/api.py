@@ -26,7 +26,7 @@ from .journal import JournalLock
 from .options import UploadOptions, UploadResult
 from .plan import PlanError, UploadPlan, plan_upload
 from .sinks import Sink
-from .storage import StoreConfig
+from .storage import Store, StoreConfig
 from .storage.config import effective_endpoint
 
 __all__ = ["upload_file", "check_source", "make_plan"]
@@ -73,7 +73,7 @@ def upload_file(
     bucket: str,
     key: str,
     *,
-    store: StoreConfig | None = None,
+    store: StoreConfig | Store | None = None,
     options: UploadOptions | None = None,
     sinks: Sequence[Sink] = (),
     cancel: CancelToken | None = None,
@@ -81,7 +81,9 @@ def upload_file(
 ) -> UploadResult:
     """Upload one regular file to ``s3://bucket/key`` and verify the stored object.
 
-    ``cancel`` lets a caller stop the upload (the CLI cancels it from its SIGINT/SIGTERM handlers);
+    ``store`` is where it goes: a :class:`StoreConfig` (boto3, the default one when omitted) or any
+    :class:`~mpupload.storage.Store`. ``cancel`` lets a caller stop the upload (the CLI cancels it from its
+    SIGINT/SIGTERM handlers);
     ``upload_id`` is the API server's record id when there is one (it becomes the events' ``upload_id``, and
     is kept in the resume journal so that ``--resume`` continues the same record).
     Raises a subclass of :class:`~mpupload.errors.MpuploadError`.
