@@ -139,12 +139,15 @@ class AbortOutcome(enum.Enum):
     ABORTED = "aborted"
     #: the store said at once that the upload does not exist
     ALREADY_GONE = "already gone"
-    #: parts were still listed after every round, or the check could not tell
-    NOT_CONFIRMED = "not confirmed"
+    #: parts were still listed after every round
+    PARTS_REMAIN = "parts remain"
+    #: the abort was accepted, but the ListParts that checks it failed for another reason than "gone"
+    UNCONFIRMED = "unconfirmed"
 
     @property
     def gone(self) -> bool:
-        return self is not AbortOutcome.NOT_CONFIRMED
+        """The store confirmed that the upload no longer exists."""
+        return self in (AbortOutcome.ABORTED, AbortOutcome.ALREADY_GONE)
 
 
 class ListingStuck(E.UploadFailed):
@@ -326,10 +329,10 @@ class StoreBase:
             try:
                 page = self.list_parts_page(bucket, key, upload_id, max_parts=1)
             except Exception as exc:  # noqa: BLE001 - anything but "gone" means "cannot tell"
-                return AbortOutcome.ABORTED if is_gone(exc) else AbortOutcome.NOT_CONFIRMED
+                return AbortOutcome.ABORTED if is_gone(exc) else AbortOutcome.UNCONFIRMED
             if not page.parts:
                 return AbortOutcome.ABORTED
-        return AbortOutcome.NOT_CONFIRMED
+        return AbortOutcome.PARTS_REMAIN
 
     def list_uploads(self, bucket: str, prefix: str, *, max_pages: int,
                      stop_past: str | None = None) -> Iterator[ListedUpload]:

@@ -141,8 +141,11 @@ def test_abort_not_confirmed_when_parts_stay_listed() -> None:
     upload_id, _ = _upload(store, parts=(b"x",), algorithm=None)
     # the store "forgets" to abort: every AbortMultipartUpload answers OK but the parts stay
     store.abort_multipart_upload = lambda bucket, key, upload_id: None  # type: ignore[method-assign]
-    assert store.abort_and_confirm("b", "k", upload_id, rounds=3) is AbortOutcome.NOT_CONFIRMED
+    assert store.abort_and_confirm("b", "k", upload_id, rounds=3) is AbortOutcome.PARTS_REMAIN
     assert store.calls["ListParts"] == 3
+    store.fail("ListParts", code="AccessDenied", status=403)
+    outcome = store.abort_and_confirm("b", "k", upload_id)
+    assert outcome is AbortOutcome.UNCONFIRMED and not outcome.gone
 
 
 def test_list_parts_paginates_to_the_end(store: MemoryStore) -> None:
