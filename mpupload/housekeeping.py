@@ -9,7 +9,7 @@ both and decides what is stale; it prints nothing and parses no command line (``
   their age, size and part count (ListParts). Both listings are paginated with a hard bound on the number
   of pages, so a store that always answers "truncated" cannot keep us looping: the bound raises
   :class:`ListingIncomplete`, which carries what was listed so far.
-* :func:`abort` aborts one upload; an upload that is already gone counts as done.
+* :func:`abort` aborts one upload and confirms it is gone; an upload that is already gone counts as done.
 * :func:`has_abort_lifecycle_rule` tells whether the bucket expires incomplete uploads by itself.
 * :func:`stale_journals` picks the local journals whose upload no longer exists on the store, and
   :func:`remove_journal` removes one safely (not while a run holds it, not when it changed meanwhile).
@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 from . import errors as E
 from .journal import CorruptJournal, Journal, JournalLock, load
 from .storage import Store, classify
-from .storage.errors import error_code, is_gone
-from .storage.port import ListedUpload, ListingStuck, as_utc
+from .storage.errors import error_code
+from .storage.port import ABORT_ROUNDS, AbortOutcome, ListedUpload, ListingStuck, as_utc
 
 __all__ = [
     "MAX_UPLOAD_PAGES", "MAX_PART_PAGES", "Orphan", "ListingIncomplete", "find_orphans",
@@ -141,17 +141,23 @@ def find_orphans(store: Store, bucket: str, prefix: str, now: _dt.datetime,
 
 
 def abort(store: Store, bucket: str, orphan: Orphan) -> bool:
-    """Abort one upload: ``True`` when this call aborted it, ``False`` when it was already gone.
+    """Abort one upload and confirm it (:meth:`~mpupload.storage.Store.abort_and_confirm`): ``True`` when this
+    call aborted it, ``False`` when it was already gone.
 
-    Any other failure raises the classified store error.
+    Parts still listed after every abort (a run is still sending parts to the upload) raise
+    :class:`~mpupload.errors.UploadFailed`; a check that cannot tell (ListParts denied) counts as aborted, since
+    the store accepted the abort. Any other failure raises the classified store error.
     """
     try:
-        store.abort_multipart_upload(bucket, orphan.key, orphan.upload_id)
+        outcome = store.abort_and_confirm(bucket, orphan.key, orphan.upload_id)
     except Exception as exc:  # noqa: BLE001 - mapped to the error tree
-        if is_gone(exc):
-            return False
         raise classify(exc, bucket=bucket, key=orphan.key, upload_id=orphan.upload_id) from exc
-    return True
+    if outcome is AbortOutcome.PARTS_REMAIN:
+        raise E.UploadFailed(
+            f"the store still lists parts of the multipart upload {orphan.upload_id} after {ABORT_ROUNDS} aborts: "
+            "a run is still sending parts to it; stop it, then run the same command again",
+            bucket=bucket, key=orphan.key, upload_id=orphan.upload_id)
+    return outcome is not AbortOutcome.ALREADY_GONE
 
 
 def has_abort_lifecycle_rule(store: Store, bucket: str) -> bool | None:

@@ -15,6 +15,7 @@ from mpupload.cli.options import parse_duration
 from mpupload.cli.resumable import format_line
 from mpupload.journal import Journal, PartRecord, SourceFingerprint
 from mpupload.storage import Boto3Store
+from mpupload.storage.memory import MemoryStore
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 GiB = 1024**3
@@ -233,3 +234,39 @@ class Lifecycle:
 ])
 def test_has_abort_lifecycle_rule(store: Lifecycle, expected: bool | None) -> None:
     assert hk.has_abort_lifecycle_rule(Boto3Store.over_client(store), "b") is expected
+
+
+def test_abort_confirms_with_the_store() -> None:
+    store = MemoryStore("b")
+    upload_id = store.create_multipart_upload("b", "k")
+    store.upload_part("b", "k", upload_id, 1, b"x", content_length=1)
+    orphan = hk.Orphan("k", upload_id, NOW, 0.0, 1, 1)
+    assert hk.abort(store, "b", orphan) is True
+    assert store.calls["ListParts"] == 1 and store.uploads("b") == {}
+    assert hk.abort(store, "b", orphan) is False  # already gone
+    store.fail("AbortMultipartUpload", code="AccessDenied", status=403)
+    with pytest.raises(E.AuthError):
+        hk.abort(store, "b", orphan)
+
+
+def test_abort_fails_while_parts_keep_landing() -> None:
+    store = MemoryStore("b")
+    upload_id = store.create_multipart_upload("b", "k")
+    store.upload_part("b", "k", upload_id, 1, b"x", content_length=1)
+    store.abort_multipart_upload = lambda bucket, key, upload_id: None  # type: ignore[method-assign]
+    with pytest.raises(E.UploadFailed, match="still lists parts"):
+        hk.abort(store, "b", hk.Orphan("k", upload_id, NOW, 0.0, 1, 1))
+
+
+def test_find_orphans_over_small_pages() -> None:
+    clock = iter(NOW - dt.timedelta(hours=h) for h in range(100, 0, -1))
+    store = MemoryStore("b", parts_page_size=2, uploads_page_size=2, clock=lambda: next(clock))
+    for key in ("a", "b", "c", "d", "e"):
+        upload_id = store.create_multipart_upload("b", key)
+        for number in range(1, 4):
+            store.upload_part("b", key, upload_id, number, b"xy", content_length=2)
+    orphans = hk.find_orphans(store, "b", "", NOW)
+    assert [o.key for o in orphans] == ["a", "b", "c", "d", "e"]
+    assert all(o.size == 6 and o.parts == 3 for o in orphans)
+    assert orphans[0].age_s == 100 * 3600 and orphans[0].idle_s == 97 * 3600
+    assert store.calls["ListMultipartUploads"] == 3 and store.calls["ListParts"] == 5 * 2
