@@ -146,7 +146,7 @@ def _open_store(config: StoreConfig, bucket: str, endpoint: str | None) -> Store
     """The store, its client built at once: a bad profile or configuration is reported before anything else."""
     store = Boto3Store(config)
     try:
-        store.client  # noqa: B018 - built now, for the error
+        store.connect()
     except Exception as exc:  # noqa: BLE001 - mapped to the error tree
         raise classify(exc, bucket=bucket, endpoint=endpoint) from exc
     return store

@@ -62,6 +62,7 @@ class Coordinator(SinglePut, Journaling):
     _completed = False
 
     def run(self) -> UploadResult:
+        self.store.connect()
         self.client = self._boto3_client()
         try:
             self._check_cancel()

@@ -79,6 +79,9 @@ class Boto3Store(StoreBase):
         """A fresh store (and client) with short timeouts and few retries, for aborts."""
         return Boto3Store(self.config.short_lived())
 
+    def connect(self) -> None:
+        self.client  # noqa: B018 - built now
+
     # -- buckets ------------------------------------------------------------------------------------------------
     def head_bucket(self, bucket: str) -> None:
         self.client.head_bucket(Bucket=bucket)

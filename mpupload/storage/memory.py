@@ -239,6 +239,9 @@ class MemoryStore(StoreBase):
     def short_lived(self) -> MemoryStore:
         return self
 
+    def connect(self) -> None:
+        pass
+
     def head_bucket(self, bucket: str) -> None:
         self._enter("HeadBucket", Bucket=bucket)
         with self._lock:

@@ -171,6 +171,11 @@ class Store(Protocol):
         """The same store, for clean-up calls (abort) that must end quickly even when the store is unwell."""
         ...
 
+    def connect(self) -> None:
+        """Get ready to send requests now (a boto3 client is built): a broken configuration (an unknown
+        profile, say) shows here rather than in the first request. Sends nothing."""
+        ...
+
     # -- buckets ------------------------------------------------------------------------------------------------
     def head_bucket(self, bucket: str) -> None: ...
 
