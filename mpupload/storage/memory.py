@@ -26,7 +26,8 @@ For tests:
 * :attr:`MemoryStore.calls` counts the requests per operation (S3's names: ``UploadPart``, ``ListParts``, ...).
 
 Errors are :class:`~mpupload.storage.errors.StoreError`, read like botocore's by :mod:`mpupload.storage.errors`.
-Safe to use from several threads; not shared between processes.
+Safe to use from several threads. It lives in one process and refuses to be pickled: parts sent to it must be
+sent from this process (threads), not from worker processes.
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ class MemoryStore(StoreBase):
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a MemoryStore lives in one process and cannot be pickled: send its parts from threads of "
+                        "this process, not from worker processes")
+
     # -- for tests ----------------------------------------------------------------------------------------------
     def fail(self, operation: str, times: int = 1, *, code: str = "InternalError", status: int = 500,
              message: str = "injected fault") -> None:
@@ -271,11 +276,10 @@ class MemoryStore(StoreBase):
             obj = self._bucket(bucket, "HeadObject").objects.get(key)
             if obj is None:
                 raise StoreError("404", 404, "Not Found", "HeadObject")
-            answer: dict[str, Any] = {"ContentLength": len(obj.data), "ETag": f'"{obj.etag}"',
-                                      "LastModified": obj.last_modified, **obj.object_args}
-            answer.pop("Metadata", None)
-            if obj.object_args.get("Metadata"):
-                answer["Metadata"] = dict(obj.object_args["Metadata"])
+            # the object options as S3 answers them (ContentType, Metadata, StorageClass, encryption)
+            answer: dict[str, Any] = {**obj.object_args, "ContentLength": len(obj.data), "ETag": f'"{obj.etag}"',
+                                      "LastModified": obj.last_modified, "Metadata": dict(obj.object_args.get(
+                                          "Metadata") or {})}
             if checksum_mode and obj.checksum is not None:
                 answer[boto_checksum_param(obj.checksum.algorithm)] = obj.checksum.value
                 answer["ChecksumType"] = obj.checksum_type

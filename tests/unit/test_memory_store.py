@@ -215,3 +215,8 @@ def test_store_error_pickles_and_prints_like_botocore() -> None:
     assert (again.code, again.status, again.message, again.operation) == ("NoSuchUpload", 404, "gone", "ListParts")
     assert str(err) == "An error occurred (NoSuchUpload) when calling the ListParts operation: gone"
     assert is_retryable(StoreError("InternalError", 500)) and not is_retryable(StoreError("NotImplemented", 501))
+
+
+def test_a_memory_store_stays_in_its_process(store: MemoryStore) -> None:
+    with pytest.raises(TypeError, match="one process"):
+        pickle.dumps(store)
