@@ -156,7 +156,8 @@ class UploadSession:
         encryption = (args.get("ServerSideEncryption"), args.get("SSEKMSKeyId"))
         traits, left = probe_store(
             self.store, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
-            cache_key=(self.store, self.bucket, encryption),
+            # keyed by the settings (not the store, which would keep its client alive in the cache)
+            cache_key=(self.config or self.store, self.bucket, encryption),
             abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived()),
             cancelled=lambda: self.cancel.cancelled, endpoint=self.store.endpoint_url)
         if left is not None:
