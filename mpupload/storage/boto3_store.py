@@ -22,8 +22,8 @@ from .port import (
     Body,
     Checksum,
     CompletedPart,
-    ListedPart,
     ListedUpload,
+    PagePart,
     PartsPage,
     StoreBase,
     UploadsPage,
@@ -185,8 +185,8 @@ class Boto3Store(StoreBase):
         for p in page.get("Parts") or []:
             checksums = {algorithm: str(p[name]) for algorithm, name in CHECKSUM_FIELDS.items() if p.get(name)}
             stamp = p.get("LastModified")
-            parts.append((ListedPart(int(p["PartNumber"]), int(p.get("Size", 0)), str(p.get("ETag", "")).strip('"'),
-                                     None, as_utc(stamp) if stamp is not None else None), checksums))
+            parts.append(PagePart(int(p["PartNumber"]), int(p.get("Size", 0)), str(p.get("ETag", "")).strip('"'),
+                                  checksums, as_utc(stamp) if stamp is not None else None))
         next_marker = page.get("NextPartNumberMarker")
         return PartsPage(tuple(parts), bool(page.get("IsTruncated")), int(next_marker) if next_marker else None,
                          page.get("ChecksumAlgorithm"))

@@ -51,8 +51,8 @@ from .port import (
     Body,
     Checksum,
     CompletedPart,
-    ListedPart,
     ListedUpload,
+    PagePart,
     PartsPage,
     StoreBase,
     UploadsPage,
@@ -447,7 +447,7 @@ class MemoryStore(StoreBase):
             for number in page:
                 part = upload.parts[number]
                 checksums = {upload.algorithm: part.checksum} if upload.algorithm and part.checksum else {}
-                listed.append((ListedPart(number, len(part.data), part.etag, None, part.last_modified), checksums))
+                listed.append(PagePart(number, len(part.data), part.etag, checksums, part.last_modified))
             truncated = len(numbers) > size
             algorithm = upload.algorithm.value.upper() if upload.algorithm else None
             return PartsPage(tuple(listed), truncated, page[-1] if truncated and page else None, algorithm)

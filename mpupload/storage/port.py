@@ -34,9 +34,9 @@ from ..checksums import Algorithm
 from ..plan import MAX_PARTS
 from .errors import is_gone
 
-__all__ = ["Store", "StoreBase", "Body", "Checksum", "CompletedPart", "ListedPart", "PartsPage", "PartListing",
-           "ListedUpload", "UploadsPage", "AbortOutcome", "ListingStuck", "ABORT_ROUNDS", "LIST_PAGE_PARTS",
-           "CHECKSUM_FIELDS", "as_utc"]
+__all__ = ["Store", "StoreBase", "Body", "Checksum", "CompletedPart", "ListedPart", "PagePart", "PartsPage",
+           "PartListing", "ListedUpload", "UploadsPage", "AbortOutcome", "ListingStuck", "ABORT_ROUNDS",
+           "LIST_PAGE_PARTS", "CHECKSUM_FIELDS", "as_utc"]
 
 log = logging.getLogger("mpupload")
 
@@ -96,11 +96,22 @@ class ListedPart:
 
 
 @dataclass(frozen=True)
+class PagePart:
+    """A part on one ListParts page, with every checksum it carries."""
+
+    number: int
+    size: int
+    etag: str
+    #: algorithm -> base64 value, in :data:`CHECKSUM_FIELDS` order
+    checksums: Mapping[Algorithm, str]
+    last_modified: _dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class PartsPage:
     """One ListParts page, as the store answered it."""
 
-    #: the parts of the page, with every checksum field each one carries (in :data:`CHECKSUM_FIELDS` order)
-    parts: tuple[tuple[ListedPart, Mapping[Algorithm, str]], ...]
+    parts: tuple[PagePart, ...]
     truncated: bool
     next_marker: int | None
     #: the checksum algorithm the store names for the upload (``CRC32C``, ...), if it names one
@@ -293,9 +304,9 @@ class StoreBase:
                     return None
                 raise
             named = named or page.algorithm
-            for part, checksums in page.parts:
-                found = algorithm or next(iter(checksums), None)
-                value = checksums.get(found) if found is not None else None
+            for part in page.parts:
+                found = algorithm or next(iter(part.checksums), None)
+                value = part.checksums.get(found) if found is not None else None
                 parts[part.number] = ListedPart(part.number, part.size, part.etag, value, part.last_modified)
                 if algorithm is None and found is not None and named is None:
                     named = found.value
