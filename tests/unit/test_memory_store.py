@@ -220,3 +220,20 @@ def test_store_error_pickles_and_prints_like_botocore() -> None:
 def test_a_memory_store_stays_in_its_process(store: MemoryStore) -> None:
     with pytest.raises(TypeError, match="one process"):
         pickle.dumps(store)
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    ("NoSuchUpload", 404), ("NoSuchKey", 404), ("404", 404), ("NoSuchBucket", 404), ("AccessDenied", 403),
+    ("PreconditionFailed", 412), ("InvalidStorageClass", 400), ("BadDigest", 400), ("SlowDown", 503),
+    ("InternalError", 500), ("NotImplemented", 501), ("EntityTooSmall", 400), ("Weird", 502), ("Weird", 409),
+])
+def test_a_store_error_is_read_like_the_same_botocore_answer(code: str, status: int) -> None:
+    from botocore.exceptions import ClientError
+
+    ours = StoreError(code, status, "message", "UploadPart")
+    boto = ClientError({"Error": {"Code": code, "Message": "message"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+    assert (error_code(ours), http_status(ours), is_gone(ours), is_retryable(ours)) == (
+        error_code(boto), http_status(boto), is_gone(boto), is_retryable(boto))
+    mine, theirs = classify(ours, bucket="b", key="k"), classify(boto, bucket="b", key="k")
+    assert type(mine) is type(theirs) and str(mine) == str(theirs)
