@@ -135,12 +135,22 @@ def _read(body: Any) -> bytes:
 class MemoryStore(StoreBase):
     """A store in this process's memory. ``buckets`` are created at once; ``min_part_size`` (5 MiB, as S3) can be
     lowered for tests; ``parts_page_size`` and ``uploads_page_size`` cap ListParts and ListMultipartUploads pages
-    (S3: 1000); ``clock`` gives the time of initiations and parts."""
+    (S3: 1000); ``clock`` gives the time of initiations and parts.
+
+    Habits of other stores (``docs/stores.md``), for tests of what the engine makes of them:
+    ``checks_checksums=False`` accepts a wrong ``x-amz-checksum-*`` and keeps the value sent (moto, Ceph RGW);
+    ``checks_content_md5=False`` accepts a wrong ``Content-MD5`` (moto); ``md5_etags=False`` answers ETags that are
+    not MD5s (SSE-KMS, some compatible stores).
+    """
 
     def __init__(self, *buckets: str, min_part_size: int = S3_MIN_PART_SIZE, parts_page_size: int = 1000,
                  uploads_page_size: int = 1000, endpoint_url: str | None = None,
-                 clock: Callable[[], _dt.datetime] | None = None) -> None:
+                 clock: Callable[[], _dt.datetime] | None = None, checks_checksums: bool = True,
+                 checks_content_md5: bool = True, md5_etags: bool = True) -> None:
         self.min_part_size = min_part_size
+        self.checks_checksums = checks_checksums
+        self.checks_content_md5 = checks_content_md5
+        self.md5_etags = md5_etags
         self.parts_page_size = parts_page_size
         self.uploads_page_size = uploads_page_size
         self._endpoint_url = endpoint_url
@@ -221,18 +231,20 @@ class MemoryStore(StoreBase):
                              "or the upload may have been aborted or completed.", operation)
         return upload
 
-    @staticmethod
-    def _check_body(data: bytes, checksum: Checksum | None, content_md5: str | None, operation: str) -> None:
+    def _etag(self, data: bytes) -> str:
+        return hashlib.md5(data).hexdigest() if self.md5_etags else uuid.uuid4().hex  # noqa: S324 - S3's ETag
+
+    def _check_body(self, data: bytes, checksum: Checksum | None, content_md5: str | None, operation: str) -> None:
         if content_md5 is not None:
             try:
                 sent = base64.b64decode(content_md5, validate=True)
             except ValueError:
                 raise StoreError("InvalidDigest", 400, "The Content-MD5 you specified was invalid.",
                                  operation) from None
-            if sent != hashlib.md5(data).digest():  # noqa: S324 - S3's Content-MD5
+            if self.checks_content_md5 and sent != hashlib.md5(data).digest():  # noqa: S324 - S3's Content-MD5
                 raise StoreError("BadDigest", 400, "The Content-MD5 you specified did not match what we received.",
                                  operation)
-        if checksum is not None and _digest(checksum.algorithm, data) != checksum.value:
+        if self.checks_checksums and checksum is not None and _digest(checksum.algorithm, data) != checksum.value:
             raise StoreError("BadDigest", 400, f"The {checksum.algorithm.value.upper()} you specified did not match "
                              "the calculated checksum.", operation)
 
@@ -311,7 +323,7 @@ class MemoryStore(StoreBase):
             raise StoreError("IncompleteBody", 400, "You did not provide the number of bytes specified by the "
                              "Content-Length HTTP header", "PutObject")
         self._check_body(data, checksum, content_md5, "PutObject")
-        etag = hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+        etag = self._etag(data)
         with self._lock:
             target = self._bucket(bucket, "PutObject")
             if if_none_match and key in target.objects:
@@ -363,7 +375,7 @@ class MemoryStore(StoreBase):
             raise StoreError("IncompleteBody", 400, "You did not provide the number of bytes specified by the "
                              "Content-Length HTTP header", "UploadPart")
         self._check_body(data, checksum, content_md5, "UploadPart")
-        etag = hashlib.md5(data).hexdigest()  # noqa: S324 - S3's ETag
+        etag = self._etag(data)
         with self._lock:
             upload = self._upload(bucket, key, upload_id, "UploadPart")  # it may have been aborted meanwhile
             if checksum is not None and upload.algorithm is not None and checksum.algorithm is not upload.algorithm:
@@ -371,6 +383,8 @@ class MemoryStore(StoreBase):
                                  f"{upload.algorithm.value}, actual checksum Type: {checksum.algorithm.value}",
                                  "UploadPart")
             stored = _digest(upload.algorithm, data) if upload.algorithm is not None else None
+            if checksum is not None and not self.checks_checksums:
+                stored = checksum.value  # a store that does not check keeps what it was sent
             upload.parts[part_number] = _Part(data, etag, stored, self.clock())
         answer: dict[str, Any] = {"ETag": f'"{etag}"'}
         if checksum is not None:

@@ -39,6 +39,23 @@ def test_the_probe_finds_a_store_that_checks_checksums_and_leaves_nothing() -> N
     assert store.calls["UploadPart"] == 1  # the wrong checksum was refused: nothing more to ask
 
 
+@pytest.mark.parametrize(("habits", "validates", "etag_is_md5", "content_md5"), [
+    ({"checks_checksums": False}, False, True, None),  # moto, Ceph RGW: ETags tell
+    ({"checks_checksums": False, "md5_etags": False}, False, False, True),  # SSE-KMS: Content-MD5 tells
+    ({"checks_checksums": False, "md5_etags": False, "checks_content_md5": False}, False, False, False),
+])
+def test_the_probe_tells_the_habits_of_a_store(habits: dict[str, bool], validates: bool, etag_is_md5: bool,
+                                               content_md5: bool | None) -> None:
+    clear_cache()
+    store = MemoryStore("b", **habits)  # type: ignore[arg-type]
+    traits, left = probe_store(store, bucket="b", key="k", create_args={}, algorithm=Algorithm.CRC32C,
+                               cache_key=object(), abort=lambda u: store.abort_and_confirm("b", "k", u).gone,
+                               cancelled=lambda: False)
+    assert (traits.validates_checksum, traits.etag_is_md5, traits.validates_content_md5) == (
+        validates, etag_is_md5, content_md5)
+    assert left is None and store.uploads("b") == {}
+
+
 def test_resume_without_a_journal_over_small_pages() -> None:
     store = MemoryStore("b", min_part_size=5 * MiB, parts_page_size=2, uploads_page_size=1)
     store.create_multipart_upload("b", "k", algorithm=Algorithm.CRC32C)  # an older upload of the key

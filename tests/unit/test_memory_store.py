@@ -237,3 +237,16 @@ def test_a_store_error_is_read_like_the_same_botocore_answer(code: str, status: 
         error_code(boto), http_status(boto), is_gone(boto), is_retryable(boto))
     mine, theirs = classify(ours, bucket="b", key="k"), classify(boto, bucket="b", key="k")
     assert type(mine) is type(theirs) and str(mine) == str(theirs)
+
+
+def test_the_habits_of_other_stores() -> None:
+    store = MemoryStore("b", checks_checksums=False, checks_content_md5=False, md5_etags=False)
+    upload_id = store.create_multipart_upload("b", "k", algorithm=Algorithm.CRC32C)
+    wrong = Checksum(Algorithm.CRC32C, _crc(b"other"))
+    answer = store.upload_part("b", "k", upload_id, 1, b"data", content_length=4, checksum=wrong,
+                               content_md5=b64(hashlib.md5(b"other").digest()))  # noqa: S324
+    assert answer["ETag"].strip('"') != _md5(b"data")  # not an MD5
+    listing = store.list_parts("b", "k", upload_id)
+    assert listing is not None and listing.parts[1].checksum == wrong.value  # what it was sent
+    store.complete_multipart_upload("b", "k", upload_id, [CompletedPart(1, answer["ETag"], wrong)])
+    assert store.head_object("b", "k")["ContentLength"] == 4
