@@ -25,7 +25,7 @@ from .engine.coordinator import Coordinator, Source
 from .journal import JournalLock
 from .options import UploadOptions, UploadResult
 from .plan import PlanError, UploadPlan, plan_upload
-from .storage import StoreConfig
+from .storage import Store, StoreConfig
 from .storage.config import effective_endpoint
 
 __all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan"]
@@ -125,7 +125,7 @@ def prepare_upload(
     bucket: str,
     key: str,
     *,
-    store: StoreConfig | None = None,
+    store: StoreConfig | Store | None = None,
     options: UploadOptions | None = None,
     cancel: CancelToken | None = None,
     before_store: Callable[[Source, UploadPlan], None] | None = None,
@@ -168,7 +168,7 @@ def upload_file(
     bucket: str,
     key: str,
     *,
-    store: StoreConfig | None = None,
+    store: StoreConfig | Store | None = None,
     options: UploadOptions | None = None,
     sinks: Sequence[Sink] = (),
     cancel: CancelToken | None = None,
@@ -176,7 +176,9 @@ def upload_file(
 ) -> UploadResult:
     """Upload one regular file to ``s3://bucket/key`` and verify the stored object.
 
-    ``cancel`` lets a caller stop the upload (the CLI cancels it from its SIGINT/SIGTERM handlers);
+    ``store`` is where it goes: a :class:`StoreConfig` (boto3, the default one when omitted) or any
+    :class:`~mpupload.storage.Store`. ``cancel`` lets a caller stop the upload (the CLI cancels it from its
+    SIGINT/SIGTERM handlers);
     ``upload_id`` is the API server's record id when there is one (it becomes the events' ``upload_id``, and
     is kept in the resume journal so that ``--resume`` continues the same record).
     Raises a subclass of :class:`~mpupload.errors.MpuploadError`.

@@ -9,7 +9,7 @@ both and decides what is stale; it prints nothing and parses no command line (``
   their age, size and part count (ListParts). Both listings are paginated with a hard bound on the number
   of pages, so a store that always answers "truncated" cannot keep us looping: the bound raises
   :class:`ListingIncomplete`, which carries what was listed so far.
-* :func:`abort` aborts one upload; an upload that is already gone counts as done.
+* :func:`abort` aborts one upload and confirms it is gone; an upload that is already gone counts as done.
 * :func:`has_abort_lifecycle_rule` tells whether the bucket expires incomplete uploads by itself.
 * :func:`stale_journals` picks the local journals whose upload no longer exists on the store, and
   :func:`remove_journal` removes one safely (not while a run holds it, not when it changed meanwhile).
@@ -32,8 +32,9 @@ from urllib.parse import urlsplit
 
 from . import errors as E
 from .journal import CorruptJournal, Journal, JournalLock, load
-from .storage import classify
+from .storage import Store, classify
 from .storage.errors import error_code
+from .storage.port import ABORT_ROUNDS, AbortOutcome, ListedUpload, ListingStuck, as_utc
 
 __all__ = [
     "MAX_UPLOAD_PAGES", "MAX_PART_PAGES", "Orphan", "ListingIncomplete", "find_orphans",
@@ -45,9 +46,6 @@ __all__ = [
 MAX_UPLOAD_PAGES = 1000
 #: ListParts pages of up to 1000 parts each: S3 allows at most 10,000 parts per upload
 MAX_PART_PAGES = 11
-#: error codes that mean "this multipart upload does not exist (any more)"; Ceph RGW answers ListParts of an
-#: aborted upload with NoSuchKey
-_GONE_CODES = frozenset({"NoSuchUpload", "NoSuchKey", "404"})
 
 
 @dataclass(frozen=True)
@@ -81,16 +79,6 @@ def _seconds_between(earlier: _dt.datetime, later: _dt.datetime) -> float:
     return max(0.0, (later - earlier).total_seconds())
 
 
-def _as_utc(value: Any) -> _dt.datetime:
-    """A botocore timestamp (aware datetime) or an ISO-8601 string, as an aware UTC datetime."""
-    stamp = _dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
-    if not isinstance(stamp, _dt.datetime):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=_dt.UTC)
-    return stamp.astimezone(_dt.UTC)
-
-
 @dataclass(frozen=True)
 class _PartsSummary:
     size: int
@@ -98,40 +86,28 @@ class _PartsSummary:
     last_part_at: _dt.datetime | None
 
 
-def _parts_summary(client: Any, bucket: str, key: str, upload_id: str,
-                       *, max_pages: int = MAX_PART_PAGES) -> _PartsSummary | None:
+def _parts_summary(store: Store, bucket: str, key: str, upload_id: str,
+                   *, max_pages: int = MAX_PART_PAGES) -> _PartsSummary | None:
     """Total size, count and newest time of an upload's parts; ``None`` when ListParts fails or never ends."""
-    size = count = 0
-    newest: _dt.datetime | None = None
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
-    for _ in range(max_pages):
-        try:
-            page = client.list_parts(**kwargs)
-        except Exception:  # noqa: BLE001 - any failure only means "size unknown"
-            return None
-        for part in page.get("Parts", []):
-            size += int(part.get("Size", 0))
-            count += 1
-            if part.get("LastModified") is not None:
-                stamp = _as_utc(part["LastModified"])
-                newest = stamp if newest is None else max(newest, stamp)
-        marker = page.get("NextPartNumberMarker")
-        if not page.get("IsTruncated"):
-            return _PartsSummary(size, count, newest)
-        if not marker or str(marker) == str(kwargs.get("PartNumberMarker")):
-            return None  # truncated without a way forward
-        kwargs["PartNumberMarker"] = marker
-    return None
+    try:
+        listing = store.list_parts(bucket, key, upload_id, max_pages=max_pages)
+    except Exception:  # noqa: BLE001 - any failure (a listing that does not end too) only means "size unknown"
+        return None
+    if listing is None:
+        return None
+    parts = listing.parts.values()
+    stamps = [p.last_modified for p in parts if p.last_modified is not None]
+    return _PartsSummary(sum(p.size for p in parts), len(parts), max(stamps) if stamps else None)
 
 
-def _orphan(client: Any, bucket: str, upload: dict[str, Any], now: _dt.datetime) -> Orphan:
-    initiated = _as_utc(upload["Initiated"])
-    parts = _parts_summary(client, bucket, upload["Key"], upload["UploadId"])
+def _orphan(store: Store, bucket: str, upload: ListedUpload, now: _dt.datetime) -> Orphan:
+    initiated = upload.initiated
+    parts = _parts_summary(store, bucket, upload.key, upload.upload_id)
     last = parts.last_part_at if parts else None
     active = max(initiated, last) if last is not None else initiated
     return Orphan(
-        key=str(upload["Key"]),
-        upload_id=str(upload["UploadId"]),
+        key=upload.key,
+        upload_id=upload.upload_id,
         initiated=initiated,
         age_s=_seconds_between(initiated, now),
         size=parts.size if parts else None,
@@ -141,17 +117,7 @@ def _orphan(client: Any, bucket: str, upload: dict[str, Any], now: _dt.datetime)
     )
 
 
-def _next_markers(page: dict[str, Any]) -> tuple[str, str] | None:
-    """Where the next ListMultipartUploads page starts; ``None`` when the answer gives no way forward."""
-    uploads = page.get("Uploads") or []
-    key = page.get("NextKeyMarker") or (uploads[-1]["Key"] if uploads else None)
-    upload_id = page.get("NextUploadIdMarker") or (uploads[-1]["UploadId"] if uploads else None)
-    if not key:
-        return None
-    return str(key), str(upload_id or "")
-
-
-def find_orphans(client: Any, bucket: str, prefix: str, now: _dt.datetime,
+def find_orphans(store: Store, bucket: str, prefix: str, now: _dt.datetime,
                  *, max_pages: int = MAX_UPLOAD_PAGES) -> list[Orphan]:
     """Every incomplete multipart upload whose key starts with ``prefix``, oldest first.
 
@@ -159,54 +125,49 @@ def find_orphans(client: Any, bucket: str, prefix: str, now: _dt.datetime,
     :class:`~mpupload.errors.AuthError`, ...) when ListMultipartUploads fails, and
     :class:`ListingIncomplete` when the listing does not end within ``max_pages`` pages.
     """
-    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
     found: list[Orphan] = []
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-    seen: set[tuple[str, str]] = set()
-    pages = 0
-    while pages < max_pages:
-        pages += 1
-        try:
-            page = client.list_multipart_uploads(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - mapped to the error tree
-            raise classify(exc, bucket=bucket, endpoint=endpoint) from exc
-        found.extend(_orphan(client, bucket, u, now) for u in page.get("Uploads") or [])
-        if not page.get("IsTruncated"):
-            return sorted(found, key=lambda o: (o.initiated, o.key))
-        markers = _next_markers(page)
-        if markers is None or markers in seen:
-            break
-        seen.add(markers)
-        kwargs["KeyMarker"], kwargs["UploadIdMarker"] = markers
-    raise ListingIncomplete(
-        f"the store's list of multipart uploads in s3://{bucket}/{prefix} did not end after {pages} "
-        "page(s) (it keeps answering 'truncated'): narrow the prefix and run the command again",
-        bucket=bucket, partial=sorted(found, key=lambda o: (o.initiated, o.key)),
-    )
+    try:
+        for upload in store.list_uploads(bucket, prefix, max_pages=max_pages):
+            found.append(_orphan(store, bucket, upload, now))
+    except ListingStuck as stuck:
+        raise ListingIncomplete(
+            f"the store's list of multipart uploads in s3://{bucket}/{prefix} did not end after {stuck.pages} "
+            "page(s) (it keeps answering 'truncated'): narrow the prefix and run the command again",
+            bucket=bucket, partial=sorted(found, key=lambda o: (o.initiated, o.key)),
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - mapped to the error tree
+        raise classify(exc, bucket=bucket, endpoint=store.endpoint_url) from exc
+    return sorted(found, key=lambda o: (o.initiated, o.key))
 
 
-def abort(client: Any, bucket: str, orphan: Orphan) -> bool:
-    """Abort one upload: ``True`` when this call aborted it, ``False`` when it was already gone.
+def abort(store: Store, bucket: str, orphan: Orphan) -> bool:
+    """Abort one upload and confirm it (:meth:`~mpupload.storage.Store.abort_and_confirm`): ``True`` when this
+    call aborted it, ``False`` when it was already gone.
 
-    Any other failure raises the classified store error.
+    Parts still listed after every abort (a run is still sending parts to the upload) raise
+    :class:`~mpupload.errors.UploadFailed`; a check that cannot tell (ListParts denied) counts as aborted, since
+    the store accepted the abort. Any other failure raises the classified store error.
     """
     try:
-        client.abort_multipart_upload(Bucket=bucket, Key=orphan.key, UploadId=orphan.upload_id)
+        outcome = store.abort_and_confirm(bucket, orphan.key, orphan.upload_id)
     except Exception as exc:  # noqa: BLE001 - mapped to the error tree
-        if (error_code(exc) or "") in _GONE_CODES:
-            return False
         raise classify(exc, bucket=bucket, key=orphan.key, upload_id=orphan.upload_id) from exc
-    return True
+    if outcome is AbortOutcome.PARTS_REMAIN:
+        raise E.UploadFailed(
+            f"the store still lists parts of the multipart upload {orphan.upload_id} after {ABORT_ROUNDS} aborts: "
+            "a run is still sending parts to it; stop it, then run the same command again",
+            bucket=bucket, key=orphan.key, upload_id=orphan.upload_id)
+    return outcome is not AbortOutcome.ALREADY_GONE
 
 
-def has_abort_lifecycle_rule(client: Any, bucket: str) -> bool | None:
+def has_abort_lifecycle_rule(store: Store, bucket: str) -> bool | None:
     """Whether an enabled lifecycle rule aborts incomplete multipart uploads.
 
     ``False`` when the bucket has no lifecycle configuration (or none of its rules does it); ``None`` when the
     store does not support the question or does not allow us to ask it.
     """
     try:
-        answer = client.get_bucket_lifecycle_configuration(Bucket=bucket)
+        rules = store.lifecycle_rules(bucket)
     except Exception as exc:  # noqa: BLE001 - sorted below
         code = error_code(exc)
         if code == "NoSuchLifecycleConfiguration":
@@ -216,7 +177,7 @@ def has_abort_lifecycle_rule(client: Any, bucket: str) -> bool | None:
         if code is not None:  # NotImplemented, AccessDenied, MethodNotAllowed, ...: the store won't say
             return None
         raise classify(exc, bucket=bucket) from exc
-    for rule in answer.get("Rules") or []:
+    for rule in rules:
         if rule.get("Status") == "Enabled" and rule.get("AbortIncompleteMultipartUpload"):
             return True
     return False
@@ -300,7 +261,7 @@ def resumable_summary(journal: Journal, now: _dt.datetime) -> dict[str, Any]:
     percent = 100.0 * done / total if total else (100.0 if len(journal.parts) >= journal.parts_total else 0.0)
     age_s: float | None
     try:
-        age_s = _seconds_between(_as_utc(journal.created_at), now)
+        age_s = _seconds_between(as_utc(journal.created_at), now)
     except ValueError:
         age_s = None
     return {

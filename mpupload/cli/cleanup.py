@@ -20,7 +20,7 @@ from typing import Any
 from .. import errors as E
 from .. import housekeeping as hk
 from ..journal import Journal, list_journals
-from ..storage import classify
+from ..storage import Boto3Store, Store, StoreConfig, classify
 from ..storage.config import effective_endpoint
 from ..units import format_bytes
 from .errors import EXIT_OK
@@ -109,12 +109,12 @@ def _decide(orphan: hk.Orphan, older_than_s: float, older_than_text: str, dry_ru
     return _Row(orphan, Action.KEEP, f"a part was uploaded within {older_than_text}")
 
 
-def _abort_all(client: Any, report: _Report) -> None:
+def _abort_all(store: Store, report: _Report) -> None:
     for row in report.rows:
         if row.action is not Action.ABORT:
             continue
         try:
-            row.result = "aborted" if hk.abort(client, report.bucket, row.orphan) else "already gone"
+            row.result = "aborted" if hk.abort(store, report.bucket, row.orphan) else "already gone"
         except E.MpuploadError as exc:
             row.result = f"failed: {exc}"
             report.failures.append((row, exc))
@@ -142,25 +142,28 @@ def _read_journals() -> list[Journal]:
     return [entry for entry in list_journals() if isinstance(entry, Journal)]
 
 
-def _make_client(store: Any, bucket: str, endpoint: str | None) -> Any:
+def _open_store(config: StoreConfig, bucket: str, endpoint: str | None) -> Store:
+    """The store, its client built at once: a bad profile or configuration is reported before anything else."""
+    store = Boto3Store(config)
     try:
-        return store.make_client()
+        store.connect()
     except Exception as exc:  # noqa: BLE001 - mapped to the error tree
         raise classify(exc, bucket=bucket, endpoint=endpoint) from exc
+    return store
 
 
 def run(args: argparse.Namespace) -> int:
     bucket, prefix = parse_bucket_url(args.target)
     older_than_s = parse_duration(args.older_than)
-    store = build_store(args)
-    endpoint = effective_endpoint(store.endpoint_url)
-    client = _make_client(store, bucket, endpoint)
+    config = build_store(args)
+    endpoint = effective_endpoint(config.endpoint_url)
+    store = _open_store(config, bucket, endpoint)
     journals = _read_journals()  # before listing: an upload created after the listing has no journal here yet
     report = _Report(bucket, prefix, older_than_s, args.dry_run)
     now = _dt.datetime.now(_dt.UTC)
     incomplete: hk.ListingIncomplete | None = None
     try:
-        orphans = hk.find_orphans(client, bucket, prefix, now)
+        orphans = hk.find_orphans(store, bucket, prefix, now)
     except hk.ListingIncomplete as exc:
         incomplete, orphans, report.listing_complete = exc, exc.partial, False
     if args.upload_id:  # exactly one upload of exactly this key, whatever its age
@@ -172,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
     text = not args.json and not args.quiet
     if text:
         _print_table(report)
-    _abort_all(client, report)
+    _abort_all(store, report)
     _handle_journals(report, journals, endpoint)
-    report.lifecycle_rule = hk.has_abort_lifecycle_rule(client, bucket)
+    report.lifecycle_rule = hk.has_abort_lifecycle_rule(store, bucket)
     if args.json:
         print(json.dumps(_as_json(report), indent=2))
     elif text:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import errors as E
-from ..storage import StoreConfig
+from ..storage import Boto3Store, StoreConfig
 from ..units import MiB, format_bytes, parse_size
 from .errors import EXIT_OK
 
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         _wait_up(api, api_url + "/healthz", "the API server", os.path.join(workdir, "server.log"))
         token = _post_json(api_url + "/api/v1/auth/login", {"username": "demo", "password": password})["token"]
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
-        StoreConfig(endpoint_url=s3_url, region="us-east-1").make_client().create_bucket(Bucket="demo")
+        Boto3Store(StoreConfig(endpoint_url=s3_url, region="us-east-1")).create_bucket("demo")
         _say(f"dashboard {api_url}/  (user demo, password {password})")
         sample = os.path.join(workdir, "sample.bin")
         _make_sample(sample, size)

@@ -8,6 +8,9 @@ How it fits together::
       aggregator.tick() ◄── ByteCounter slots ◄──────────────┘ (one int64 slot per worker, no lock)
       sinks: bar / plain / json / push
 
+* Every S3 request goes through a :class:`~mpupload.storage.Store` (``mpupload/storage/``); the engine holds
+  no S3 code of its own (the workers and the single PutObject still build a boto3 client, until they call
+  the Store too).
 * Jobs and results are small frozen dataclasses; clients are built inside the child from a picklable
   ``StoreConfig``. Works under the fork, forkserver and spawn start methods.
 * Workers ignore SIGINT/SIGTERM: only the coordinator decides. They exit within a second when the

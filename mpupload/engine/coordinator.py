@@ -31,10 +31,11 @@ import time
 from typing import Any
 
 from .. import errors as E
-from ..checksums import Algorithm, boto_checksum_param
+from ..checksums import Algorithm
 from ..events import Event, Status
 from ..options import ChecksumMode, UploadResult
 from ..storage.errors import error_code, gone_error, http_status, is_gone
+from ..storage.port import Checksum, CompletedPart
 from .aggregator import TICK_S, Aggregator
 from .executor import JobDone, WorkerBroken, WorkerLost
 from .journaling import Journaling
@@ -70,7 +71,7 @@ class Coordinator(SinglePut, Journaling):
         try:
             # this process's client first: boto3 imported and its models loaded here are shared by the workers
             # forked next (a worker then builds its client in about 30 ms instead of importing boto3 itself)
-            self.client = self.store.make_client()
+            self.store.connect()
             self._start_executor(multipart=self.plan.multipart)
             self._check_cancel()
             if self.options.no_overwrite:
@@ -107,7 +108,7 @@ class Coordinator(SinglePut, Journaling):
 
     def _refuse_if_exists(self) -> None:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key)
+            self.store.head_object(self.bucket, self.key)
         except Exception as exc:  # noqa: BLE001
             code = error_code(exc)
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -181,14 +182,11 @@ class Coordinator(SinglePut, Journaling):
     def _create(self) -> IntegrityPlan:
         algorithm = self._algorithm()
         self._check_cancel()
-        create: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, **self._object_args()}
-        if algorithm is not None:
-            create["ChecksumAlgorithm"] = algorithm.value.upper()
         try:
-            response = self.client.create_multipart_upload(**create)
+            self.upload_id = self.store.create_multipart_upload(self.bucket, self.key, algorithm=algorithm,
+                                                                object_args=self._object_args())
         except Exception as exc:  # noqa: BLE001
             raise self._err(exc) from exc
-        self.upload_id = str(response["UploadId"])
         self.agg.upload_id = self.agg.upload_id or self.upload_id
         self._register_cleanup()
         self._check_cancel()
@@ -355,14 +353,10 @@ class Coordinator(SinglePut, Journaling):
         parts = []
         for number in range(1, self.plan.parts_total + 1):
             result = done[number]
-            entry: dict[str, Any] = {"PartNumber": number, "ETag": f'"{result.etag}"'}
-            if algorithm is not None and result.checksum is not None:
-                entry[boto_checksum_param(algorithm)] = result.checksum
-            parts.append(entry)
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "UploadId": self.upload_id,
-                                  "MultipartUpload": {"Parts": parts}}
-        if self.options.no_overwrite:
-            params["IfNoneMatch"] = "*"
+            checksum = Checksum(algorithm, result.checksum) if algorithm is not None and result.checksum is not None \
+                else None
+            parts.append(CompletedPart(number, str(result.etag), checksum))
+        assert self.upload_id is not None
         expected = self._expected(done, integrity)
         self.cancel.uninterruptible = COMPLETING
         if self.cancel.cancelled:
@@ -372,7 +366,8 @@ class Coordinator(SinglePut, Journaling):
             f"CompleteMultipartUpload of upload {self.upload_id} was sent: s3://{self.bucket}/{self.key} may be "
             "complete; run the same command with --resume to find out")
         try:
-            response = dict(self.client.complete_multipart_upload(**params))
+            response = self.store.complete_multipart_upload(self.bucket, self.key, self.upload_id, parts,
+                                                            if_none_match=self.options.no_overwrite)
         except Exception as exc:  # noqa: BLE001
             recovered = self._complete_answer_lost(exc, expected)
             if recovered is None:
@@ -397,13 +392,9 @@ class Coordinator(SinglePut, Journaling):
         the upload is still there, an ordinary failure."""
         if not (is_gone(exc) or http_status(exc) in (404, 500)):
             return None
-        try:
-            self.client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MaxParts=1)
-        except Exception as listing:  # noqa: BLE001
-            if not is_gone(listing):
-                return None
-        else:
-            return None
+        assert self.upload_id is not None
+        if not self.store.upload_gone(self.bucket, self.key, self.upload_id):
+            return None  # still there (or the store cannot tell): an ordinary failure
         verdict: Verdict | None = identify(self._access(), expected, read_back_path=self._read_back_path,
                                            cancel=self._flag, threads=self.plan.workers)
         if verdict is None:

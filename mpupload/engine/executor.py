@@ -110,7 +110,8 @@ class ThreadExecutor:
 
     def _run(self, slot: int) -> None:
         try:
-            client = self.config.store.make_client()
+            store = self.config.store
+            store.connect()
         except BaseException as exc:  # noqa: BLE001 - reported, not raised
             from ..storage import classify
 
@@ -124,7 +125,7 @@ class ThreadExecutor:
                 if job is None:
                     return
                 try:
-                    result = run_job(client, files, self.config, job, self.counter, slot, self.flag)
+                    result = run_job(store, files, self.config, job, self.counter, slot, self.flag)
                 except BaseException as exc:  # noqa: BLE001 - run_job answers; this is a bug's safety net
                     result = PartResult(job.number, False, error_type=type(exc).__name__, error=str(exc),
                                         object_id=job.target.object_id)

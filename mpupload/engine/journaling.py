@@ -62,7 +62,7 @@ class Journaling(UploadSession):
             if existing is not None:
                 log.warning("starting over: aborting the earlier unfinished upload %s of this file (use --resume "
                             "to continue it instead)", existing.upload_id)
-                if not self._abort_id(existing.upload_id, self.store.short_lived().make_client()):
+                if not self._abort_id(existing.upload_id, self.store.short_lived()):
                     self._warn(f"could not abort the earlier unfinished upload {existing.upload_id} of this file: "
                                f"remove it with: {self._cleanup_command(existing.upload_id)}")
                 with contextlib.suppress(OSError):
@@ -79,7 +79,7 @@ class Journaling(UploadSession):
                     f"(that aborts the old multipart upload {existing.upload_id})",
                     bucket=self.bucket, key=self.key, upload_id=existing.upload_id)
         try:
-            state = find_resume(self.client, self.bucket, self.key, self.source.size, self.plan, existing)
+            state = find_resume(self.store, self.bucket, self.key, self.source.size, self.plan, existing)
         except E.MpuploadError:
             raise
         except Exception as exc:  # noqa: BLE001

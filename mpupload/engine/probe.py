@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import errors as E
-from ..checksums import Algorithm, b64, boto_checksum_param, new_hasher
+from ..checksums import Algorithm, b64, new_hasher
 from ..options import ChecksumMode
-from ..storage.errors import CHECKSUM_REJECTED, classify, error_code
+from ..storage import Store
+from ..storage.errors import CHECKSUM_REJECTED, classify, error_code, error_message
+from ..storage.port import Checksum
 
 __all__ = ["StoreTraits", "IntegrityPlan", "probe_store", "integrity_plan", "PROBE_BODY", "clear_cache"]
 
@@ -80,7 +82,7 @@ def clear_cache() -> None:
 
 def _rejected(exc: BaseException, what: str) -> bool:
     code = error_code(exc) or ""
-    message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).lower()
+    message = error_message(exc).lower()
     return code in CHECKSUM_REJECTED or (code == "InvalidRequest" and what in message)
 
 
@@ -89,7 +91,7 @@ def _etag(answer: dict[str, Any]) -> str:
 
 
 def probe_store(
-    client: Any,
+    store: Store,
     *,
     bucket: str,
     key: str,
@@ -109,11 +111,8 @@ def probe_store(
     key_ = (cache_key, algorithm)
     if key_ in _CACHE:
         return _CACHE[key_], None
-    create = dict(create_args, Bucket=bucket, Key=key)
-    if algorithm is not None:
-        create["ChecksumAlgorithm"] = algorithm.value.upper()
     try:
-        probe_id = str(client.create_multipart_upload(**create)["UploadId"])
+        probe_id = store.create_multipart_upload(bucket, key, algorithm=algorithm, object_args=create_args)
     except Exception as exc:  # noqa: BLE001
         raise classify(exc, bucket=bucket, key=key, endpoint=endpoint) from exc
     body = PROBE_BODY
@@ -121,17 +120,17 @@ def probe_store(
     right = new_hasher(algorithm) if algorithm is not None else None
     if right is not None:
         right.update(body)
-    base = {"Bucket": bucket, "Key": key, "UploadId": probe_id, "Body": body, "ContentLength": len(body)}
     validates: bool = False
     etag_is_md5: bool | None = None
     content_md5: bool | None = None
     encryption: str | None = None
 
-    def send(number: int, **headers: Any) -> dict[str, Any] | None:
+    def send(number: int, checksum: Checksum | None = None, content_md5: str | None = None) -> dict[str, Any] | None:
         """The part's answer; ``None`` when the store refused it as a bad digest."""
         nonlocal encryption
         try:
-            answer = dict(client.upload_part(PartNumber=number, **base, **headers))
+            answer = store.upload_part(bucket, key, probe_id, number, body, content_length=len(body),
+                                       checksum=checksum, content_md5=content_md5)
         except Exception as exc:  # noqa: BLE001
             if _rejected(exc, "checksum") or _rejected(exc, "md5") or _rejected(exc, "digest"):
                 return None
@@ -151,7 +150,7 @@ def probe_store(
         if algorithm is not None and right is not None:
             wrong = new_hasher(algorithm)
             wrong.update(b"not the body")
-            answer = send(next(numbers), **{boto_checksum_param(algorithm): b64(wrong.digest())})
+            answer = send(next(numbers), checksum=Checksum(algorithm, b64(wrong.digest())))
             validates = answer is None
             if answer:
                 etag_is_md5 = _etag(answer) == md5.hexdigest()
@@ -160,16 +159,15 @@ def probe_store(
             # an ETag that is not the MD5 is asked twice: a body damaged in transit must not pass for a store
             # whose ETags are not MD5s
             tries += 1
-            headers: dict[str, Any] = {"ContentMD5": b64(md5.digest())}
-            if algorithm is not None and right is not None:
-                headers[boto_checksum_param(algorithm)] = b64(right.digest())
-            answer = send(next(numbers), **headers)
+            checksum = Checksum(algorithm, b64(right.digest())) if algorithm is not None and right is not None \
+                else None
+            answer = send(next(numbers), checksum=checksum, content_md5=b64(md5.digest()))
             etag_is_md5 = bool(answer) and _etag(answer or {}) == md5.hexdigest()
         if etag_is_md5 is False and not validates and not cancelled():
-            headers = {"ContentMD5": b64(hashlib.md5(b"not the body").digest())}  # noqa: S324
-            if algorithm is not None and right is not None:
-                headers[boto_checksum_param(algorithm)] = b64(right.digest())
-            content_md5 = send(next(numbers), **headers) is None
+            checksum = Checksum(algorithm, b64(right.digest())) if algorithm is not None and right is not None \
+                else None
+            wrong_md5 = b64(hashlib.md5(b"not the body").digest())  # noqa: S324
+            content_md5 = send(next(numbers), checksum=checksum, content_md5=wrong_md5) is None
     finally:
         if not abort(probe_id):
             left = probe_id

@@ -25,13 +25,13 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from .. import errors as E
 from ..checksums import Algorithm, b64, new_hasher
 from ..journal import Journal
 from ..plan import MAX_PARTS, UploadPlan, plan_upload
-from ..storage.errors import GONE_CODES, error_code
+from ..storage import Store
+from ..storage.port import ListedPart, ListingStuck
 from .counter import CancelFlag
 from .reader import digest_range
 from .verify import Verdict
@@ -42,16 +42,6 @@ __all__ = ["ListedPart", "ResumeState", "AlreadyComplete", "list_parts", "find_r
 log = logging.getLogger("mpupload")
 #: a sanity bound on ListMultipartUploads pages for one key (the listing also stops once it passes the key)
 MAX_UPLOAD_PAGES = 10_000
-_CHECKSUM_FIELDS = {Algorithm.CRC32C: "ChecksumCRC32C", Algorithm.CRC32: "ChecksumCRC32",
-                    Algorithm.SHA256: "ChecksumSHA256"}
-
-
-@dataclass(frozen=True)
-class ListedPart:
-    number: int
-    size: int
-    etag: str
-    checksum: str | None
 
 
 @dataclass
@@ -76,72 +66,31 @@ class AlreadyComplete:
     verdict: Verdict | None = None
 
 
-def list_parts(client: Any, bucket: str, key: str, upload_id: str, algorithm: Algorithm | None = None) \
+def list_parts(store: Store, bucket: str, key: str, upload_id: str, algorithm: Algorithm | None = None) \
         -> dict[int, ListedPart] | None:
     """Every part the store holds for ``upload_id`` (paginated to the end); ``None`` if the upload is gone."""
-    parts, _ = list_parts_and_algorithm(client, bucket, key, upload_id, algorithm)
+    parts, _ = list_parts_and_algorithm(store, bucket, key, upload_id, algorithm)
     return parts
 
 
-def list_parts_and_algorithm(client: Any, bucket: str, key: str, upload_id: str,
+def list_parts_and_algorithm(store: Store, bucket: str, key: str, upload_id: str,
                              algorithm: Algorithm | None = None) -> tuple[dict[int, ListedPart] | None, str | None]:
     """The listed parts (``None``: the upload is gone) and the checksum algorithm the store names for it."""
-    parts: dict[int, ListedPart] = {}
-    marker = 0
-    named: str | None = None
-    while True:
-        try:
-            page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker,
-                                     MaxParts=1000)
-        except Exception as exc:  # noqa: BLE001
-            if error_code(exc) in GONE_CODES:
-                return None, None
-            raise
-        named = named or page.get("ChecksumAlgorithm")
-        for p in page.get("Parts", []):
-            number = int(p["PartNumber"])
-            found = algorithm or _algorithm_in(p)
-            field_name = _CHECKSUM_FIELDS.get(found) if found else None
-            parts[number] = ListedPart(number, int(p["Size"]), str(p.get("ETag", "")).strip('"'),
-                                       p.get(field_name) if field_name else None)
-            if algorithm is None and found is not None and named is None:
-                named = found.value
-        if not page.get("IsTruncated"):
-            return parts, named
-        next_marker = int(page.get("NextPartNumberMarker") or 0)
-        if next_marker <= marker or next_marker >= MAX_PARTS:
-            # a store whose marker does not advance (or that lists past S3's last part number) would loop forever
-            raise E.UploadFailed(
-                f"the store kept answering ListParts of upload {upload_id} as truncated (next part marker "
-                f"{next_marker}, after {marker}): it cannot be resumed; run without --resume to start over",
-                upload_id=upload_id)
-        marker = next_marker
+    try:
+        listing = store.list_parts(bucket, key, upload_id, algorithm=algorithm)
+    except ListingStuck as exc:
+        # a store whose marker does not advance (or that lists past S3's last part number) would loop forever
+        raise E.UploadFailed(f"{exc}: it cannot be resumed; run without --resume to start over",
+                             upload_id=upload_id) from None
+    if listing is None:
+        return None, None
+    return listing.parts, listing.algorithm
 
 
-def _algorithm_in(part: dict[str, Any]) -> Algorithm | None:
-    for algorithm, name in _CHECKSUM_FIELDS.items():
-        if part.get(name):
-            return algorithm
-    return None
-
-
-def _newest_upload(client: Any, bucket: str, key: str) -> tuple[str, str | None] | None:
+def _newest_upload(store: Store, bucket: str, key: str) -> tuple[str, str | None] | None:
     """The newest unfinished upload of exactly ``key``: its id and the checksum algorithm the store names."""
-    newest: tuple[Any, str, str | None] | None = None
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-    for _ in range(MAX_UPLOAD_PAGES):
-        page = client.list_multipart_uploads(**kwargs)
-        for u in page.get("Uploads", []):
-            if u.get("Key") == key and (newest is None or u["Initiated"] > newest[0]):
-                newest = (u["Initiated"], str(u["UploadId"]), u.get("ChecksumAlgorithm"))
-        if not page.get("IsTruncated"):
-            break
-        next_key, next_id = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
-        if not next_key or next_key > key or (next_key, next_id) == (kwargs.get("KeyMarker"),
-                                                                      kwargs.get("UploadIdMarker")):
-            break  # past our key (uploads are listed by key), or a store that does not advance
-        kwargs["KeyMarker"], kwargs["UploadIdMarker"] = next_key, next_id
-    return (newest[1], newest[2]) if newest else None
+    newest = store.find_upload(bucket, key, max_pages=MAX_UPLOAD_PAGES)
+    return (newest.upload_id, newest.checksum_algorithm) if newest else None
 
 
 def _algorithm_of(name: str | None) -> Algorithm | None:
@@ -151,24 +100,24 @@ def _algorithm_of(name: str | None) -> Algorithm | None:
         return None
 
 
-def find_resume(client: Any, bucket: str, key: str, size: int, plan: UploadPlan, journal: Journal | None) \
+def find_resume(store: Store, bucket: str, key: str, size: int, plan: UploadPlan, journal: Journal | None) \
         -> ResumeState | AlreadyComplete | None:
     """What the store holds for an interrupted upload of ``size`` bytes to ``s3://bucket/key``."""
     if journal is not None:
         algorithm = _algorithm_of(journal.checksum_algorithm)
-        listed = list_parts(client, bucket, key, journal.upload_id, algorithm)
+        listed = list_parts(store, bucket, key, journal.upload_id, algorithm)
         if listed is None:
-            if _object_size(client, bucket, key) == size:
+            if _object_size(store, bucket, key) == size:
                 return AlreadyComplete(journal)
             log.warning("the interrupted multipart upload %s no longer exists on the store", journal.upload_id)
             return None
         resumed_plan = plan_upload(size, part_size=journal.part_size, workers=plan.workers)
         return ResumeState(journal.upload_id, resumed_plan, algorithm, listed, journal)
-    newest = _newest_upload(client, bucket, key)
+    newest = _newest_upload(store, bucket, key)
     if newest is None:
         return None
     upload_id, named = newest
-    listed, listed_named = list_parts_and_algorithm(client, bucket, key, upload_id, _algorithm_of(named))
+    listed, listed_named = list_parts_and_algorithm(store, bucket, key, upload_id, _algorithm_of(named))
     listed = listed or {}
     algorithm = _algorithm_of(named or listed_named)
     part_size = _infer_part_size(listed, size) or plan.part_size
@@ -190,9 +139,9 @@ def _infer_part_size(listed: dict[int, ListedPart], size: int) -> int | None:
     return biggest
 
 
-def _object_size(client: Any, bucket: str, key: str) -> int | None:
+def _object_size(store: Store, bucket: str, key: str) -> int | None:
     try:
-        return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        return int(store.head_object(bucket, key)["ContentLength"])
     except Exception:  # noqa: BLE001 - absent or unreadable: not complete
         return None
 

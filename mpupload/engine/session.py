@@ -1,6 +1,6 @@
-"""What every path of one upload shares: the source, the store client, the aggregator, the cancel token,
-what the store checks (the probe), the journal's writes, and the end of an upload: the completed snapshot,
-aborting a multipart upload, and an honest account of every upload left on the store."""
+"""What every path of one upload shares: the source, the store (a :class:`~mpupload.storage.Store`), the
+aggregator, the cancel token, what the store checks (the probe), the journal's writes, and the end of an upload:
+the completed snapshot, aborting a multipart upload, and an honest account of every upload left on the store."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from ..events import Event, Status
 from ..journal import Journal
 from ..options import ChecksumMode, UploadOptions, UploadResult
 from ..plan import UploadPlan
-from ..storage import StoreConfig, classify
-from ..storage.errors import GONE_CODES, error_code
+from ..storage import Boto3Store, Store, StoreConfig, classify
+from ..storage.port import ABORT_ROUNDS
 from .aggregator import Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag
@@ -38,8 +38,6 @@ __all__ = ["Source", "UploadSession", "SHUTDOWN_JOIN_S", "JOURNAL_SAVE_S", "algo
 SHUTDOWN_JOIN_S = 2.0
 #: the journal is rewritten at most this often while parts finish (and always at the end)
 JOURNAL_SAVE_S = 1.0
-#: how many times an abort is repeated while ListParts still shows parts (parts in flight may land after it)
-ABORT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class UploadSession:
         key: str,
         plan: UploadPlan,
         *,
-        store: StoreConfig,
+        store: StoreConfig | Store,
         options: UploadOptions,
         cancel: CancelToken,
         journal_path: Path | None = None,
@@ -88,13 +86,15 @@ class UploadSession:
         self.bucket = bucket
         self.key = key
         self.plan = plan
-        self.store = store
+        #: the store every S3 request of this upload goes through
+        self.store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
+        #: the settings worker processes build their own store from (``None``: not a boto3 store)
+        self.config: StoreConfig | None = self.store.config if isinstance(self.store, Boto3Store) else None
         self.options = options
         #: the sinks' aggregator, built once the set-up decided the final plan (given to ``run``)
         self.agg: Aggregator
         self.cancel = cancel
         self.warnings: list[str] = []
-        self.client: Any = None
         self.upload_id: str | None = None
         self._flag = CancelFlag()
         # Ctrl+C sets the shared flag at once: parts in flight and the hashing of stored parts stop within a chunk
@@ -157,9 +157,10 @@ class UploadSession:
         args = self._object_args()
         encryption = (args.get("ServerSideEncryption"), args.get("SSEKMSKeyId"))
         traits, left = probe_store(
-            self.client, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
-            cache_key=(self.store, self.bucket, encryption),
-            abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived().make_client()),
+            self.store, bucket=self.bucket, key=self.key, create_args=args, algorithm=algorithm,
+            # keyed by the settings (not the store, which would keep its client alive in the cache)
+            cache_key=(self.config or self.store, self.bucket, encryption),
+            abort=lambda upload_id: self._abort_id(upload_id, self.store.short_lived()),
             cancelled=lambda: self.cancel.cancelled, endpoint=self.store.endpoint_url)
         if left is not None:
             self.left[left] = "the store probe's throwaway upload: its abort failed"
@@ -182,7 +183,7 @@ class UploadSession:
         }
 
     def _access(self) -> ObjectAccess:
-        return ObjectAccess(self.client, self.bucket, self.key, self.store.endpoint_url)
+        return ObjectAccess(self.store, self.bucket, self.key, self.store.endpoint_url)
 
     @property
     def _read_back_path(self) -> str | None:
@@ -195,7 +196,7 @@ class UploadSession:
         if isinstance(self.executor, wanted) and not self._executor_down:
             return self.executor
         self._shutdown_executor()
-        config = WorkerConfig(self.store)
+        config = WorkerConfig(self.store)  # a Boto3Store crosses to the workers as its config
         if multipart:
             self.executor = LocalProcessExecutor(config, self.plan.workers, cancel=self._flag,
                                                  start_method=self.options.start_method)
@@ -264,7 +265,7 @@ class UploadSession:
         (bounded); False, with the upload recorded as left behind, when the store would not confirm it."""
         if self.upload_id is None:
             return True
-        if self._abort_id(self.upload_id, self.store.short_lived().make_client()):
+        if self._abort_id(self.upload_id, self.store.short_lived()):
             self.left.pop(self.upload_id, None)
             self.cancel.left_behind = None
             return True
@@ -273,23 +274,13 @@ class UploadSession:
                    f"with: {self._cleanup_command(self.upload_id)}")
         return False
 
-    def _abort_id(self, upload_id: str, client: Any) -> bool:
+    def _abort_id(self, upload_id: str, store: Store) -> bool:
         """True once the store says the multipart upload ``upload_id`` is gone (aborted, or never there)."""
-        for _ in range(ABORT_ROUNDS):
-            try:
-                client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
-            except Exception as exc:  # noqa: BLE001
-                if error_code(exc) in GONE_CODES:
-                    return True
-                log.warning("aborting multipart upload %s failed: %s", upload_id, exc)
-                return False
-            try:
-                listed = client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id, MaxParts=1)
-            except Exception as exc:  # noqa: BLE001
-                return error_code(exc) in GONE_CODES
-            if not listed.get("Parts"):
-                return True
-        return False
+        try:
+            return store.abort_and_confirm(self.bucket, self.key, upload_id, rounds=ABORT_ROUNDS).gone
+        except Exception as exc:  # noqa: BLE001
+            log.warning("aborting multipart upload %s failed: %s", upload_id, exc)
+            return False
 
     def _cleanup_command(self, upload_id: str) -> str:
         template = self.options.cleanup_command

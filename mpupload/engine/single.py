@@ -39,7 +39,7 @@ class SinglePut(UploadSession):
         """Fail before the start line on what a single PutObject would only reveal at its end: a missing
         bucket, no credentials, an unreachable store. 403 says nothing (no s3:ListBucket): go ahead."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.store.head_bucket(self.bucket)
         except Exception as exc:  # noqa: BLE001
             code = error_code(exc)
             if code in ("403", "AccessDenied", "Forbidden"):
@@ -93,12 +93,6 @@ class SinglePut(UploadSession):
     def _put_sent(self) -> int:
         return max(0, self._bytes_sent() - self._put_base)
 
-    def _put_args(self) -> dict[str, Any]:
-        args = self._object_args()
-        if self.options.no_overwrite:
-            args["IfNoneMatch"] = "*"
-        return args
-
     def _send(self, algorithm: Algorithm | None, md5: bool, traits: StoreTraits | None,
               started: bool) -> PartResult:
         """One PutObject (with the part's retries) run by the executor; this thread ticks and watches for a cancel.
@@ -110,7 +104,7 @@ class SinglePut(UploadSession):
         executor = self._start_executor(multipart=False)
         target = PartTarget(self.source.path, self.bucket, self.key, None, algorithm, md5,
                             etag_is_md5=bool(md5 and traits is not None and traits.etag_is_md5),
-                            put_args=tuple(self._put_args().items()))
+                            object_args=tuple(self._object_args().items()), if_none_match=self.options.no_overwrite)
         self._put_base = executor.bytes_sent()
         executor.submit(PartJob(target, Part(1, 0, self.source.size)))
         result: PartResult | None = None

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import errors as E
 from ..checksums import Algorithm, boto_checksum_param, composite_checksum, multipart_etag, new_hasher, unb64
+from ..storage import Store
 from ..storage.errors import classify, error_code
 from .counter import CancelFlag
 from .reader import CHUNK, digest_range
@@ -148,21 +149,18 @@ class Verdict:
 
 
 class ObjectAccess:
-    """The calls a verification makes, on one client: HEAD, a ranged GET, a guarded delete."""
+    """The calls a verification makes, on one store: HEAD, a ranged GET, a guarded delete."""
 
-    def __init__(self, client: Any, bucket: str, key: str, endpoint: str | None = None) -> None:
-        self.client = client
+    def __init__(self, store: Store, bucket: str, key: str, endpoint: str | None = None) -> None:
+        self.store = store
         self.bucket = bucket
         self.key = key
         self.endpoint = endpoint
 
     def head(self, version_id: str | None = None) -> dict[str, Any] | None:
         """HeadObject; ``None`` when it is denied (write-only credentials)."""
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "ChecksumMode": "ENABLED"}
-        if version_id:
-            kwargs["VersionId"] = version_id
         try:
-            return dict(self.client.head_object(**kwargs))
+            return self.store.head_object(self.bucket, self.key, version_id=version_id, checksum_mode=True)
         except Exception as exc:  # noqa: BLE001
             if (error_code(exc) or "") in HEAD_DENIED:
                 return None
@@ -179,13 +177,8 @@ def delete_if_unchanged(access: ObjectAccess, etag: str, version_id: str | None)
         return "HeadObject is denied"
     if str(head.get("ETag") or "").strip('"') != etag:
         return "the key holds another object now (someone wrote it since)"
-    kwargs: dict[str, Any] = {"Bucket": access.bucket, "Key": access.key}
-    if version_id:
-        kwargs["VersionId"] = version_id
-    elif etag:
-        kwargs["IfMatch"] = f'"{etag}"'
     try:
-        access.client.delete_object(**kwargs)
+        access.store.delete_object(access.bucket, access.key, version_id=version_id, if_match=etag or None)
     except Exception as exc:  # noqa: BLE001
         return f"the delete failed ({error_code(exc) or type(exc).__name__})"
     return None
@@ -238,13 +231,9 @@ def read_back(
 
     def check(index: int) -> bool:
         offset, length = ranges[index]
-        kwargs: dict[str, Any] = {"Bucket": access.bucket, "Key": access.key}
-        if version_id:
-            kwargs["VersionId"] = version_id
-        if length:
-            kwargs["Range"] = f"bytes={offset}-{offset + length - 1}"
         try:
-            body = access.client.get_object(**kwargs)["Body"]
+            body = access.store.get_object(access.bucket, access.key, version_id=version_id,
+                                           byte_range=(offset, offset + length - 1) if length else None)
         except Exception as exc:  # noqa: BLE001
             raise classify(exc, bucket=access.bucket, key=access.key, endpoint=access.endpoint) from exc
         hasher = new_hasher(algorithm)

@@ -1,8 +1,9 @@
 """The worker process: takes one part at a time from its pipe, uploads it, answers with a result.
 
 Only plain data crosses the pipe (:class:`PartJob` in, :class:`PartResult` out; ``None`` is the
-sentinel that ends the worker). The boto3 client is built here, inside the child, from the picklable
-:class:`~mpupload.storage.StoreConfig`.
+sentinel that ends the worker). Every request goes through the :class:`~mpupload.storage.port.Store` of the
+:class:`WorkerConfig`; a :class:`~mpupload.storage.boto3_store.Boto3Store` builds its boto3 client here, inside the
+child, from its picklable config, as soon as the worker starts.
 
 Retries: botocore retries throttling and connection errors itself (rewinding the body, which takes back
 the bytes it counted); on top of that a part is retried here with exponential backoff and jitter up to
@@ -31,8 +32,9 @@ from typing import Any
 from .. import errors as E
 from ..checksums import Algorithm, Hasher, b64, boto_checksum_param, new_hasher
 from ..plan import Part
-from ..storage import StoreConfig, classify, is_retryable
+from ..storage import classify, is_retryable
 from ..storage.errors import gone_error, http_status, is_gone
+from ..storage.port import Checksum, Store
 from .counter import ByteCounter, CancelFlag
 from .probe import etag_is_md5_answer
 from .reader import PartReader, digest_range
@@ -48,7 +50,9 @@ PARENT_POLL_S = 0.25
 class WorkerConfig:
     """What every worker of an executor shares, whatever object it is sending: the store and the retry policy."""
 
-    store: StoreConfig
+    #: the store every part goes to: a Boto3Store crosses to a worker process as its config and builds its client
+    #: there; an in-process store (MemoryStore) only works with threads (:class:`~.executor.ThreadExecutor`)
+    store: Store
     part_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
@@ -69,8 +73,10 @@ class PartTarget:
     md5: bool
     #: the store's part ETags are MD5s of the bytes it got: compare them with the local MD5 (needs ``md5``)
     etag_is_md5: bool = True
-    #: PutObject only: the object's arguments (ContentType, Metadata, encryption, IfNoneMatch ...)
-    put_args: tuple[tuple[str, Any], ...] = ()
+    #: PutObject only: the object's arguments (ContentType, Metadata, encryption ...)
+    object_args: tuple[tuple[str, Any], ...] = ()
+    #: PutObject only: write only if no object is at the key (``--no-overwrite``)
+    if_none_match: bool = False
     #: which of the run's objects this is (the scheduler's own name for it)
     object_id: int = 0
 
@@ -197,7 +203,8 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent_pid)
     try:
-        client = config.store.make_client()
+        store = config.store
+        store.connect()
     except BaseException as exc:  # noqa: BLE001 - reported, not raised
         err = classify(exc, endpoint=config.store.endpoint_url)
         with contextlib.suppress(Exception):
@@ -212,12 +219,12 @@ def worker_main(
                 return
             if job is None:
                 return
-            conn.send(run_job(client, files, config, job, counter, slot, cancel))
+            conn.send(run_job(store, files, config, job, counter, slot, cancel))
     finally:
         files.close()
 
 
-def run_job(client: Any, files: OpenFiles, config: WorkerConfig, job: PartJob, counter: ByteCounter, slot: int,
+def run_job(store: Store, files: OpenFiles, config: WorkerConfig, job: PartJob, counter: ByteCounter, slot: int,
             cancel: CancelFlag) -> PartResult:
     """Open the job's file (or reuse it) and send the part; a file that cannot be read fails this job."""
     try:
@@ -228,7 +235,7 @@ def run_job(client: Any, files: OpenFiles, config: WorkerConfig, job: PartJob, c
                               part_number=job.number)
         return PartResult(job.number, False, error_type=type(err).__name__, error=str(err),
                           object_id=job.target.object_id)
-    return upload_one_part(client, fd, config, job, counter, slot, cancel)
+    return upload_one_part(store, fd, config, job, counter, slot, cancel)
 
 
 def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
@@ -240,19 +247,8 @@ def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
         time.sleep(min(0.05, left))
 
 
-def _upload_gone(client: Any, target: PartTarget) -> bool:
-    """Ask the store whether the multipart upload still exists (one ListParts); only a clear "no" is True."""
-    if target.upload_id is None:
-        return False
-    try:
-        client.list_parts(Bucket=target.bucket, Key=target.key, UploadId=target.upload_id, MaxParts=1)
-    except Exception as exc:  # noqa: BLE001 - anything but "gone" means "cannot tell"
-        return is_gone(exc)
-    return False
-
-
 def upload_one_part(
-    client: Any,
+    store: Store,
     fd: int,
     config: WorkerConfig,
     job: PartJob,
@@ -277,23 +273,25 @@ def upload_one_part(
             hashers: list[Hasher] = [h for h in (algo_hasher, md5_hasher) if h is not None]
             if hashers:
                 digest_range(fd, job.offset, job.length, hashers, cancel=cancel)
-            params: dict[str, Any] = {"Bucket": target.bucket, "Key": target.key, "ContentLength": job.length}
-            if put:
-                params.update(target.put_args)
-            else:
-                params.update(UploadId=target.upload_id, PartNumber=job.number)
-            checksum = md5_hex = None
+            checksum = md5_hex = content_md5 = None
+            sent: Checksum | None = None
             checksum_param = boto_checksum_param(target.algorithm) if target.algorithm is not None else None
-            if algo_hasher is not None and checksum_param is not None:
+            if algo_hasher is not None and target.algorithm is not None:
                 checksum = b64(algo_hasher.digest())
-                params[checksum_param] = checksum
+                sent = Checksum(target.algorithm, checksum)
             if md5_hasher is not None:
                 raw = md5_hasher.digest()
                 md5_hex = raw.hex()
-                params["ContentMD5"] = b64(raw)
+                content_md5 = b64(raw)
             reader = PartReader(fd, job.offset, job.length, counter=counter, slot=slot, cancel=cancel)
-            params["Body"] = reader
-            response = client.put_object(**params) if put else client.upload_part(**params)
+            if put:
+                response = store.put_object(target.bucket, target.key, reader, content_length=job.length,
+                                            checksum=sent, content_md5=content_md5,
+                                            if_none_match=target.if_none_match, object_args=dict(target.object_args))
+            else:
+                assert target.upload_id is not None
+                response = store.upload_part(target.bucket, target.key, target.upload_id, job.number, reader,
+                                             content_length=job.length, checksum=sent, content_md5=content_md5)
             etag = str(response.get("ETag", "")).strip('"')
             echoed = None
             if checksum_param is not None:
@@ -324,9 +322,10 @@ def upload_one_part(
                 return PartResult(job.number, False, cancelled=True, attempts=attempt, error_type="Cancelled",
                                   error="cancelled", object_id=target.object_id)
             err = classify(exc, bucket=target.bucket, key=target.key, upload_id=target.upload_id,
-                           part_number=None if put else job.number, endpoint=config.store.endpoint_url)
+                           part_number=None if put else job.number, endpoint=store.endpoint_url)
             retryable = is_retryable(exc) and not isinstance(exc, E.SourceChanged)
-            if not put and (is_gone(exc) or (http_status(exc) in (404, 500) and _upload_gone(client, target))):
+            if not put and (is_gone(exc) or (http_status(exc) in (404, 500)
+                                             and store.upload_gone(target.bucket, target.key, str(target.upload_id)))):
                 err = gone_error(bucket=target.bucket, key=target.key, upload_id=target.upload_id,
                                  part_number=job.number)
                 retryable = False

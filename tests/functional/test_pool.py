@@ -12,6 +12,7 @@ from mpupload.engine.pool import LocalProcessExecutor
 from mpupload.engine.worker import PartJob, PartTarget, WorkerConfig
 from mpupload.plan import Part
 from mpupload.storage import StoreConfig
+from mpupload.storage.boto3_store import Boto3Store
 from tests.support.s3server import wait_until
 
 
@@ -20,7 +21,7 @@ def test_a_worker_that_died_while_idle_is_handed_back_with_its_part(tmp_path: Pa
     src.write_bytes(b"x" * 1024)
     # the endpoint is never called before the assertions: nothing listens there
     target = PartTarget(str(src), "b", "k", "U", None, False)
-    executor = LocalProcessExecutor(WorkerConfig(StoreConfig(endpoint_url="http://127.0.0.1:9")), 2,
+    executor = LocalProcessExecutor(WorkerConfig(Boto3Store(StoreConfig(endpoint_url="http://127.0.0.1:9"))), 2,
                                     start_method="fork")
     try:
         victim = executor.handles[0]

@@ -15,6 +15,7 @@ from mpupload.engine.counter import ByteCounter, CancelFlag
 from mpupload.engine.worker import PartJob, PartResult, PartTarget, WorkerConfig, worker_main
 from mpupload.plan import Part
 from mpupload.storage import StoreConfig
+from mpupload.storage.boto3_store import Boto3Store
 from tests.support.s3server import S3Server
 
 MiB = 1024 * 1024
@@ -30,7 +31,7 @@ def restore_signals() -> Iterator[None]:
 
 def _config(server: S3Server) -> WorkerConfig:
     os.environ.update({"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key})
-    return WorkerConfig(StoreConfig(endpoint_url=server.endpoint_url, region="us-east-1"))
+    return WorkerConfig(Boto3Store(StoreConfig(endpoint_url=server.endpoint_url, region="us-east-1")))
 
 
 def _target(path: Path, bucket: str, upload_id: str, **kw: object) -> PartTarget:

@@ -14,6 +14,8 @@ from mpupload.cli.cleanup import lifecycle_command, parse_bucket_url
 from mpupload.cli.options import parse_duration
 from mpupload.cli.resumable import format_line
 from mpupload.journal import Journal, PartRecord, SourceFingerprint
+from mpupload.storage import Boto3Store
+from mpupload.storage.memory import MemoryStore
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 GiB = 1024**3
@@ -152,7 +154,7 @@ class AlwaysTruncated:
 def test_upload_listing_stops_at_the_page_bound() -> None:
     client = AlwaysTruncated()
     with pytest.raises(hk.ListingIncomplete) as info:
-        hk.find_orphans(client, "b", "", NOW, max_pages=7)
+        hk.find_orphans(Boto3Store.over_client(client), "b", "", NOW, max_pages=7)
     assert client.list_calls == 7
     assert [o.key for o in info.value.partial] == [f"k{n}" for n in range(1, 8)]
     assert info.value.exit_code == 1 and "did not end after 7 page(s)" in str(info.value)
@@ -164,7 +166,7 @@ def test_upload_listing_stops_at_the_page_bound() -> None:
 def test_upload_listing_stops_when_the_marker_does_not_move() -> None:
     client = AlwaysTruncated(advance=False)
     with pytest.raises(hk.ListingIncomplete):
-        hk.find_orphans(client, "b", "", NOW)
+        hk.find_orphans(Boto3Store.over_client(client), "b", "", NOW)
     assert client.list_calls == 2
 
 
@@ -181,7 +183,7 @@ class TwoPages:
     def list_parts(self, **kw: Any) -> dict[str, Any]:
         if kw["UploadId"] == "2":
             raise _Answer("NoSuchKey")  # Ceph's answer for an upload aborted meanwhile
-        if "PartNumberMarker" not in kw:
+        if not kw.get("PartNumberMarker"):  # the first page (marker 0)
             return {"IsTruncated": True, "NextPartNumberMarker": 1,
                     "Parts": [{"PartNumber": 1, "Size": 10, "LastModified": NOW - dt.timedelta(hours=30)}]}
         return {"IsTruncated": False,
@@ -189,7 +191,7 @@ class TwoPages:
 
 
 def test_find_orphans_pages_and_measures() -> None:
-    a, b = hk.find_orphans(TwoPages(), "bk", "", NOW)
+    a, b = hk.find_orphans(Boto3Store.over_client(TwoPages()), "bk", "", NOW)
     assert (a.key, a.size, a.parts, a.age_s, a.idle_s) == ("a", 17, 2, 3 * 86400, 2 * 3600)
     assert (b.key, b.size, b.parts, b.age_s) == ("b", None, None, 0.0)  # a clock ahead is not a negative age
 
@@ -205,9 +207,9 @@ def test_abort_treats_gone_as_done() -> None:
             if self.code:
                 raise _Answer(self.code)
 
-    assert hk.abort(Store(None), "b", orphan) is True
+    assert hk.abort(Boto3Store.over_client(Store(None)), "b", orphan) is True
     for code in ("NoSuchUpload", "NoSuchKey", "404"):
-        assert hk.abort(Store(code), "b", orphan) is False
+        assert hk.abort(Boto3Store.over_client(Store(code)), "b", orphan) is False
 
 
 class Lifecycle:
@@ -231,4 +233,40 @@ class Lifecycle:
     (Lifecycle(code="AccessDenied"), None),
 ])
 def test_has_abort_lifecycle_rule(store: Lifecycle, expected: bool | None) -> None:
-    assert hk.has_abort_lifecycle_rule(store, "b") is expected
+    assert hk.has_abort_lifecycle_rule(Boto3Store.over_client(store), "b") is expected
+
+
+def test_abort_confirms_with_the_store() -> None:
+    store = MemoryStore("b")
+    upload_id = store.create_multipart_upload("b", "k")
+    store.upload_part("b", "k", upload_id, 1, b"x", content_length=1)
+    orphan = hk.Orphan("k", upload_id, NOW, 0.0, 1, 1)
+    assert hk.abort(store, "b", orphan) is True
+    assert store.calls["ListParts"] == 1 and store.uploads("b") == {}
+    assert hk.abort(store, "b", orphan) is False  # already gone
+    store.fail("AbortMultipartUpload", code="AccessDenied", status=403)
+    with pytest.raises(E.AuthError):
+        hk.abort(store, "b", orphan)
+
+
+def test_abort_fails_while_parts_keep_landing() -> None:
+    store = MemoryStore("b")
+    upload_id = store.create_multipart_upload("b", "k")
+    store.upload_part("b", "k", upload_id, 1, b"x", content_length=1)
+    store.abort_multipart_upload = lambda bucket, key, upload_id: None  # type: ignore[method-assign]
+    with pytest.raises(E.UploadFailed, match="still lists parts"):
+        hk.abort(store, "b", hk.Orphan("k", upload_id, NOW, 0.0, 1, 1))
+
+
+def test_find_orphans_over_small_pages() -> None:
+    clock = iter(NOW - dt.timedelta(hours=h) for h in range(100, 0, -1))
+    store = MemoryStore("b", parts_page_size=2, uploads_page_size=2, clock=lambda: next(clock))
+    for key in ("a", "b", "c", "d", "e"):
+        upload_id = store.create_multipart_upload("b", key)
+        for number in range(1, 4):
+            store.upload_part("b", key, upload_id, number, b"xy", content_length=2)
+    orphans = hk.find_orphans(store, "b", "", NOW)
+    assert [o.key for o in orphans] == ["a", "b", "c", "d", "e"]
+    assert all(o.size == 6 and o.parts == 3 for o in orphans)
+    assert orphans[0].age_s == 100 * 3600 and orphans[0].idle_s == 97 * 3600
+    assert store.calls["ListMultipartUploads"] == 3 and store.calls["ListParts"] == 5 * 2

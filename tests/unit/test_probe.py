@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from mpupload.checksums import Algorithm, b64, new_hasher
 from mpupload.engine.probe import PROBE_BODY, IntegrityPlan, StoreTraits, clear_cache, integrity_plan, probe_store
 from mpupload.options import ChecksumMode
+from mpupload.storage import Boto3Store
 
 _ids = itertools.count()
 
@@ -65,8 +66,9 @@ def _probe(store: FakeStore, algorithm: Algorithm | None = Algorithm.CRC32C, abo
         aborted.append(upload_id)
         return abort_ok
 
-    traits, left = probe_store(store, bucket="b", key="k", create_args={"ServerSideEncryption": "aws:kms"},
-                               algorithm=algorithm, cache_key=object(), abort=abort, cancelled=lambda: False)
+    traits, left = probe_store(Boto3Store.over_client(store), bucket="b", key="k",
+                               create_args={"ServerSideEncryption": "aws:kms"}, algorithm=algorithm,
+                               cache_key=object(), abort=abort, cancelled=lambda: False)
     return traits, left, aborted
 
 
@@ -119,8 +121,8 @@ def test_the_answer_is_kept_for_the_process() -> None:
     store = FakeStore()
     key = ("endpoint", "bucket", (None, None))
     for _ in range(3):
-        probe_store(store, bucket="b", key="k", create_args={}, algorithm=Algorithm.CRC32C, cache_key=key,
-                    abort=lambda _id: True, cancelled=lambda: False)
+        probe_store(Boto3Store.over_client(store), bucket="b", key="k", create_args={}, algorithm=Algorithm.CRC32C,
+                    cache_key=key, abort=lambda _id: True, cancelled=lambda: False)
     assert len(store.created) == 1
 
 

@@ -24,6 +24,7 @@ from mpupload.engine.resume import (
 from mpupload.errors import UploadFailed
 from mpupload.journal import Journal, PartRecord, SourceFingerprint
 from mpupload.plan import MAX_PARTS, UploadPlan, plan_upload
+from mpupload.storage import Boto3Store
 
 MiB = 1024 * 1024
 
@@ -81,7 +82,7 @@ def test_list_parts_follows_three_pages() -> None:
         {"Parts": [_raw_part(6, 3)], "IsTruncated": False},
     ]
     client = FakeClient(pages)
-    got = list_parts(client, "b", "k", "up-1")
+    got = list_parts(Boto3Store.over_client(client), "b", "k", "up-1")
     assert got is not None and sorted(got) == [1, 2, 3, 5, 6]
     assert got[6] == ListedPart(6, 3, "etag6", None)  # quotes stripped, no checksum asked for
     assert [c["PartNumberMarker"] for c in client.list_calls] == [0, 2, 5]
@@ -90,7 +91,7 @@ def test_list_parts_follows_three_pages() -> None:
 
 def test_list_parts_of_an_empty_upload() -> None:
     client = FakeClient([{"IsTruncated": False}])
-    assert list_parts(client, "b", "k", "up") == {}
+    assert list_parts(Boto3Store.over_client(client), "b", "k", "up") == {}
 
 
 @pytest.mark.parametrize(("algorithm", "field"), [
@@ -98,7 +99,7 @@ def test_list_parts_of_an_empty_upload() -> None:
 ])
 def test_list_parts_picks_the_checksum_of_the_algorithm(algorithm: Algorithm, field: str) -> None:
     part = _raw_part(1, 10, ChecksumCRC32C="c32c", ChecksumCRC32="c32", ChecksumSHA256="sha")
-    got = list_parts(FakeClient([{"Parts": [part]}]), "b", "k", "u", algorithm)
+    got = list_parts(Boto3Store.over_client(FakeClient([{"Parts": [part]}])), "b", "k", "u", algorithm)
     assert got == {1: ListedPart(1, 10, "etag1", part[field])}
 
 
@@ -109,7 +110,7 @@ def test_list_parts_gives_up_on_a_store_that_is_always_truncated() -> None:
 
     client = FakeClient(always_truncated)
     with pytest.raises(UploadFailed, match="truncated") as info:
-        list_parts(client, "b", "k", "up-9")
+        list_parts(Boto3Store.over_client(client), "b", "k", "up-9")
     # the marker advanced every time: the listing stops where S3's part numbers end (10,000), not earlier
     assert len(client.list_calls) == MAX_PARTS // 1000
     assert info.value.upload_id == "up-9"
@@ -126,7 +127,7 @@ def test_list_parts_reads_a_store_with_small_pages_to_the_end() -> None:
                 "NextPartNumberMarker": numbers[-1]}
 
     client = FakeClient(small_pages)
-    got = list_parts(client, "b", "k", "up")
+    got = list_parts(Boto3Store.over_client(client), "b", "k", "up")
     assert got is not None and sorted(got) == list(range(1, 2001))
     assert len(client.list_calls) == 20
     assert all(c["MaxParts"] == 1000 for c in client.list_calls)  # S3's largest page is asked for
@@ -142,14 +143,14 @@ def test_list_parts_stops_when_the_marker_does_not_advance(next_marker: int | No
 
     client = FakeClient(stuck)
     with pytest.raises(UploadFailed):
-        list_parts(client, "b", "k", "up")
+        list_parts(Boto3Store.over_client(client), "b", "k", "up")
     assert len(client.list_calls) <= 2  # no spinning up to the page limit on the same marker
 
 
 @pytest.mark.parametrize("code", ["NoSuchUpload", "NoSuchKey", "404"])
 def test_list_parts_of_a_gone_upload_is_none(code: str) -> None:
     client = FakeClient(list_error=_client_error(code))
-    assert list_parts(client, "b", "k", "up") is None
+    assert list_parts(Boto3Store.over_client(client), "b", "k", "up") is None
     assert len(client.list_calls) == 1
 
 
@@ -159,13 +160,13 @@ def test_list_parts_gone_on_a_later_page_is_none() -> None:
             raise _client_error("NoSuchUpload")
         return {"Parts": [_raw_part(1, 1)], "IsTruncated": True, "NextPartNumberMarker": 1}
 
-    assert list_parts(FakeClient(gone_later), "b", "k", "up") is None
+    assert list_parts(Boto3Store.over_client(FakeClient(gone_later)), "b", "k", "up") is None
 
 
 @pytest.mark.parametrize("exc", [_client_error("AccessDenied"), _client_error("InternalError"), OSError("net")])
 def test_list_parts_other_errors_propagate(exc: Exception) -> None:
     with pytest.raises(type(exc)):
-        list_parts(FakeClient(list_error=exc), "b", "k", "up")
+        list_parts(Boto3Store.over_client(FakeClient(list_error=exc)), "b", "k", "up")
 
 
 # -- _infer_part_size ---------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def test_find_resume_with_a_journal_and_listed_parts(tmp_path: Path) -> None:
     pages = [{"Parts": [_raw_part(1, 8 * MiB, ChecksumCRC32C="AAAAAA=="), _raw_part(2, 8 * MiB)],
               "IsTruncated": False}]
     client = FakeClient(pages)
-    got = find_resume(client, "b", "k", SIZE, _default_plan(), j)
+    got = find_resume(Boto3Store.over_client(client), "b", "k", SIZE, _default_plan(), j)
     assert isinstance(got, ResumeState)
     assert got.upload_id == "up-journal" and got.journal is j
     assert got.plan.part_size == 8 * MiB and got.plan.parts_total == 3 and got.plan.total_bytes == SIZE
@@ -222,7 +223,7 @@ def test_find_resume_with_a_journal_and_listed_parts(tmp_path: Path) -> None:
 def test_find_resume_with_a_journal_whose_upload_completed(tmp_path: Path) -> None:
     j = _journal(tmp_path)
     client = FakeClient(list_error=_client_error("NoSuchUpload"), head=SIZE)
-    got = find_resume(client, "b", "k", SIZE, _default_plan(), j)
+    got = find_resume(Boto3Store.over_client(client), "b", "k", SIZE, _default_plan(), j)
     assert got == AlreadyComplete(j)
     assert client.head_calls == [{"Bucket": "b", "Key": "k"}]
 
@@ -232,7 +233,7 @@ def test_find_resume_with_a_journal_whose_upload_completed(tmp_path: Path) -> No
 def test_find_resume_with_a_journal_whose_upload_is_gone(tmp_path: Path, head: Any) -> None:
     j = _journal(tmp_path)
     client = FakeClient(list_error=_client_error("NoSuchUpload"), head=head)
-    assert find_resume(client, "b", "k", SIZE, _default_plan(), j) is None
+    assert find_resume(Boto3Store.over_client(client), "b", "k", SIZE, _default_plan(), j) is None
 
 
 def _upload(key: str, upload_id: str, minute: int) -> dict[str, Any]:
@@ -253,7 +254,7 @@ def test_find_resume_without_a_journal_picks_the_newest_upload_of_the_key() -> N
         return {"Parts": [_raw_part(1, 16 * MiB), _raw_part(2, 4 * MiB + 5)], "IsTruncated": False}
 
     client = FakeClient(pages, uploads=uploads)
-    got = find_resume(client, "b", "k", SIZE, _default_plan(), None)
+    got = find_resume(Boto3Store.over_client(client), "b", "k", SIZE, _default_plan(), None)
     assert isinstance(got, ResumeState)
     assert got.upload_id == "newest" and got.journal is None and got.algorithm is None
     assert got.plan.part_size == 16 * MiB and got.plan.parts_total == 2  # inferred from the listed parts
@@ -263,7 +264,7 @@ def test_find_resume_without_a_journal_picks_the_newest_upload_of_the_key() -> N
 
 def test_find_resume_without_a_journal_and_an_empty_upload_uses_the_plan() -> None:
     client = FakeClient([{"IsTruncated": False}], uploads=[_upload("k", "u1", 1)])
-    got = find_resume(client, "b", "k", SIZE, _default_plan(), None)
+    got = find_resume(Boto3Store.over_client(client), "b", "k", SIZE, _default_plan(), None)
     assert isinstance(got, ResumeState)
     assert got.upload_id == "u1" and got.listed == {} and got.plan.part_size == 5 * MiB
 
@@ -272,7 +273,7 @@ def test_find_resume_without_a_journal_and_an_empty_upload_uses_the_plan() -> No
                          ids=["none", "other-keys-only"])
 def test_find_resume_without_a_journal_or_an_upload_is_none(uploads: list[dict[str, Any]]) -> None:
     client = FakeClient(uploads=uploads)
-    assert find_resume(client, "b", "k", SIZE, _default_plan(), None) is None
+    assert find_resume(Boto3Store.over_client(client), "b", "k", SIZE, _default_plan(), None) is None
     assert client.list_calls == []
 
 

@@ -14,6 +14,7 @@ from mpupload import errors as E
 from mpupload.checksums import Algorithm, b64, composite_checksum, multipart_etag, new_hasher
 from mpupload.engine import reader
 from mpupload.engine.verify import Expected, ObjectAccess, delete_if_unchanged, identify, inspect, verify_written
+from mpupload.storage import Boto3Store
 
 MiB = 1024 * 1024
 
@@ -94,10 +95,10 @@ def _denied() -> ClientError:
 
 def test_guarded_delete_deletes_only_the_object_verified() -> None:
     client = FakeClient({"ETag": '"abc"'})
-    assert delete_if_unchanged(ObjectAccess(client, "b", "k"), "abc", None) is None
+    assert delete_if_unchanged(ObjectAccess(Boto3Store.over_client(client), "b", "k"), "abc", None) is None
     assert client.deleted == [{"Bucket": "b", "Key": "k", "IfMatch": '"abc"'}]
     client = FakeClient({"ETag": '"abc"'})
-    assert delete_if_unchanged(ObjectAccess(client, "b", "k"), "abc", "v7") is None
+    assert delete_if_unchanged(ObjectAccess(Boto3Store.over_client(client), "b", "k"), "abc", "v7") is None
     assert client.deleted == [{"Bucket": "b", "Key": "k", "VersionId": "v7"}]  # exactly that version
 
 
@@ -107,15 +108,15 @@ def test_guarded_delete_deletes_only_the_object_verified() -> None:
 ])
 def test_guarded_delete_leaves_what_it_cannot_be_sure_of(head: Any, why: str) -> None:
     client = FakeClient(head)
-    left = delete_if_unchanged(ObjectAccess(client, "b", "k"), "abc", None)
+    left = delete_if_unchanged(ObjectAccess(Boto3Store.over_client(client), "b", "k"), "abc", None)
     assert left is not None and why in left and client.deleted == []
 
 
 def test_a_size_mismatch_deletes_and_fails() -> None:
     client = FakeClient({"ContentLength": 249, "ETag": f'"{GOOD_ETAG}"'})
     with pytest.raises(E.IntegrityError, match="249 bytes.*deleted"):
-        verify_written(ObjectAccess(client, "b", "k"), EXPECTED, {"ETag": f'"{GOOD_ETAG}"'}, parts_checked="md5",
-                       validates_checksum=False)
+        verify_written(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, {"ETag": f'"{GOOD_ETAG}"'},
+                       parts_checked="md5", validates_checksum=False)
     assert len(client.deleted) == 1
 
 
@@ -123,7 +124,7 @@ def test_a_size_mismatch_deletes_and_fails() -> None:
 def test_a_composite_mismatch_is_evidence_only_where_the_store_validates(validates: bool, deleted: bool) -> None:
     head = {"ContentLength": 250, "ChecksumCRC32C": "AAAAAA==-3", "ETag": f'"{GOOD_ETAG}"'}
     client = FakeClient(head)
-    access = ObjectAccess(client, "b", "k")
+    access = ObjectAccess(Boto3Store.over_client(client), "b", "k")
     if deleted:
         with pytest.raises(E.IntegrityError):
             verify_written(access, EXPECTED, {}, parts_checked="crc32c", validates_checksum=True)
@@ -135,14 +136,14 @@ def test_a_composite_mismatch_is_evidence_only_where_the_store_validates(validat
 
 def test_an_etag_of_another_form_never_deletes() -> None:
     client = FakeClient({"ContentLength": 250, "ETag": '"5f0e1b0d2a1c4d8e9f00112233445566-3"'})
-    verdict = verify_written(ObjectAccess(client, "b", "k"), EXPECTED, {}, parts_checked="md5",
+    verdict = verify_written(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, {}, parts_checked="md5",
                              validates_checksum=False)
     assert verdict.verified == "md5" and client.deleted == [] and verdict.notes == []
 
 
 def test_nothing_to_check_against_is_size_only_with_one_note() -> None:
     client = FakeClient({"ContentLength": 250, "ETag": '"random-3"'})
-    verdict = verify_written(ObjectAccess(client, "b", "k"), EXPECTED, {}, parts_checked=None,
+    verdict = verify_written(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, {}, parts_checked=None,
                              validates_checksum=False, size_only_reason="this store checks nothing")
     assert verdict.verified == "size-only" and len(verdict.notes) == 1
     assert verdict.notes[0].startswith("this store checks nothing: only the object's size was checked")
@@ -151,12 +152,12 @@ def test_nothing_to_check_against_is_size_only_with_one_note() -> None:
 def test_identify_needs_more_than_the_size() -> None:
     """The object at the key of a gone upload: the same size is not this file; a matching checksum or ETag is."""
     same_size = FakeClient({"ContentLength": 250, "ETag": '"0123456789abcdef0123456789abcdef-3"'})
-    assert identify(ObjectAccess(same_size, "b", "k"), EXPECTED) is None
+    assert identify(ObjectAccess(Boto3Store.over_client(same_size), "b", "k"), EXPECTED) is None
     ours = FakeClient({"ContentLength": 250, "ETag": f'"{GOOD_ETAG}"'})
-    verdict = identify(ObjectAccess(ours, "b", "k"), EXPECTED)
+    verdict = identify(ObjectAccess(Boto3Store.over_client(ours), "b", "k"), EXPECTED)
     assert verdict is not None and verdict.verified == "md5"
     denied = FakeClient(_denied())
-    assert identify(ObjectAccess(denied, "b", "k"), EXPECTED) is None
+    assert identify(ObjectAccess(Boto3Store.over_client(denied), "b", "k"), EXPECTED) is None
     assert same_size.deleted == ours.deleted == denied.deleted == []  # identification never deletes
 
 

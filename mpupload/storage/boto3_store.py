@@ -1,0 +1,211 @@
+"""The boto3 adapter of the :class:`~mpupload.storage.port.Store` port: the only module of mpupload that calls an
+S3 operation.
+
+A :class:`Boto3Store` is built from the picklable :class:`~mpupload.storage.config.StoreConfig` and builds its
+boto3 client lazily, in the process that first uses it: it pickles as its config alone, so a worker process gets
+it through its pipe or spec and builds its own client (clients never cross a process boundary).
+
+Each method is one request with S3's parameters, passed through as botocore names them; errors are botocore's own,
+read by :mod:`mpupload.storage.errors`. Pagination and abort-and-confirm come from
+:class:`~mpupload.storage.port.StoreBase`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..checksums import Algorithm, boto_checksum_param
+from .config import StoreConfig
+from .port import (
+    CHECKSUM_FIELDS,
+    Body,
+    Checksum,
+    CompletedPart,
+    ListedUpload,
+    PagePart,
+    PartsPage,
+    StoreBase,
+    UploadsPage,
+    as_utc,
+)
+
+__all__ = ["Boto3Store"]
+
+
+class Boto3Store(StoreBase):
+    """A :class:`~mpupload.storage.port.Store` over one boto3 S3 client, built on first use."""
+
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._client: Any = None
+        self._pid = os.getpid()
+
+    @classmethod
+    def over_client(cls, client: Any, config: StoreConfig | None = None) -> Boto3Store:
+        """A store over a client built elsewhere (tests: a fake client). It still pickles as ``config``."""
+        store = cls(config)
+        store._client = client
+        store._pid = -1  # never rebuilt: the fake is the client, in every process
+        return store
+
+    # -- the client, per process ----------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The boto3 client, built from the config the first time it is needed in this process (a forked child
+        inherits the parent's store object, never its connections: it builds its own)."""
+        if self._client is None or (self._pid != -1 and self._pid != os.getpid()):
+            self._client = self.config.make_client()
+            self._pid = os.getpid()
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.config = state["config"]
+        self._client = None
+        self._pid = os.getpid()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Boto3Store) and other.config == self.config
+
+    def __hash__(self) -> int:
+        return hash((Boto3Store, self.config))
+
+    def __repr__(self) -> str:
+        return f"Boto3Store({self.config!r})"
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.config.endpoint_url
+
+    def short_lived(self) -> Boto3Store:
+        """A fresh store (and client) with short timeouts and few retries, for aborts."""
+        return Boto3Store(self.config.short_lived())
+
+    def connect(self) -> None:
+        self.client  # noqa: B018 - built now
+
+    # -- buckets ------------------------------------------------------------------------------------------------
+    def head_bucket(self, bucket: str) -> None:
+        self.client.head_bucket(Bucket=bucket)
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(Bucket=bucket)
+
+    def lifecycle_rules(self, bucket: str) -> list[Mapping[str, Any]]:
+        answer = self.client.get_bucket_lifecycle_configuration(Bucket=bucket)
+        return list(answer.get("Rules") or [])
+
+    # -- objects ------------------------------------------------------------------------------------------------
+    def head_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                    checksum_mode: bool = False) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if checksum_mode:
+            kwargs["ChecksumMode"] = "ENABLED"
+        if version_id:
+            kwargs["VersionId"] = version_id
+        return dict(self.client.head_object(**kwargs))
+
+    def get_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                   byte_range: tuple[int, int] | None = None) -> Body:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        if byte_range is not None:
+            kwargs["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        body: Body = self.client.get_object(**kwargs)["Body"]
+        return body
+
+    def put_object(self, bucket: str, key: str, body: Any, *, content_length: int, checksum: Checksum | None = None,
+                   content_md5: str | None = None, if_none_match: bool = False,
+                   object_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "ContentLength": content_length,
+                                  **(object_args or {})}
+        if checksum is not None:
+            params[boto_checksum_param(checksum.algorithm)] = checksum.value
+        if content_md5 is not None:
+            params["ContentMD5"] = content_md5
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        params["Body"] = body
+        return dict(self.client.put_object(**params))
+
+    def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                      if_match: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        elif if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        self.client.delete_object(**kwargs)
+
+    # -- multipart uploads --------------------------------------------------------------------------------------
+    def create_multipart_upload(self, bucket: str, key: str, *, algorithm: Algorithm | None = None,
+                                object_args: Mapping[str, Any] | None = None) -> str:
+        create: dict[str, Any] = {**(object_args or {}), "Bucket": bucket, "Key": key}
+        if algorithm is not None:
+            create["ChecksumAlgorithm"] = algorithm.value.upper()
+        return str(self.client.create_multipart_upload(**create)["UploadId"])
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,
+                    content_length: int, checksum: Checksum | None = None,
+                    content_md5: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number,
+                                  "ContentLength": content_length}
+        if checksum is not None:
+            params[boto_checksum_param(checksum.algorithm)] = checksum.value
+        if content_md5 is not None:
+            params["ContentMD5"] = content_md5
+        params["Body"] = body
+        return dict(self.client.upload_part(**params))
+
+    def complete_multipart_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[CompletedPart], *,
+                                  if_none_match: bool = False) -> dict[str, Any]:
+        entries = []
+        for part in parts:
+            entry: dict[str, Any] = {"PartNumber": part.number, "ETag": f'"{part.etag}"'}
+            if part.checksum is not None:
+                entry[boto_checksum_param(part.checksum.algorithm)] = part.checksum.value
+            entries.append(entry)
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id,
+                                  "MultipartUpload": {"Parts": entries}}
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        return dict(self.client.complete_multipart_upload(**params))
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+    def list_parts_page(self, bucket: str, key: str, upload_id: str, *, marker: int | None = None,
+                        max_parts: int | None = None) -> PartsPage:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+        if marker is not None:
+            kwargs["PartNumberMarker"] = marker
+        if max_parts is not None:
+            kwargs["MaxParts"] = max_parts
+        page = self.client.list_parts(**kwargs)
+        parts = []
+        for p in page.get("Parts") or []:
+            checksums = {algorithm: str(p[name]) for algorithm, name in CHECKSUM_FIELDS.items() if p.get(name)}
+            stamp = p.get("LastModified")
+            parts.append(PagePart(int(p["PartNumber"]), int(p.get("Size", 0)), str(p.get("ETag", "")).strip('"'),
+                                  checksums, as_utc(stamp) if stamp is not None else None))
+        next_marker = page.get("NextPartNumberMarker")
+        return PartsPage(tuple(parts), bool(page.get("IsTruncated")), int(next_marker) if next_marker else None,
+                         page.get("ChecksumAlgorithm"))
+
+    def list_uploads_page(self, bucket: str, prefix: str, *, key_marker: str | None = None,
+                          upload_id_marker: str | None = None) -> UploadsPage:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if key_marker is not None:
+            kwargs["KeyMarker"] = key_marker
+        if upload_id_marker is not None:
+            kwargs["UploadIdMarker"] = upload_id_marker
+        page = self.client.list_multipart_uploads(**kwargs)
+        uploads = tuple(ListedUpload(str(u["Key"]), str(u["UploadId"]), as_utc(u["Initiated"]),
+                                     u.get("ChecksumAlgorithm")) for u in page.get("Uploads") or [])
+        return UploadsPage(uploads, bool(page.get("IsTruncated")), page.get("NextKeyMarker") or None,
+                           page.get("NextUploadIdMarker") or None)
