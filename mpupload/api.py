@@ -21,11 +21,14 @@ from . import errors as E
 from . import journal as journal_mod
 from .engine.aggregator import Aggregator, Sink
 from .engine.cancel import CancelToken
-from .engine.coordinator import Coordinator, Source
+from .engine.executors import Executors
+from .engine.object_upload import ObjectUpload
 from .journal import JournalLock
 from .options import UploadOptions, UploadResult
 from .plan import PlanError, UploadPlan, plan_upload
+from .source import Source
 from .storage import Store, StoreConfig
+from .storage.boto3_store import Boto3Store
 from .storage.config import effective_endpoint
 
 __all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan"]
@@ -76,9 +79,10 @@ class PreparedUpload:
     :attr:`plan` and :attr:`record_id` (the API record an interrupted run kept in its journal).
     """
 
-    def __init__(self, coordinator: Coordinator, lock: JournalLock | None, token: CancelToken,
+    def __init__(self, upload: ObjectUpload, executors: Executors, lock: JournalLock | None, token: CancelToken,
                  owns_token: bool) -> None:
-        self._coordinator = coordinator
+        self._upload = upload
+        self._executors = executors
         self._lock = lock
         self._token = token
         self._owns_token = owns_token
@@ -86,19 +90,19 @@ class PreparedUpload:
 
     @property
     def source(self) -> Source:
-        return self._coordinator.source
+        return self._upload.source
 
     @property
     def plan(self) -> UploadPlan:
-        return self._coordinator.plan
+        return self._upload.plan
 
     @property
     def record_id(self) -> str | None:
-        return self._coordinator.record_id
+        return self._upload.record_id
 
     def run(self, sinks: Sequence[Sink] = (), *, upload_id: str | None = None) -> UploadResult:
         """Send, complete and verify; ``upload_id`` is the API server's record id when there is one."""
-        c = self._coordinator
+        c = self._upload
         agg = Aggregator(bucket=c.bucket, key=c.key, total_bytes=c.source.size, parts_total=c.plan.parts_total,
                          sinks=list(sinks))
         agg.upload_id = upload_id
@@ -113,7 +117,7 @@ class PreparedUpload:
         if self._closed:
             return
         self._closed = True
-        self._coordinator.close()
+        self._executors.shutdown()
         if self._lock is not None:
             self._lock.release()
         if self._owns_token:
@@ -152,11 +156,16 @@ def prepare_upload(
         except OSError as exc:  # a state directory that cannot be written: the upload goes on without a lock
             log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
                         "interrupted, --resume finds it on the store instead", exc.strerror or exc)
-    coordinator = Coordinator(source, bucket, key, plan, store=store, options=options, cancel=token,
-                              journal_path=journal_path)
-    prepared = PreparedUpload(coordinator, lock, token, owns_token=cancel is None)
+    the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
+    executors = Executors(the_store, plan.workers, start_method=options.start_method)
+    # Ctrl+C sets the workers' shared flag at once: parts in flight, and the hashing of stored parts, stop within
+    # a chunk
+    token.link(executors.flag)
+    upload = ObjectUpload(source, bucket, key, plan, store=the_store, options=options, cancel=token,
+                          executors=executors, journal_path=journal_path)
+    prepared = PreparedUpload(upload, executors, lock, token, owns_token=cancel is None)
     try:
-        coordinator.prepare()
+        upload.prepare()
     except BaseException:
         prepared.close()
         raise

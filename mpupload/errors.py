@@ -23,7 +23,10 @@ retrying cannot help, or the user stopped it), ``upload_exists`` (False: there i
 Only ``retryable`` errors are tried again (:func:`mpupload.storage.errors.is_retryable`).
 
 Errors carry structured context (``bucket``, ``key``, ``upload_id``, ``part_number``) so that sinks and the
-API push can report them; ``str(error)`` is the one line the CLI prints.
+API push can report them; ``str(error)`` is the one line the CLI prints. That line is built from parts, never
+edited: ``message`` (what happened), ``advice`` (what to do, e.g. ", then run the same command again"), and what
+the engine adds when the error ends an upload: ``resume_command`` (the upload was kept: the advice becomes "continue
+it with ...") and ``left_behind`` (uploads still on the store, with the commands that remove them).
 
 A user cancel (:class:`Cancelled`) and an internal failure (:class:`UploadFailed`) are different types on
 purpose: the first exits 130 and is not an error; the second exits 1.
@@ -57,16 +60,24 @@ class MpuploadError(Exception):
         key: str | None = None,
         upload_id: str | None = None,
         part_number: int | None = None,
+        advice: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.advice = advice
         self.bucket = bucket
         self.key = key
         self.upload_id = upload_id
         self.part_number = part_number
+        #: set when the upload this error ended was kept for ``--resume``: the command that continues it
+        self.resume_command: str | None = None
+        #: set when uploads of this run are still on the store: "; left on the store: ..." with their commands
+        self.left_behind: str = ""
 
     def __str__(self) -> str:
-        return self.message
+        if self.resume_command:
+            return f"{self.message}; the upload was kept: continue it with {self.resume_command}{self.left_behind}"
+        return f"{self.message}{self.advice}{self.left_behind}"
 
 
 class UsageError(MpuploadError):

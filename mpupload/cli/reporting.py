@@ -30,7 +30,7 @@ from ..options import UploadOptions
 from ..plan import UploadPlan
 
 if TYPE_CHECKING:
-    from ..engine.session import Source
+    from ..source import Source
 from ..sinks.base import TERMINAL_LOCK
 from ..sinks.push import PushSink
 

@@ -26,12 +26,35 @@ class CancelToken:
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.reason: str | None = None
-        #: set by the engine while a multipart upload exists: what an immediate exit would leave behind
-        self.left_behind: str | None = None
-        #: set by the engine while it is in a step a cancel cannot stop (CompleteMultipartUpload): what the
-        #: CLI says when a signal comes then
-        self.uninterruptible: str | None = None
+        # what each upload under way has at stake, by its owner (an object upload): several can run at once
+        self._at_risk: dict[object, str] = {}
+        self._busy: dict[object, str] = {}
         self._flags: list[_Flag] = []
+
+    # -- what the CLI says when a signal comes ------------------------------------------------------------------
+    def at_risk(self, owner: object, text: str | None) -> None:
+        """What an immediate exit would leave behind because of ``owner`` (``None``: nothing any more)."""
+        if text is None:
+            self._at_risk.pop(owner, None)
+        else:
+            self._at_risk[owner] = text
+
+    def busy(self, owner: object, text: str | None) -> None:
+        """``owner`` is in a step a cancel cannot stop (CompleteMultipartUpload): what the CLI says then."""
+        if text is None:
+            self._busy.pop(owner, None)
+        else:
+            self._busy[owner] = text
+
+    @property
+    def left_behind(self) -> str | None:
+        """What an immediate exit would leave behind, for every upload under way; ``None``: nothing."""
+        return "; ".join(self._at_risk.values()) or None
+
+    @property
+    def uninterruptible(self) -> str | None:
+        """Set while an upload is in a step a cancel cannot stop: what the CLI says when a signal comes then."""
+        return "; ".join(self._busy.values()) or None
 
     def link(self, flag: _Flag) -> None:
         """Set ``flag`` whenever this token is cancelled (at once if it already is)."""

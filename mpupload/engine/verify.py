@@ -42,7 +42,7 @@ from ..storage.errors import classify, error_code
 from .counter import CancelFlag
 from .reader import CHUNK, digest_range
 
-__all__ = ["Expected", "Verdict", "Evidence", "ObjectAccess", "inspect", "verify_written", "identify",
+__all__ = ["Expected", "Verdict", "Evidence", "ObjectAccess", "inspect", "verify_object",
            "read_back", "delete_if_unchanged", "HEAD_DENIED"]
 
 log = logging.getLogger("mpupload")
@@ -257,37 +257,54 @@ def read_back(
     return [i + 1 for i, ok in enumerate(results) if not ok]
 
 
-def verify_written(
+def verify_object(
     access: ObjectAccess,
     expected: Expected,
-    answer: Mapping[str, Any],
     *,
-    parts_checked: str | None,
-    validates_checksum: bool,
+    answer: Mapping[str, Any] | None,
+    parts_checked: str | None = None,
+    validates_checksum: bool = False,
     read_back_path: str | None = None,
     cancel: CancelFlag | None = None,
     threads: int = 4,
     size_only_reason: str | None = None,
-) -> Verdict:
-    """Verify the object this run just wrote; raise :class:`~mpupload.errors.IntegrityError` on evidence.
+) -> Verdict | None:
+    """The one verification of an object at the key against the file, for every way an upload ends.
 
-    ``answer`` is the store's answer to CompleteMultipartUpload or PutObject; ``parts_checked`` says what
-    checked every part on arrival (:class:`~mpupload.engine.probe.IntegrityPlan`); ``read_back_path`` asks for
-    ``--verify read-back``; ``size_only_reason`` says why the store offers nothing better (in the one warning
-    given when only the size could be checked).
+    * ``answer`` given — the object this run just wrote (the store's answer to CompleteMultipartUpload or
+      PutObject): a size or (on a store that validates checksums) checksum that differs is corruption, raised as
+      :class:`~mpupload.errors.IntegrityError` (the object is deleted only when that is safe:
+      :func:`delete_if_unchanged`); when nothing better is offered, the size alone is accepted with one note.
+      ``parts_checked`` says what checked every part on arrival (:class:`~mpupload.engine.probe.IntegrityPlan`).
+    * ``answer`` is ``None`` — an object found at the key (an interrupted run completed it, or Complete's answer
+      was lost): ``None`` unless it is shown to be *this file* — its composite checksum or ETag equal to those of
+      the parts recorded for it, or its bytes read back equal to the file's. A size proves nothing (the previous
+      version of a file often has the same size), and nothing is ever deleted.
+
+    ``read_back_path`` asks for ``--verify read-back``; ``size_only_reason`` says why the store offers nothing
+    better (in the one note given when only the size could be checked).
     """
-    version_id = _version(answer)
+    written = answer is not None
+    version_id = _version(answer) if answer is not None else None
     head = access.head(version_id)
     notes: list[str] = []
     if head is None:
+        if not written:
+            log.info("HeadObject is denied: the object at the key cannot be identified")
+            return None
         notes.append("HeadObject is denied (write-only credentials?): the object was verified from the store's "
                      "answer to the upload")
-    ev = inspect(head, answer, expected)
+    ev = inspect(head, answer or {}, expected)
     where = f"s3://{access.bucket}/{access.key}"
+    if not written:
+        if not ev.size_ok:
+            return None
+        assert head is not None
+        version_id = _version(head)
     if ev.size_ok is False:
         size = int((head or {}).get("ContentLength", -1))
         raise _corrupt(access, ev, version_id, f"the stored object {where} is {size} bytes, the file {expected.size}")
-    if ev.checksum == "mismatch":
+    if written and ev.checksum == "mismatch":
         assert expected.algorithm is not None
         if validates_checksum:
             raise _corrupt(access, ev, version_id,
@@ -295,25 +312,34 @@ def verify_written(
                            f"{expected.checksum()}, the file's")
         log.debug("the store's object checksum %s differs from %s; it does not validate checksums: no evidence",
                   ev.stored_checksum, expected.checksum())
-    if ev.etag == "mismatch":
+    if written and ev.etag == "mismatch":
         log.debug("the object's ETag %s is not %s: another ETag format (not evidence)", ev.stored_etag,
                   expected.etag())
     verified = "size-only"
-    if expected.algorithm is not None and (
-            parts_checked == expected.algorithm.value or (ev.checksum == "match" and validates_checksum)):
+    if expected.algorithm is not None and (ev.checksum == "match" and (validates_checksum or not written)
+                                           or written and parts_checked == expected.algorithm.value):
         verified = expected.algorithm.value
-    elif ev.etag == "match" or parts_checked == "md5":
+    elif ev.etag == "match" or (written and parts_checked == "md5"):
         verified = "md5"
-    if read_back_path is not None:
+    if read_back_path is not None and (written or verified == "size-only"):
         bad = read_back(access, expected, read_back_path, version_id=version_id, cancel=cancel, threads=threads)
+        if bad and not written:
+            return None
         if bad:
             raise _corrupt(access, ev, version_id,
                            f"reading {where} back: part(s) {', '.join(map(str, bad[:10]))} differ from the file")
         verified = "read-back"
     elif verified == "size-only":
+        if not written:
+            return None
         reason = size_only_reason or "the store offered no checksum to verify against"
         notes.append(f"{reason}: only the object's size was checked (--verify read-back reads the object back "
                      "and compares it with the file)")
+    if not written:
+        checksum = (f"{expected.algorithm.value}:{ev.stored_checksum}"
+                    if ev.checksum == "match" and expected.algorithm
+                    else (f"md5:{ev.stored_etag}" if ev.etag == "match" else None))
+        return Verdict(verified, checksum, ev.stored_etag, version_id)
     checksum = None
     if expected.algorithm is not None:
         value = ev.stored_checksum if ev.checksum == "match" else expected.checksum()
@@ -321,43 +347,6 @@ def verify_written(
     if checksum is None and expected.etag() is not None:
         checksum = f"md5:{expected.etag()}"
     return Verdict(verified, checksum, ev.stored_etag, version_id, notes)
-
-
-def identify(
-    access: ObjectAccess,
-    expected: Expected,
-    *,
-    read_back_path: str | None = None,
-    cancel: CancelFlag | None = None,
-    threads: int = 4,
-) -> Verdict | None:
-    """Is the object at the key this file (an interrupted run completed it)? ``None`` when that cannot be shown.
-
-    Only what the store reports for the object is evidence here: its composite checksum or its ETag equal to
-    those of the parts the journal recorded for this file, or its bytes read back equal to the file's. A size
-    alone proves nothing (the previous version of a file often has the same size). Nothing is ever deleted.
-    """
-    head = access.head()
-    if head is None:
-        log.info("HeadObject is denied: the object at the key cannot be identified")
-        return None
-    ev = inspect(head, {}, expected)
-    if not ev.size_ok:
-        return None
-    verified = None
-    if ev.checksum == "match" and expected.algorithm is not None:
-        verified = expected.algorithm.value
-    elif ev.etag == "match":
-        verified = "md5"
-    elif read_back_path is not None:
-        if read_back(access, expected, read_back_path, cancel=cancel, threads=threads):
-            return None
-        verified = "read-back"
-    if verified is None:
-        return None
-    checksum = (f"{expected.algorithm.value}:{ev.stored_checksum}" if ev.checksum == "match" and expected.algorithm
-                else (f"md5:{ev.stored_etag}" if ev.etag == "match" else None))
-    return Verdict(verified, checksum, ev.stored_etag, _version(head))
 
 
 def _version(answer: Mapping[str, Any]) -> str | None:

@@ -161,12 +161,12 @@ def classify(
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError)):
         return E.StoreUnreachable(
             f"cannot reach {endpoint or 'the S3 endpoint'} ({type(exc).__name__}): check the network and "
-            "--endpoint-url, then run the same command again",
+            "--endpoint-url", advice=", then run the same command again",
             **ctx,
         )
     if isinstance(exc, (bx.ReadTimeoutError, bx.HTTPClientError, bx.ConnectionError)):
         return E.StoreUnreachable(
-            f"the connection to {endpoint or 'the store'} failed ({exc}): run the same command again", **ctx
+            f"the connection to {endpoint or 'the store'} failed ({exc})", advice=": run the same command again", **ctx
         )
     if isinstance(exc, bx.ClientError):
         return _classify_answer(exc, where, bucket, key, upload_id, part_number, ctx)

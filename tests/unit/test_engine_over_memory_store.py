@@ -11,7 +11,7 @@ from mpupload import errors as E
 from mpupload.checksums import Algorithm, b64, new_hasher
 from mpupload.engine.probe import clear_cache, probe_store
 from mpupload.engine.resume import ResumeState, find_resume
-from mpupload.engine.verify import Expected, ObjectAccess, verify_written
+from mpupload.engine.verify import Expected, ObjectAccess, verify_object
 from mpupload.plan import plan_upload
 from mpupload.storage.memory import MemoryStore
 from mpupload.storage.port import Checksum, CompletedPart
@@ -88,11 +88,11 @@ def test_a_written_object_is_verified_and_a_wrong_one_deleted() -> None:
     md5s = tuple(hashlib.md5(p).hexdigest() for p in parts)  # noqa: S324
     expected = Expected(6, 4, multipart=True, algorithm=Algorithm.CRC32C,
                         part_checksums=tuple(_crc(p) for p in parts), part_md5s=md5s)
-    verdict = verify_written(access, expected, answer, parts_checked="crc32c", validates_checksum=True,
+    verdict = verify_object(access, expected, answer=answer, parts_checked="crc32c", validates_checksum=True,
                              read_back_path=None)
     assert verdict.verified == "crc32c" and verdict.checksum is not None
     wrong = Expected(7, 4, multipart=True, algorithm=Algorithm.CRC32C)
     with pytest.raises(E.IntegrityError, match="was deleted"):
-        verify_written(access, wrong, answer, parts_checked="crc32c", validates_checksum=True)
+        verify_object(access, wrong, answer=answer, parts_checked="crc32c", validates_checksum=True)
     assert store.object("b", "k") is None
     assert store.calls["DeleteObject"] == 1

@@ -44,7 +44,7 @@ def present(modules: set[str], banned: list[str]) -> list[str]:
 
 def test_the_probe_sees_what_is_loaded() -> None:
     """The checks can fail: what these modules do load is seen."""
-    assert present(loaded_after("import mpupload.engine.coordinator"), ["awscrt", "mpupload.engine"]) == [
+    assert present(loaded_after("import mpupload.engine.object_upload"), ["awscrt", "mpupload.engine"]) == [
         "awscrt", "mpupload.engine"]
     assert present(loaded_after("import mpupload.sinks.terminal"), UI) == sorted(UI)
 
@@ -108,7 +108,7 @@ def test_the_cli_parses_without_loading_the_engine(argv: list[str]) -> None:
             pass
     """)
     modules = loaded_after(code)
-    assert present(modules, ["boto3", "botocore", "mpupload.engine.coordinator", "mpupload.api", "enlighten",
+    assert present(modules, ["boto3", "botocore", "mpupload.engine.object_upload", "mpupload.api", "enlighten",
                              "requests", "awscrt", "argon2"]) == []
     if argv in (["--version"], ["--help"]):  # no command module at all
         assert present(modules, ["mpupload.cli.upload", "mpupload.cli.cleanup", "mpupload.cli.listing",

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from mpupload import errors as E
 from mpupload.checksums import Algorithm, b64, composite_checksum, multipart_etag, new_hasher
 from mpupload.engine import reader
-from mpupload.engine.verify import Expected, ObjectAccess, delete_if_unchanged, identify, inspect, verify_written
+from mpupload.engine.verify import Expected, ObjectAccess, delete_if_unchanged, inspect, verify_object
 from mpupload.storage import Boto3Store
 
 MiB = 1024 * 1024
@@ -115,8 +115,8 @@ def test_guarded_delete_leaves_what_it_cannot_be_sure_of(head: Any, why: str) ->
 def test_a_size_mismatch_deletes_and_fails() -> None:
     client = FakeClient({"ContentLength": 249, "ETag": f'"{GOOD_ETAG}"'})
     with pytest.raises(E.IntegrityError, match="249 bytes.*deleted"):
-        verify_written(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, {"ETag": f'"{GOOD_ETAG}"'},
-                       parts_checked="md5", validates_checksum=False)
+        verify_object(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED,
+                      answer={"ETag": f'"{GOOD_ETAG}"'}, parts_checked="md5", validates_checksum=False)
     assert len(client.deleted) == 1
 
 
@@ -127,24 +127,24 @@ def test_a_composite_mismatch_is_evidence_only_where_the_store_validates(validat
     access = ObjectAccess(Boto3Store.over_client(client), "b", "k")
     if deleted:
         with pytest.raises(E.IntegrityError):
-            verify_written(access, EXPECTED, {}, parts_checked="crc32c", validates_checksum=True)
+            verify_object(access, EXPECTED, answer={}, parts_checked="crc32c", validates_checksum=True)
     else:
-        verdict = verify_written(access, EXPECTED, {}, parts_checked="md5", validates_checksum=False)
+        verdict = verify_object(access, EXPECTED, answer={}, parts_checked="md5", validates_checksum=False)
         assert verdict.verified == "md5"
     assert bool(client.deleted) is deleted
 
 
 def test_an_etag_of_another_form_never_deletes() -> None:
     client = FakeClient({"ContentLength": 250, "ETag": '"5f0e1b0d2a1c4d8e9f00112233445566-3"'})
-    verdict = verify_written(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, {}, parts_checked="md5",
-                             validates_checksum=False)
+    verdict = verify_object(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, answer={},
+                            parts_checked="md5", validates_checksum=False)
     assert verdict.verified == "md5" and client.deleted == [] and verdict.notes == []
 
 
 def test_nothing_to_check_against_is_size_only_with_one_note() -> None:
     client = FakeClient({"ContentLength": 250, "ETag": '"random-3"'})
-    verdict = verify_written(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, {}, parts_checked=None,
-                             validates_checksum=False, size_only_reason="this store checks nothing")
+    verdict = verify_object(ObjectAccess(Boto3Store.over_client(client), "b", "k"), EXPECTED, answer={},
+                            parts_checked=None, validates_checksum=False, size_only_reason="this store checks nothing")
     assert verdict.verified == "size-only" and len(verdict.notes) == 1
     assert verdict.notes[0].startswith("this store checks nothing: only the object's size was checked")
 
@@ -152,12 +152,12 @@ def test_nothing_to_check_against_is_size_only_with_one_note() -> None:
 def test_identify_needs_more_than_the_size() -> None:
     """The object at the key of a gone upload: the same size is not this file; a matching checksum or ETag is."""
     same_size = FakeClient({"ContentLength": 250, "ETag": '"0123456789abcdef0123456789abcdef-3"'})
-    assert identify(ObjectAccess(Boto3Store.over_client(same_size), "b", "k"), EXPECTED) is None
+    assert verify_object(ObjectAccess(Boto3Store.over_client(same_size), "b", "k"), EXPECTED, answer=None) is None
     ours = FakeClient({"ContentLength": 250, "ETag": f'"{GOOD_ETAG}"'})
-    verdict = identify(ObjectAccess(Boto3Store.over_client(ours), "b", "k"), EXPECTED)
+    verdict = verify_object(ObjectAccess(Boto3Store.over_client(ours), "b", "k"), EXPECTED, answer=None)
     assert verdict is not None and verdict.verified == "md5"
     denied = FakeClient(_denied())
-    assert identify(ObjectAccess(Boto3Store.over_client(denied), "b", "k"), EXPECTED) is None
+    assert verify_object(ObjectAccess(Boto3Store.over_client(denied), "b", "k"), EXPECTED, answer=None) is None
     assert same_size.deleted == ours.deleted == denied.deleted == []  # identification never deletes
 
 

@@ -1,0 +1,64 @@
+"""The executors of a run, started on demand and shared by its object uploads.
+
+A multipart upload's parts go to worker processes (:class:`~.pool.LocalProcessExecutor`); an object sent with one
+PutObject goes to a thread of this process (:class:`~.executor.ThreadExecutor`). :meth:`Executors.start` starts the
+one the plan needs as early as possible (the workers build their clients while this process talks to the store);
+the other is started only if it is ever needed (a resume turns a one-part plan into a multipart upload).
+Every executor shares the run's cancel flag, which the CLI's Ctrl+C sets.
+"""
+
+from __future__ import annotations
+
+from ..storage.port import Store
+from .counter import CancelFlag
+from .executor import Executor, ThreadExecutor
+from .pool import LocalProcessExecutor
+from .worker import WorkerConfig
+
+__all__ = ["Executors", "SHUTDOWN_JOIN_S"]
+
+#: how long workers are given to finish at the end before they are killed
+SHUTDOWN_JOIN_S = 2.0
+
+
+class Executors:
+    def __init__(self, store: Store, workers: int, *, flag: CancelFlag | None = None,
+                 start_method: str | None = None) -> None:
+        self.config = WorkerConfig(store)  # a Boto3Store crosses to the workers as its config
+        self.workers = workers
+        self.flag = flag if flag is not None else CancelFlag()
+        self.start_method = start_method
+        self._parts: LocalProcessExecutor | None = None
+        self._put: ThreadExecutor | None = None
+        self._closed = False
+
+    def start(self, *, multipart: bool) -> Executor:
+        return self.for_parts() if multipart else self.for_put()
+
+    def for_parts(self) -> Executor:
+        """The worker processes (started now if they were not)."""
+        if self._parts is None:
+            self._check_open()
+            self._parts = LocalProcessExecutor(self.config, self.workers, cancel=self.flag,
+                                               start_method=self.start_method)
+        return self._parts
+
+    def for_put(self) -> Executor:
+        """A thread of this process (started now if it was not)."""
+        if self._put is None:
+            self._check_open()
+            self._put = ThreadExecutor(self.config, 1, cancel=self.flag)
+        return self._put
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the run's executors were shut down")
+
+    def shutdown(self, timeout_s: float = SHUTDOWN_JOIN_S) -> None:
+        """Stop every executor (idempotent); their byte counts stay readable."""
+        if self._closed:
+            return
+        self._closed = True
+        for executor in (self._parts, self._put):
+            if executor is not None:
+                executor.shutdown(timeout_s)
