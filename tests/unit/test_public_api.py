@@ -9,7 +9,8 @@ import pytest
 import mpupload
 
 MODULES = ["mpupload", "mpupload.errors", "mpupload.plan", "mpupload.stats", "mpupload.units", "mpupload.events",
-           "mpupload.checksums", "mpupload.options", "mpupload.storage", "mpupload.sinks", "mpupload.api"]
+           "mpupload.wire", "mpupload.checksums", "mpupload.options", "mpupload.storage", "mpupload.sinks",
+           "mpupload.api"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -31,7 +32,7 @@ def test_core_imports_no_ui_or_http_framework() -> None:
     import pathlib
 
     root = pathlib.Path(mpupload.__file__).parent
-    core = [root / f for f in ("errors.py", "plan.py", "stats.py", "units.py", "events.py", "checksums.py")]
+    core = [root / f for f in ("errors.py", "plan.py", "stats.py", "units.py", "events.py", "wire.py", "checksums.py")]
     core += sorted((root / "engine").glob("*.py"))
     for path in core:
         text = path.read_text()
