@@ -16,9 +16,9 @@ from typing import Any
 
 from .. import errors as E
 from ..client import ApiAuthError, ApiClient, ApiNotFound, resolve_target
-from ..events import Event, Snapshot, Status
 from ..sinks import PROGRESS_MODES, Sink, make_sinks
 from ..units import format_bytes, format_duration, format_rate
+from ..wire import Event, Snapshot, Status
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 
 __all__ = ["add_parsers", "snapshot_from_record", "table"]

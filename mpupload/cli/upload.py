@@ -12,13 +12,13 @@ from typing import Any
 from .. import errors as E
 from ..api import upload_file
 from ..engine.cancel import CancelToken
-from ..events import Status
 from ..options import ChecksumMode, UploadOptions, VerifyMode
 from ..plan import MAX_WORKERS
 from ..sinks import Sink, make_sinks
 from ..sinks.push import REPORT_INTERVAL_S, PushSink
 from ..storage.config import effective_endpoint
 from ..units import parse_size
+from ..wire import Status
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
 from .reporting import start_reporting

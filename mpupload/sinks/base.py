@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from ..events import Snapshot
+from ..wire import Snapshot
 
 __all__ = ["Sink", "TERMINAL_LOCK"]
 
