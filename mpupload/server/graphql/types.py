@@ -14,7 +14,7 @@ from typing import Any, NewType
 import strawberry
 from strawberry.types import Info
 
-from ..db.models import UploadStatus as DbStatus
+from ...wire import Status
 from .context import GraphQLContext
 
 __all__ = ["Int64", "INT64_SCALAR", "UploadStatus", "Sample", "Upload"]
@@ -41,7 +41,8 @@ INT64_SCALAR = strawberry.scalar(
     parse_value=_parse_int64,
 )
 
-UploadStatus = strawberry.enum(DbStatus, name="UploadStatus", description="Where an upload stands.")
+#: the wire's :class:`~mpupload.wire.Status` (strawberry annotates that class; no second enum)
+UploadStatus = strawberry.enum(Status, name="UploadStatus", description="Where an upload stands.")
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -99,7 +100,7 @@ class Upload:
         assert created is not None and updated is not None
         return cls(
             id=strawberry.ID(record["id"]), filename=record["filename"], bucket=record["bucket"], key=record["key"],
-            host=record["host"], status=DbStatus(record["status"]), total_bytes=Int64(record["total_bytes"]),
+            host=record["host"], status=Status(record["status"]), total_bytes=Int64(record["total_bytes"]),
             bytes_done=Int64(record["bytes_done"]), percent=record["percent"], speed_bps=record["speed_bps"],
             avg_speed_bps=record["avg_speed_bps"], eta_seconds=record["eta_seconds"],
             parts_done=record["parts_done"], parts_total=record["parts_total"],
