@@ -18,7 +18,7 @@ from .. import errors as E
 from ..client import ApiAuthError, ApiClient, ApiNotFound, resolve_target
 from ..sinks import PROGRESS_MODES, Sink, make_sinks
 from ..units import format_bytes, format_duration, format_rate
-from ..wire import Event, Snapshot, Status
+from ..wire import ACTIVE_STATUSES, Event, Snapshot, Status
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 
 __all__ = ["add_parsers", "snapshot_from_record", "table"]
@@ -73,7 +73,7 @@ def table(records: list[dict[str, Any]]) -> str:
         total = int(r.get("total_bytes") or 0)
         done = int(r.get("bytes_done") or 0)
         percent = 100.0 if total == 0 else 100.0 * done / total
-        active = r.get("status") in ("pending", "uploading", "finalizing")
+        active = r.get("status") in ACTIVE_STATUSES  # a StrEnum: its members equal their values
         rows.append((
             str(r.get("id")), str(r.get("status")) + ("" if r.get("live") or not active else " (quiet)"),
             f"{percent:.1f}%", format_bytes(total),

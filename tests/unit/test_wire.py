@@ -124,8 +124,9 @@ def test_the_push_sinks_own_final_report_uses_report_fields_only() -> None:
 def test_the_servers_report_is_the_wire_report() -> None:
     from mpupload.server.uploads import ProgressReport
 
-    assert tuple(f.name for f in dataclasses.fields(ProgressReport)) == wire.REPORT_FIELD_NAMES, (
-        "mpupload.server.uploads.ProgressReport disagrees with wire.REPORT_FIELDS")
+    names = tuple(f.name for f in dataclasses.fields(ProgressReport))
+    same("mpupload.server.uploads.ProgressReport", wire.REPORT_FIELD_NAMES, names)
+    assert names == wire.REPORT_FIELD_NAMES, "ProgressReport's fields are not in wire.REPORT_FIELDS' order"
 
 
 def test_the_servers_registration_is_the_wire_registration() -> None:

@@ -14,13 +14,12 @@ from typing import Any, NewType
 import strawberry
 from strawberry.types import Info
 
-from ...wire import Status
+from ...wire import INT64_MAX, Status
 from .context import GraphQLContext
 
 __all__ = ["Int64", "INT64_SCALAR", "UploadStatus", "Sample", "Upload"]
 
 Int64 = NewType("Int64", int)
-_INT64_MAX = 2**63 - 1
 
 
 def _parse_int64(value: object) -> int:
@@ -29,7 +28,7 @@ def _parse_int64(value: object) -> int:
     number = int(value)
     if number != value and str(number) != value:
         raise ValueError(f"Int64 cannot represent a non-integer {value!r}")
-    if not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+    if not -INT64_MAX - 1 <= number <= INT64_MAX:
         raise ValueError(f"Int64 cannot represent {value!r}: out of the signed 64-bit range")
     return number
 
