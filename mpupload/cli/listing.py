@@ -18,14 +18,13 @@ from .. import errors as E
 from ..client import ApiAuthError, ApiClient, ApiNotFound, resolve_target
 from ..sinks import PROGRESS_MODES, Sink, make_sinks
 from ..units import format_bytes, format_duration, format_rate
-from ..wire import ACTIVE_STATUSES, Event, Snapshot, Status
+from ..wire import ACTIVE_STATUSES, GRAPHQL_UPLOAD_FIELDS, Event, Snapshot, Status
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 
 __all__ = ["add_parsers", "snapshot_from_record", "table"]
 
-GQL_FIELDS = ("id filename bucket key host status totalBytes bytesDone percent speedBps avgSpeedBps etaSeconds "
-              "partsDone partsTotal elapsedSeconds createdAt updatedAt error checksum etag resumable "
-              "resumeCommand live stopRequested version")
+#: every field of the GraphQL ``Upload`` (``history`` aside), from the wire schema
+GQL_FIELDS = " ".join(GRAPHQL_UPLOAD_FIELDS)
 SUBSCRIPTION = "subscription($id: ID!) { uploadProgress(id: $id) { " + GQL_FIELDS + " } }"
 WS_OPEN_TIMEOUT_S = 10.0
 #: how long a quiet subscription waits before checking that the connection is still alive

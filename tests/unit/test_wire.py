@@ -212,6 +212,7 @@ def test_the_cli_watch_subscription_is_valid_against_the_schema() -> None:
     errors = validate(schema._schema, parse(listing.SUBSCRIPTION))
     assert not errors, f"mpupload status --watch's subscription is refused: {[e.message for e in errors]}"
     requested = selection(listing.SUBSCRIPTION, "uploadProgress")
+    same("mpupload status --watch's subscription", wire.GRAPHQL_UPLOAD_FIELDS, requested)
     used = ("id", "bucket", "key", "status", "totalBytes", "bytesDone", "speedBps", "avgSpeedBps", "etaSeconds",
             "elapsedSeconds", "partsDone", "partsTotal", "checksum", "etag", "error", "resumeCommand")
     not_requested = sorted(set(used) - set(requested))
