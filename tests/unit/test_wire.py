@@ -152,6 +152,34 @@ def test_the_rest_record_is_the_wire_record() -> None:
     assert record["status"] == "uploading"
 
 
+def test_the_history_samples_are_the_wire_samples() -> None:
+    import asyncio
+    import datetime as dt
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mpupload.server.db.engine import make_sessionmaker
+    from mpupload.server.db.models import Base, Sample
+    from mpupload.server.uploads import history
+
+    async def read() -> list[dict[str, Any]]:
+        engine = create_async_engine("sqlite+aiosqlite://")
+        try:
+            async with engine.begin() as connection:
+                await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                await connection.run_sync(Base.metadata.create_all)
+            async with make_sessionmaker(engine)() as session:
+                session.add(Sample(upload_id="abc", at=dt.datetime.now(dt.UTC), bytes_done=5, speed_bps=1.0))
+                await session.commit()
+                return await history(session, "abc", 10)
+        finally:
+            await engine.dispose()
+
+    samples = asyncio.run(read())
+    assert len(samples) == 1
+    same("mpupload.server.uploads.history()", wire.SAMPLE_FIELDS, samples[0])
+
+
 def test_the_graphql_upload_type_is_the_wire_record() -> None:
     upload = graphql_type("Upload")
     assert isinstance(upload, GraphQLObjectType)
@@ -232,3 +260,20 @@ def test_wire_loads_only_the_standard_library() -> None:
         "print(sorted(m for m in new if m.split('.')[0] not in sys.stdlib_module_names))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "[]", f"mpupload/wire.py loads modules beyond the standard library: {result.stdout}"
+
+
+def test_the_server_reaches_only_wire_and_errors() -> None:
+    """Outside ``mpupload/server/`` the server imports only the wire schema and the error tree: never the engine,
+    the sinks, boto3 or enlighten. ``mpupload/__init__`` is skipped (a bare package stands in for it): what it
+    loads is its own business (the lazy public surface)."""
+    root = Path(wire.__file__).resolve().parent
+    code = (
+        "import sys, types\n"
+        f"package = types.ModuleType('mpupload'); package.__path__ = [{str(root)!r}]\n"
+        "sys.modules['mpupload'] = package\n"
+        "import mpupload.server.app\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mpupload.') and not m.startswith('mpupload.server')"
+        " or m.split('.')[0] in ('boto3', 'botocore', 'enlighten')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "['mpupload.errors', 'mpupload.wire']", (
+        f"the server imports more than mpupload.wire and mpupload.errors: {result.stdout}")
