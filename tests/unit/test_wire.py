@@ -277,3 +277,11 @@ def test_the_server_reaches_only_wire_and_errors() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "['mpupload.errors', 'mpupload.wire']", (
         f"the server imports more than mpupload.wire and mpupload.errors: {result.stdout}")
+
+
+def test_events_re_exports_wire() -> None:
+    """mpupload.events is a re-export until the engine imports mpupload.wire (then both go)."""
+    from mpupload import events
+
+    for name in events.__all__:
+        assert getattr(events, name) is getattr(wire, name), name
