@@ -4,7 +4,9 @@ Rules of a progress report:
 
 * ``seq`` must rise: a report whose ``seq`` is not above the last accepted one is ignored (not an error),
   so late or duplicated reports never move a record backwards.
-* ``bytes_done`` is between 0 and ``total_bytes``; ``status`` is one of :class:`UploadStatus`.
+* ``bytes_done`` is between 0 and ``total_bytes``; ``status`` is one of :class:`mpupload.wire.Status`.
+* The report's fields, JSON types and bounds are :data:`mpupload.wire.REPORT_FIELDS`; other fields of the
+  snapshot are ignored. The record sent back is :data:`mpupload.wire.RECORD_FIELDS` (:func:`upload_dict`).
 * Transitions follow :data:`ALLOWED`; a resumed upload may go from stopped or failed back to uploading.
 * Every accepted report appends a sample; only the newest ``history_limit`` samples are shown, and older
   ones are deleted every :data:`PRUNE_EVERY` changes (so at most ``history_limit + PRUNE_EVERY`` are stored).

@@ -4,6 +4,8 @@ GraphQL's ``Int`` is 32-bit and breaks at 2 GiB, so every byte count is an ``Int
 wire (exact up to 2^53 in JavaScript, which is 8 PiB), validated on input to fit a signed 64-bit integer.
 An ``Upload`` is built from the service layer's record dictionary (:func:`..uploads.upload_dict`), the same
 data the REST API returns and the bus carries; ``history`` is read from the database only when asked for.
+The fields are the wire schema's record in camelCase (:data:`mpupload.wire.GRAPHQL_UPLOAD_FIELDS`, checked by
+``tests/unit/test_wire.py``), and ``UploadStatus`` is :class:`mpupload.wire.Status` itself.
 """
 
 from __future__ import annotations
