@@ -23,7 +23,9 @@ import datetime as dt
 import math
 import reprlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -45,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from ..wire import ACTIVE_STATUSES, REPORT_FIELDS
+from ..wire import ACTIVE_STATUSES, REPORT_FIELDS, ReportField
 from .auth import hash_token, token_user
 from .bus.base import Bus
 from .db.engine import make_sqlite_writer_engine
@@ -148,16 +150,23 @@ class ProgressReport:
     def __post_init__(self) -> None:
         """The bounds of :data:`mpupload.wire.REPORT_FIELDS`: 64-bit counts, 32-bit part counts, finite numbers,
         bounded text (:mod:`.limits` checks them)."""
-        for spec in REPORT_FIELDS:
-            value = getattr(self, spec.name)
-            if value is None:
-                continue
-            if spec.kind is str:
-                check_text(spec.name, value, max_bytes=spec.maximum)
-            elif spec.kind is int:
-                check_int(spec.name, value, INT64_MAX if spec.maximum is None else spec.maximum)
-            else:
-                check_float(spec.name, value)
+        for name, check in _CHECKS:
+            value = getattr(self, name)
+            if value is not None:
+                check(name, value)
+
+
+def _check(spec: ReportField) -> Callable[[str, Any], object]:
+    """The :mod:`.limits` check of one report field, bound to its maximum."""
+    if spec.kind is str:
+        return partial(check_text, max_bytes=spec.maximum)
+    if spec.kind is int:
+        return partial(check_int, maximum=INT64_MAX if spec.maximum is None else spec.maximum)
+    return check_float
+
+
+#: (name, its check), built once: a report is checked 500 times a second on a busy server
+_CHECKS = tuple((spec.name, _check(spec)) for spec in REPORT_FIELDS)
 
 
 _REQUIRED = [f.name for f in REPORT_FIELDS if f.required]
