@@ -24,7 +24,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from mpupload.engine.aggregator import TICK_S
-from mpupload.events import Event, Snapshot, Status
+from mpupload.wire import Event, Snapshot, Status
 from mpupload.sinks.terminal import TerminalSink
 
 def cpu():

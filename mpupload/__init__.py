@@ -27,7 +27,7 @@ _LAZY = {
     "CancelToken": ".engine.cancel",
     **dict.fromkeys(("AuthError", "BucketNotFound", "Cancelled", "IntegrityError", "MpuploadError", "ObjectExists",
                      "SourceChanged", "StoreUnreachable", "UploadFailed", "UsageError", "WorkerCrashed"), ".errors"),
-    **dict.fromkeys(("Event", "Snapshot", "Status"), ".events"),
+    **dict.fromkeys(("Event", "Snapshot", "Status"), ".wire"),
     **dict.fromkeys(("ChecksumMode", "UploadOptions", "UploadResult"), ".options"),
     "StoreConfig": ".storage",
 }
@@ -48,9 +48,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time :func:`__getat
         UsageError,
         WorkerCrashed,
     )
-    from .events import Event, Snapshot, Status
     from .options import ChecksumMode, UploadOptions, UploadResult
     from .storage import StoreConfig
+    from .wire import Event, Snapshot, Status
 
 
 def __getattr__(name: str) -> Any:

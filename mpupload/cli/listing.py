@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors as E
 from ..client import ApiAuthError, ApiNotFound, resolve_target
-from ..events import Event, Snapshot, Status
 from ..sinks import PROGRESS_MODES, Sink, make_sinks
 from ..units import format_bytes, format_duration, format_rate
+from ..wire import ACTIVE_STATUSES, GRAPHQL_UPLOAD_FIELDS, Event, Snapshot, Status
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 
 if TYPE_CHECKING:
@@ -26,9 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parsers", "snapshot_from_record", "table"]
 
-GQL_FIELDS = ("id filename bucket key host status totalBytes bytesDone percent speedBps avgSpeedBps etaSeconds "
-              "partsDone partsTotal elapsedSeconds createdAt updatedAt error checksum etag resumable "
-              "resumeCommand live stopRequested version")
+#: every field of the GraphQL ``Upload`` (``history`` aside), from the wire schema
+GQL_FIELDS = " ".join(GRAPHQL_UPLOAD_FIELDS)
 SUBSCRIPTION = "subscription($id: ID!) { uploadProgress(id: $id) { " + GQL_FIELDS + " } }"
 WS_OPEN_TIMEOUT_S = 10.0
 #: how long a quiet subscription waits before checking that the connection is still alive
@@ -78,7 +77,7 @@ def table(records: list[dict[str, Any]]) -> str:
         total = int(r.get("total_bytes") or 0)
         done = int(r.get("bytes_done") or 0)
         percent = 100.0 if total == 0 else 100.0 * done / total
-        active = r.get("status") in ("pending", "uploading", "finalizing")
+        active = r.get("status") in ACTIVE_STATUSES  # a StrEnum: its members equal their values
         rows.append((
             str(r.get("id")), str(r.get("status")) + ("" if r.get("live") or not active else " (quiet)"),
             f"{percent:.1f}%", format_bytes(total),

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors as E
 from ..engine.cancel import CancelToken
-from ..events import Status
 from ..options import ChecksumMode, UploadOptions, VerifyMode
 from ..plan import MAX_WORKERS
 from ..sinks.push import REPORT_INTERVAL_S
 from ..storage.config import effective_endpoint
 from ..units import parse_size
+from ..wire import Status
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
 from .signals import cancel_on_signals

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..events import Event, Snapshot, Status
 from ..stats import SpeedMeter, average_speed, eta_seconds
+from ..wire import Event, Snapshot, Status
 
 __all__ = ["Aggregator", "Sink", "TICK_S"]
 

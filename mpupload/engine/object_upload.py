@@ -42,13 +42,13 @@ from typing import Any
 
 from .. import errors as E
 from ..checksums import Algorithm
-from ..events import Event, Status
 from ..options import ChecksumMode, UploadOptions, UploadResult
 from ..plan import Part, UploadPlan
 from ..source import Source
 from ..storage.config import effective_endpoint
 from ..storage.errors import classify, error_code, gone_error, http_status, is_gone
 from ..storage.port import Checksum, CompletedPart, Store
+from ..wire import Event, Status
 from .aggregator import TICK_S, Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag

@@ -4,7 +4,8 @@ Everything a client sends is checked here before it reaches argon2, the login li
 that no input can produce a 500 (PostgreSQL refuses a NUL in text, a 33-bit number in an ``INTEGER`` column
 or a 256-character ``VARCHAR(255)``; Python's JSON parser turns ``1e400`` into ``inf`` and accepts ``NaN``)
 and nothing unbounded is kept. A refusal raises :class:`InputError` (a ``ValueError``) whose message names
-the field and the limit; the routes answer it with 422.
+the field and the limit; the routes answer it with 422. The progress report's fields and bounds (the rows
+marked *wire*) are defined once, with the report, in :data:`mpupload.wire.REPORT_FIELDS`.
 
 ==========================  =================  =====================================================
 field                       limit              why
@@ -15,14 +16,14 @@ upload id                   64 characters      ids are 16; a longer one is simpl
 ``filename``                4096 bytes         a path (Linux ``PATH_MAX``)
 ``key``                     1024 bytes         S3's own key limit
 ``bucket``, ``host``        255 characters     their columns
-``checksum``, ``etag``      1024 bytes
-``error``                   64 KiB             room for a store's whole error answer
-``resume_command``          8192 bytes
+``checksum``, ``etag``      1024 bytes         *wire*
+``error``                   64 KiB             *wire*: room for a store's whole error answer
+``resume_command``          8192 bytes         *wire*
 every text                  no NUL, valid      PostgreSQL cannot store either
                             Unicode
-byte counts, ``seq``        0 .. 2^63 - 1      ``BIGINT``
-part counts                 0 .. 2^31 - 1      ``INTEGER``
-speeds, times               finite             NaN and infinities are refused
+byte counts, ``seq``        0 .. 2^63 - 1      *wire*: ``BIGINT``
+part counts                 0 .. 2^31 - 1      *wire*: ``INTEGER``
+speeds, times               finite             *wire*: NaN and infinities are refused
 uploads per user            10,000             ``MPUPLOAD_MAX_UPLOADS_PER_USER``; then 409
 ==========================  =================  =====================================================
 """
@@ -30,6 +31,8 @@ uploads per user            10,000             ``MPUPLOAD_MAX_UPLOADS_PER_USER``
 from __future__ import annotations
 
 import math
+
+from ..wire import INT32_MAX, INT64_MAX, REPORT_FIELDS
 
 __all__ = ["InputError", "MAX_USERNAME_BYTES", "MAX_USER_NAME_CHARS", "MAX_PASSWORD_BYTES", "MAX_UPLOAD_ID_CHARS",
            "MAX_FILENAME_BYTES",
@@ -45,10 +48,8 @@ MAX_FILENAME_BYTES = 4096
 MAX_KEY_BYTES = 1024
 MAX_BUCKET_CHARS = 255
 MAX_HOST_CHARS = 255
-#: the free-text fields of a progress report, in bytes
-MAX_TEXT_BYTES = {"checksum": 1024, "etag": 1024, "error": 65536, "resume_command": 8192, "status": 64}
-INT64_MAX = 2**63 - 1
-INT32_MAX = 2**31 - 1
+#: the free-text fields of a progress report, in bytes (defined with the report in :mod:`mpupload.wire`)
+MAX_TEXT_BYTES = {f.name: f.maximum for f in REPORT_FIELDS if f.kind is str and f.maximum is not None}
 DEFAULT_MAX_UPLOADS_PER_USER = 10_000
 
 

@@ -4,7 +4,9 @@ Rules of a progress report:
 
 * ``seq`` must rise: a report whose ``seq`` is not above the last accepted one is ignored (not an error),
   so late or duplicated reports never move a record backwards.
-* ``bytes_done`` is between 0 and ``total_bytes``; ``status`` is one of :class:`UploadStatus`.
+* ``bytes_done`` is between 0 and ``total_bytes``; ``status`` is one of :class:`mpupload.wire.Status`.
+* The report's fields, JSON types and bounds are :data:`mpupload.wire.REPORT_FIELDS`; other fields of the
+  snapshot are ignored. The record sent back is :data:`mpupload.wire.RECORD_FIELDS` (:func:`upload_dict`).
 * Transitions follow :data:`ALLOWED`; a resumed upload may go from stopped or failed back to uploading.
 * Every accepted report appends a sample; only the newest ``history_limit`` samples are shown, and older
   ones are deleted every :data:`PRUNE_EVERY` changes (so at most ``history_limit + PRUNE_EVERY`` are stored).
@@ -21,7 +23,9 @@ import datetime as dt
 import math
 import reprlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -43,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from ..wire import ACTIVE_STATUSES, REPORT_FIELDS, ReportField
 from .auth import hash_token, token_user
 from .bus.base import Bus
 from .db.engine import make_sqlite_writer_engine
@@ -55,7 +60,6 @@ from .limits import (
     MAX_FILENAME_BYTES,
     MAX_HOST_CHARS,
     MAX_KEY_BYTES,
-    MAX_TEXT_BYTES,
     InputError,
     check_float,
     check_int,
@@ -69,7 +73,7 @@ __all__ = ["ACTIVE", "ALLOWED", "ProgressError", "NotFound", "ProgressReport", "
            "progress_writer"]
 
 S = UploadStatus
-ACTIVE = frozenset({S.PENDING, S.UPLOADING, S.FINALIZING})
+ACTIVE = ACTIVE_STATUSES
 #: status -> the statuses a report may move it to
 ALLOWED: dict[UploadStatus, frozenset[UploadStatus]] = {
     S.PENDING: frozenset(S),
@@ -87,8 +91,8 @@ _SOURCES: dict[UploadStatus, list[UploadStatus]] = {
 
 #: delete samples beyond the history limit every this many changes of a record
 PRUNE_EVERY = 16
-_REPORTED = ("speed_bps", "avg_speed_bps", "parts_done", "elapsed_seconds", "checksum", "etag", "error",
-             "resume_command")
+#: the report's fields a report without them leaves as they were; ``eta_seconds`` is always set (null: unknown)
+_REPORTED = tuple(f.name for f in REPORT_FIELDS if not f.required and f.name != "eta_seconds")
 
 
 class Unauthorized(PermissionError):
@@ -144,27 +148,35 @@ class ProgressReport:
     resume_command: str | None = None
 
     def __post_init__(self) -> None:
-        """The limits of :mod:`.limits`: 64-bit counts, 32-bit part counts, finite numbers, bounded text."""
-        check_text("status", self.status, max_bytes=MAX_TEXT_BYTES["status"])
-        check_int("seq", self.seq)
-        check_int("bytes_done", self.bytes_done)
-        if self.parts_done is not None:
-            check_int("parts_done", self.parts_done, INT32_MAX)
-        for name in ("speed_bps", "avg_speed_bps", "eta_seconds", "elapsed_seconds"):
+        """The bounds of :data:`mpupload.wire.REPORT_FIELDS`: 64-bit counts, 32-bit part counts, finite numbers,
+        bounded text (:mod:`.limits` checks them)."""
+        for name, check in _CHECKS:
             value = getattr(self, name)
             if value is not None:
-                check_float(name, value)
-        for name in ("checksum", "etag", "error", "resume_command"):
-            value = getattr(self, name)
-            if value is not None:
-                check_text(name, value, max_bytes=MAX_TEXT_BYTES[name])
+                check(name, value)
 
 
-_REQUIRED = {"seq": int, "status": str, "bytes_done": int}
-_OPTIONAL: dict[str, tuple[type, ...]] = {
-    "speed_bps": (int, float), "avg_speed_bps": (int, float), "eta_seconds": (int, float), "parts_done": (int,),
-    "elapsed_seconds": (int, float), "checksum": (str,), "etag": (str,), "error": (str,), "resume_command": (str,),
-}
+def _check(spec: ReportField) -> Callable[[str, Any], object]:
+    """The :mod:`.limits` check of one report field, bound to its maximum."""
+    if spec.kind is str:
+        return partial(check_text, max_bytes=spec.maximum)
+    if spec.kind is int:
+        return partial(check_int, maximum=INT64_MAX if spec.maximum is None else spec.maximum)
+    return check_float
+
+
+#: (name, its check), built once: a report is checked 500 times a second on a busy server
+_CHECKS = tuple((spec.name, _check(spec)) for spec in REPORT_FIELDS)
+
+
+_REQUIRED = [f.name for f in REPORT_FIELDS if f.required]
+#: "seq, status and bytes_done"
+_REQUIRED_TEXT = ", ".join(_REQUIRED[:-1]) + " and " + _REQUIRED[-1]
+#: (name, required, the JSON types accepted, what the error says is expected), the required fields first
+_PARSE: list[tuple[str, bool, tuple[type, ...], str]] = [
+    (f.name, f.required, (int, float) if f.kind is float else (f.kind,),  # JSON: 2 is as good a number as 2.0
+     ("an integer" if f.kind is int else "a string") if f.required else ("a string" if f.kind is str else "a number"))
+    for f in sorted(REPORT_FIELDS, key=lambda f: not f.required)]
 
 
 def _shown(value: object) -> str:
@@ -179,21 +191,16 @@ def parse_report(data: object) -> ProgressReport:
     Other fields of the snapshot (``event``, ``percent``, ...) are ignored.
     """
     if not isinstance(data, dict):
-        raise ProgressError("a progress report is a JSON object with seq, status and bytes_done")
+        raise ProgressError(f"a progress report is a JSON object with {_REQUIRED_TEXT}")
     values: dict[str, Any] = {}
-    for name, kind in _REQUIRED.items():
+    for name, required, kinds, expected in _PARSE:
         value = data.get(name)
         if value is None:
-            raise ProgressError(f"missing field {name!r}: a report needs seq, status and bytes_done")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ProgressError(f"{name} must be {'an integer' if kind is int else 'a string'}, got {_shown(value)}")
-        values[name] = value
-    for name, kinds in _OPTIONAL.items():
-        value = data.get(name)
-        if value is None:
+            if required:
+                raise ProgressError(f"missing field {name!r}: a report needs {_REQUIRED_TEXT}")
             continue
         if not isinstance(value, kinds) or isinstance(value, bool):
-            raise ProgressError(f"{name} must be {'a string' if kinds == (str,) else 'a number'}, got {_shown(value)}")
+            raise ProgressError(f"{name} must be {expected}, got {_shown(value)}")
         if float in kinds and isinstance(value, int):
             value = float(value) if abs(value) <= INT64_MAX else math.inf  # 10**400 is a number JSON allows
         values[name] = value

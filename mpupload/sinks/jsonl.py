@@ -1,6 +1,6 @@
 """JSON lines: one compact snapshot object per line, for scripts (``--progress json``, on stdout).
 
-Each line is :meth:`Snapshot.to_dict` (the schema in :mod:`mpupload.events`). ``started`` and the final
+Each line is :meth:`Snapshot.to_dict` (the schema in :mod:`mpupload.wire`). ``started`` and the final
 ``completed``/``stopped``/``failed`` line are always written at once; ``progress`` lines at most once per
 ``min_interval_s`` seconds since the previous line. Every line is flushed, so a reader sees it as it happens.
 """
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..events import Event, Snapshot, Status
+from ..wire import Event, Snapshot, Status
 from .base import Sink
 
 __all__ = ["JsonLinesSink"]

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..events import Event, Snapshot
 from ..units import format_bytes, format_duration, format_rate
+from ..wire import Event, Snapshot
 from .base import Sink
 
 __all__ = ["PlainSink", "final_line", "progress_line", "started_line"]

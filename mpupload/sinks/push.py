@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..client.errors import ApiAuthError, ApiError, ApiNotFound, ApiRefused
-from ..events import Event, Snapshot, Status
+from ..wire import Event, Snapshot, Status
 from .base import Sink
 
 __all__ = ["BUFFER_MAX", "FINAL_WAIT_S", "REPORT_INTERVAL_S", "PushSink", "Report", "ReportBuffer", "SeqClock",

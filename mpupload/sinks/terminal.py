@@ -36,8 +36,8 @@ os.environ.setdefault("BLESSED_QUERY_TIMEOUT_SECONDS", "0.2")
 
 import enlighten  # noqa: E402
 
-from ..events import Event, Snapshot
 from ..units import format_bytes, format_duration, format_rate
+from ..wire import Event, Snapshot
 from .base import TERMINAL_LOCK, Sink
 from .plain import final_line
 

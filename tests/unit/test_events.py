@@ -1,4 +1,4 @@
-"""The progress snapshot schema (mpupload.events) against the contract in MISSION.md."""
+"""The progress snapshot schema (mpupload.wire) against the contract in MISSION.md."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from mpupload.events import Event, Snapshot, Status, utc_now_iso
 from mpupload.units import GiB
+from mpupload.wire import Event, Snapshot, Status, utc_now_iso
 
 CONTRACT_KEYS = {
     "event", "upload_id", "bucket", "key", "total_bytes", "bytes_done", "percent", "speed_bps",

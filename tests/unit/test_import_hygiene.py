@@ -24,7 +24,7 @@ HEAVY = ["mpupload.engine", "mpupload.api", "mpupload.sinks", "mpupload.storage"
          "boto3", "botocore", "awscrt", "enlighten", "blessed", "requests", "urllib3", "argon2", "psutil"]
 UI = ["mpupload.sinks", "enlighten", "blessed"]
 FRAMEWORKS = ["requests", "fastapi", "starlette", "strawberry", "sqlalchemy", "click"]
-CORE = ["errors", "plan", "stats", "units", "events", "options", "checksums", "journal"]
+CORE = ["errors", "plan", "stats", "units", "wire", "options", "checksums", "journal"]
 NOT_IN_SERVER = ["mpupload.engine", "mpupload.api", "mpupload.sinks", "mpupload.cli", "mpupload.storage",
                  "boto3", "botocore", "awscrt", "enlighten"]
 
@@ -56,7 +56,7 @@ def test_import_mpupload_loads_nothing_heavy() -> None:
 def test_a_public_name_loads_only_its_module() -> None:
     modules = loaded_after("from mpupload import UploadOptions, MpuploadError, Status")
     assert present(modules, HEAVY) == []
-    assert {"mpupload.options", "mpupload.errors", "mpupload.events"} <= modules
+    assert {"mpupload.options", "mpupload.errors", "mpupload.wire"} <= modules
 
 
 def test_no_engine_module_loads_the_sinks_or_a_ui() -> None:

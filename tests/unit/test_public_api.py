@@ -8,8 +8,9 @@ import pytest
 
 import mpupload
 
-MODULES = ["mpupload", "mpupload.errors", "mpupload.plan", "mpupload.stats", "mpupload.units", "mpupload.events",
-           "mpupload.checksums", "mpupload.options", "mpupload.storage", "mpupload.sinks", "mpupload.api"]
+MODULES = ["mpupload", "mpupload.errors", "mpupload.plan", "mpupload.stats", "mpupload.units", "mpupload.wire",
+           "mpupload.wire", "mpupload.checksums", "mpupload.options", "mpupload.storage", "mpupload.sinks",
+           "mpupload.api"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -28,10 +29,10 @@ def test_top_level_surface() -> None:
 
 def test_lazy_names_are_the_defining_modules_objects() -> None:
     """Every public name resolves, to the very object its module defines, and is listed by dir()."""
-    from mpupload import api, errors, events, options, storage
+    from mpupload import api, errors, options, storage, wire
     from mpupload.engine import cancel
 
-    homes = {"upload_file": api, "CancelToken": cancel, "Event": events, "Status": events, "Snapshot": events,
+    homes = {"upload_file": api, "CancelToken": cancel, "Event": wire, "Status": wire, "Snapshot": wire,
              "UploadOptions": options, "UploadResult": options, "ChecksumMode": options, "StoreConfig": storage}
     for name in mpupload.__all__:
         if name == "__version__":

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from mpupload.client.errors import ApiAuthError, ApiNotFound, ApiRefused, ApiUnreachable
-from mpupload.events import Event, Snapshot, Status
 from mpupload.sinks.push import PushSink, Report, ReportBuffer, SeqClock, backoff_delay, report_body
+from mpupload.wire import Event, Snapshot, Status
 
 
 def snap(event: Event, status: Status, done: int = 0, **extra: Any) -> Snapshot:

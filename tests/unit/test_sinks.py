@@ -18,10 +18,10 @@ from typing import Any
 import enlighten
 import pytest
 
-from mpupload.events import Event, Snapshot, Status
 from mpupload.sinks import JsonLinesSink, PlainSink, TerminalSink, make_sinks
 from mpupload.sinks.terminal import render_fields, shorten, status_text
 from mpupload.units import GiB, MiB
+from mpupload.wire import Event, Snapshot, Status
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 19 * 64 * MiB  # 1216 MiB, shown as "1.2 GiB"
@@ -311,7 +311,7 @@ def test_make_sinks_rejects_unknown_mode() -> None:
 
 CHILD = textwrap.dedent("""
     import sys
-    from mpupload.events import Event, Snapshot, Status
+    from mpupload.wire import Event, Snapshot, Status
     from mpupload.sinks import TerminalSink
     from mpupload.units import MiB
 

@@ -7,10 +7,11 @@ SQLite hands them back naive, so read them through :func:`as_utc`.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ...wire import Status
 
 __all__ = ["Base", "User", "Token", "Upload", "Sample", "BusKey", "UploadStatus", "utcnow", "as_utc"]
 
@@ -25,15 +26,8 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-class UploadStatus(enum.Enum):
-    """Lifecycle of an upload record."""
-
-    PENDING = "pending"
-    UPLOADING = "uploading"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    STOPPED = "stopped"
-    FAILED = "failed"
+#: lifecycle of an upload record: the wire's own :class:`~mpupload.wire.Status` (one enum, stored as its value)
+UploadStatus = Status
 
 
 class Base(DeclarativeBase):

@@ -4,6 +4,8 @@ GraphQL's ``Int`` is 32-bit and breaks at 2 GiB, so every byte count is an ``Int
 wire (exact up to 2^53 in JavaScript, which is 8 PiB), validated on input to fit a signed 64-bit integer.
 An ``Upload`` is built from the service layer's record dictionary (:func:`..uploads.upload_dict`), the same
 data the REST API returns and the bus carries; ``history`` is read from the database only when asked for.
+The fields are the wire schema's record in camelCase (:data:`mpupload.wire.GRAPHQL_UPLOAD_FIELDS`, checked by
+``tests/unit/test_wire.py``), and ``UploadStatus`` is :class:`mpupload.wire.Status` itself.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from typing import Any, NewType
 import strawberry
 from strawberry.types import Info
 
-from ..db.models import UploadStatus as DbStatus
+from ...wire import INT64_MAX, Status
 from .context import GraphQLContext
 
 __all__ = ["Int64", "INT64_SCALAR", "UploadStatus", "Sample", "Upload"]
 
 Int64 = NewType("Int64", int)
-_INT64_MAX = 2**63 - 1
 
 
 def _parse_int64(value: object) -> int:
@@ -29,7 +30,7 @@ def _parse_int64(value: object) -> int:
     number = int(value)
     if number != value and str(number) != value:
         raise ValueError(f"Int64 cannot represent a non-integer {value!r}")
-    if not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+    if not -INT64_MAX - 1 <= number <= INT64_MAX:
         raise ValueError(f"Int64 cannot represent {value!r}: out of the signed 64-bit range")
     return number
 
@@ -41,7 +42,8 @@ INT64_SCALAR = strawberry.scalar(
     parse_value=_parse_int64,
 )
 
-UploadStatus = strawberry.enum(DbStatus, name="UploadStatus", description="Where an upload stands.")
+#: the wire's :class:`~mpupload.wire.Status` (strawberry annotates that class; no second enum)
+UploadStatus = strawberry.enum(Status, name="UploadStatus", description="Where an upload stands.")
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -99,7 +101,7 @@ class Upload:
         assert created is not None and updated is not None
         return cls(
             id=strawberry.ID(record["id"]), filename=record["filename"], bucket=record["bucket"], key=record["key"],
-            host=record["host"], status=DbStatus(record["status"]), total_bytes=Int64(record["total_bytes"]),
+            host=record["host"], status=Status(record["status"]), total_bytes=Int64(record["total_bytes"]),
             bytes_done=Int64(record["bytes_done"]), percent=record["percent"], speed_bps=record["speed_bps"],
             avg_speed_bps=record["avg_speed_bps"], eta_seconds=record["eta_seconds"],
             parts_done=record["parts_done"], parts_total=record["parts_total"],
