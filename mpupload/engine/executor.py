@@ -99,6 +99,8 @@ class ThreadExecutor:
         self._pending: deque[PartJob] = deque()
         self._reader, self._writer = Pipe(duplex=False)
         self._send_lock = threading.Lock()
+        #: threads without a job: a job is handed over only to one of them (no queue of jobs behind a busy thread)
+        self._idle = threads
         self._threads = [threading.Thread(target=self._run, args=(slot,), name=f"mpupload-put-{slot}", daemon=True)
                          for slot in range(threads)]
         for thread in self._threads:
@@ -140,12 +142,16 @@ class ThreadExecutor:
             self._pending.append(job)
 
     def events(self, timeout: float, wake: Sequence[Any] = ()) -> list[ExecutorEvent]:
-        while self._pending:
+        while self._pending and self._idle > 0:
+            self._idle -= 1
             self._jobs.put(self._pending.popleft())
         wait([self._reader, *wake], max(0.0, timeout))
         out: list[ExecutorEvent] = []
         while self._reader.poll(0):
-            out.append(self._reader.recv())
+            event = self._reader.recv()
+            if isinstance(event, JobDone):
+                self._idle += 1
+            out.append(event)
         return out
 
     def bytes_sent(self) -> int:

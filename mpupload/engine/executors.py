@@ -28,7 +28,7 @@ class Executors:
         self.workers = workers
         self.flag = flag if flag is not None else CancelFlag()
         self.start_method = start_method
-        self._parts: LocalProcessExecutor | None = None
+        self._parts: Executor | None = None
         self._put: ThreadExecutor | None = None
         self._closed = False
 
@@ -36,11 +36,15 @@ class Executors:
         return self.for_parts() if multipart else self.for_put()
 
     def for_parts(self) -> Executor:
-        """The worker processes (started now if they were not)."""
+        """The worker processes (started now if they were not); threads for a store that lives in this process
+        only (an in-memory store: the functional tests)."""
         if self._parts is None:
             self._check_open()
-            self._parts = LocalProcessExecutor(self.config, self.workers, cancel=self.flag,
-                                               start_method=self.start_method)
+            if getattr(self.config.store, "crosses_processes", False):
+                self._parts = LocalProcessExecutor(self.config, self.workers, cancel=self.flag,
+                                                   start_method=self.start_method)
+            else:
+                self._parts = ThreadExecutor(self.config, self.workers, cancel=self.flag)
         return self._parts
 
     def for_put(self) -> Executor:

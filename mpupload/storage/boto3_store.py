@@ -37,6 +37,9 @@ __all__ = ["Boto3Store"]
 class Boto3Store(StoreBase):
     """A :class:`~mpupload.storage.port.Store` over one boto3 S3 client, built on first use."""
 
+    #: a worker process can have it (it pickles as its config and builds its own client there)
+    crosses_processes = True
+
     def __init__(self, config: StoreConfig | None = None) -> None:
         self.config = config or StoreConfig()
         self._client: Any = None
