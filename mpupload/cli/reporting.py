@@ -101,11 +101,7 @@ def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: s
     ``record_id`` is the record an interrupted run kept in its journal: ``--resume`` continues it.
     """
     target = reporting.target
-    registration: dict[str, Any] = {
-        "filename": os.path.basename(source.path), "bucket": bucket, "key": key, "total_bytes": source.size,
-        "part_size": plan.part_size if plan.multipart else source.size, "parts_total": plan.parts_total,
-        "host": socket.gethostname(),
-    }
+    registration = registration_body(source, bucket, key, plan)
     say = warn_line(args.quiet)
     warning = reporting.warning
     if warning is None:
@@ -121,6 +117,16 @@ def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: s
     return PushSink(transport, record_id=record_id, registration=registration, interval_s=args.report_interval,
                     on_stop=lambda: token.cancel(STOP_REASON), say=say, api_url=target.api_url,
                     continuing=options.resume and record_id is not None, outage_reported=warning is not None)
+
+
+def registration_body(source: Source, bucket: str, key: str, plan: UploadPlan) -> dict[str, Any]:
+    """The body of ``POST /api/v1/uploads`` (:data:`mpupload.wire.REGISTRATION_FIELDS`), from the final plan."""
+    body: dict[str, Any] = {
+        "filename": os.path.basename(source.path), "bucket": bucket, "key": key, "total_bytes": source.size,
+        "part_size": plan.part_size if plan.multipart else source.size, "parts_total": plan.parts_total,
+        "host": socket.gethostname(),
+    }
+    return body
 
 
 def _outage(exc: ApiError) -> str:

@@ -277,3 +277,14 @@ def test_the_server_reaches_only_wire_and_errors() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "['mpupload.errors', 'mpupload.wire']", (
         f"the server imports more than mpupload.wire and mpupload.errors: {result.stdout}")
+
+
+def test_the_cli_registers_exactly_the_wire_registration_fields(tmp_path: Path) -> None:
+    from mpupload.cli.reporting import registration_body
+    from mpupload.plan import plan_upload
+    from mpupload.source import Source
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100)
+    body = registration_body(Source.from_path(str(path)), "b", "k", plan_upload(100))
+    same("the CLI's registration", list(wire.REGISTRATION_FIELDS), list(body))
