@@ -42,6 +42,7 @@ bench: venv
 	$(PY) -m benchmarks.run --size 100MiB --servers discard --runs 5 --out benchmarks/results/100mib.json
 	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json \
 		benchmarks/results/100mib.json --readme README.md
+	$(PY) -m benchmarks.startup --out benchmarks/results/startup.json
 	$(PY) -m benchmarks.bar_cost
 	$(PY) -m benchmarks.push --out benchmarks/results/push.json --readme benchmarks/README.md
 	$(PY) -m benchmarks.ingest --backend both --generators 1 --out benchmarks/results/ingest.json

@@ -382,3 +382,18 @@ def test_bar_cost_instrument_runs() -> None:
                           text=True, timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "ms CPU per redraw" in proc.stdout and "% of one core" in proc.stdout
+
+
+def test_startup_bench_measures_every_command_and_upload(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    names = {"python -c pass", "import mpupload", "mpupload --version", "mpupload --help", "mpupload upload --help",
+             "upload 1 B", "upload small", "upload large"}
+    assert set(doc["results"]) == names
+    assert all(r["cpu_s"] > 0 for r in doc["results"].values())
+    assert doc["results"]["upload large"]["peak_rss_mib"] > doc["results"]["python -c pass"]["peak_rss_mib"] > 0
+    assert set(doc["targets"]) == {"--version <= 0.1 CPU-s", "--help <= 0.1 CPU-s",
+                                   "peak RSS <= 300 MiB (1 GiB upload, defaults)"}
