@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from .counter import ByteCounter, CancelFlag
 from .worker import OpenFiles, PartJob, PartResult, WorkerConfig, run_job
 
-__all__ = ["Executor", "ExecutorEvent", "JobDone", "WorkerLost", "WorkerBroken", "ThreadExecutor"]
+__all__ = ["Executor", "ExecutorEvent", "JobDone", "WorkerLost", "WorkerBroken", "QueueingExecutor", "ThreadExecutor"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,28 @@ class Executor(Protocol):
     def shutdown(self, timeout_s: float = 2.0) -> None: ...
 
 
-class ThreadExecutor:
+class QueueingExecutor:
+    """What both local executors share: the queue of jobs not yet handed to a worker, the byte counter (one slot
+    per worker) and the shared cancel flag."""
+
+    counter: ByteCounter
+    flag: CancelFlag
+    pending: deque[PartJob]
+
+    def submit(self, job: PartJob, *, first: bool = False) -> None:
+        if first:
+            self.pending.appendleft(job)
+        else:
+            self.pending.append(job)
+
+    def bytes_sent(self) -> int:
+        return self.counter.total()
+
+    def cancel(self) -> None:
+        self.flag.set()
+
+
+class ThreadExecutor(QueueingExecutor):
     """Jobs run in threads of this process, each with its own store client built when the thread starts.
 
     For an object that goes up with one PutObject: no worker process to start and no second interpreter to
@@ -96,7 +117,7 @@ class ThreadExecutor:
         self.counter = ByteCounter(threads)
         self.flag = cancel if cancel is not None else CancelFlag()
         self._jobs: queue.Queue[PartJob | None] = queue.Queue()
-        self._pending: deque[PartJob] = deque()
+        self.pending: deque[PartJob] = deque()
         self._reader, self._writer = Pipe(duplex=False)
         self._send_lock = threading.Lock()
         #: threads without a job: a job is handed over only to one of them (no queue of jobs behind a busy thread)
@@ -135,16 +156,10 @@ class ThreadExecutor:
         finally:
             files.close()
 
-    def submit(self, job: PartJob, *, first: bool = False) -> None:
-        if first:
-            self._pending.appendleft(job)
-        else:
-            self._pending.append(job)
-
     def events(self, timeout: float, wake: Sequence[Any] = ()) -> list[ExecutorEvent]:
-        while self._pending and self._idle > 0:
+        while self.pending and self._idle > 0:
             self._idle -= 1
-            self._jobs.put(self._pending.popleft())
+            self._jobs.put(self.pending.popleft())
         wait([self._reader, *wake], max(0.0, timeout))
         out: list[ExecutorEvent] = []
         while self._reader.poll(0):
@@ -153,12 +168,6 @@ class ThreadExecutor:
                 self._idle += 1
             out.append(event)
         return out
-
-    def bytes_sent(self) -> int:
-        return self.counter.total()
-
-    def cancel(self) -> None:
-        self.flag.set()
 
     def shutdown(self, timeout_s: float = 2.0) -> None:
         for _ in self._threads:

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .counter import ByteCounter, CancelFlag
-from .executor import ExecutorEvent, JobDone, WorkerBroken, WorkerLost, drain
+from .executor import ExecutorEvent, JobDone, QueueingExecutor, WorkerBroken, WorkerLost, drain
 from .worker import PartJob, PartResult, WorkerConfig, worker_main
 
 __all__ = ["LocalProcessExecutor", "WorkerHandle", "START_METHODS"]
@@ -44,7 +44,7 @@ class WorkerHandle:
     started_at: float = field(default_factory=time.monotonic)
 
 
-class LocalProcessExecutor:
+class LocalProcessExecutor(QueueingExecutor):
     def __init__(
         self,
         config: WorkerConfig,
@@ -91,12 +91,6 @@ class LocalProcessExecutor:
         return new
 
     # -- the Executor port -----------------------------------------------------------------------------------
-    def submit(self, job: PartJob, *, first: bool = False) -> None:
-        if first:
-            self.pending.appendleft(job)
-        else:
-            self.pending.append(job)
-
     def events(self, timeout: float, wake: Sequence[Any] = ()) -> list[ExecutorEvent]:
         out: list[ExecutorEvent] = []
         for worker in self._dispatch():  # workers that died while idle
@@ -115,12 +109,6 @@ class LocalProcessExecutor:
                     continue
                 out.append(self._lost(worker))
         return out
-
-    def bytes_sent(self) -> int:
-        return self.counter.total()
-
-    def cancel(self) -> None:
-        self.flag.set()
 
     def shutdown(self, timeout_s: float = 2.0) -> None:
         """One sentinel per worker, a bounded join, then SIGKILL for whatever is still running."""
