@@ -10,7 +10,10 @@ no terminal UI, so ``mpupload --version``, the API server and the light modules 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: importing mpupload stays cheap
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

@@ -34,7 +34,9 @@ purpose: the first exits 130 and is not an error; the second exits 1.
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # typing is not imported at run time (the CLI's --help loads this module)
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 __all__ = [
     "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",

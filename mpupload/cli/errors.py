@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TextIO
 
 from ..errors import Cancelled, MpuploadError
+
+TYPE_CHECKING = False  # typing is not imported at run time (the CLI's --help loads this module)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_AUTH", "EXIT_STOPPED", "report_error", "debug_enabled"]
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Collection, Sequence
-from typing import NoReturn
 
 from .. import __version__
 from .errors import EXIT_USAGE, debug_enabled, report_error
+
+TYPE_CHECKING = False  # typing is not imported at run time: --version and --help stay cheap
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -36,7 +40,35 @@ COMMANDS: dict[str, dict[str, str]] = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, sized as it sizes itself (``COLUMNS``, else the terminal, else 80 columns) but
+    without importing shutil for it: ``mpupload --help`` stays cheap."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         self.exit(EXIT_USAGE, f"mpupload: error: {message} (see mpupload {self.prog.split()[-1]} --help)\n"
                   if " " in self.prog else f"mpupload: error: {message} (see mpupload --help)\n")
