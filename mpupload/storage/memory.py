@@ -234,6 +234,16 @@ class MemoryStore(StoreBase):
     def _etag(self, data: bytes) -> str:
         return hashlib.md5(data).hexdigest() if self.md5_etags else uuid.uuid4().hex  # noqa: S324 - S3's ETag
 
+    def _receive(self, body: Any, content_length: int, checksum: Checksum | None, content_md5: str | None,
+                 operation: str) -> tuple[bytes, str]:
+        """Read a request's body as S3 does: the whole Content-Length, its digests checked; (bytes, ETag)."""
+        data = _read(body)
+        if len(data) != content_length:
+            raise StoreError("IncompleteBody", 400, "You did not provide the number of bytes specified by the "
+                             "Content-Length HTTP header", operation)
+        self._check_body(data, checksum, content_md5, operation)
+        return data, self._etag(data)
+
     def _check_body(self, data: bytes, checksum: Checksum | None, content_md5: str | None, operation: str) -> None:
         if content_md5 is not None:
             try:
@@ -318,12 +328,7 @@ class MemoryStore(StoreBase):
                    content_md5: str | None = None, if_none_match: bool = False,
                    object_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
         self._enter("PutObject", Bucket=bucket, Key=key, ContentLength=content_length)
-        data = _read(body)
-        if len(data) != content_length:
-            raise StoreError("IncompleteBody", 400, "You did not provide the number of bytes specified by the "
-                             "Content-Length HTTP header", "PutObject")
-        self._check_body(data, checksum, content_md5, "PutObject")
-        etag = self._etag(data)
+        data, etag = self._receive(body, content_length, checksum, content_md5, "PutObject")
         with self._lock:
             target = self._bucket(bucket, "PutObject")
             if if_none_match and key in target.objects:
@@ -370,12 +375,7 @@ class MemoryStore(StoreBase):
         if not 1 <= part_number <= 10_000:
             raise StoreError("InvalidArgument", 400, "Part number must be an integer between 1 and 10000, inclusive",
                              "UploadPart")
-        data = _read(body)
-        if len(data) != content_length:
-            raise StoreError("IncompleteBody", 400, "You did not provide the number of bytes specified by the "
-                             "Content-Length HTTP header", "UploadPart")
-        self._check_body(data, checksum, content_md5, "UploadPart")
-        etag = self._etag(data)
+        data, etag = self._receive(body, content_length, checksum, content_md5, "UploadPart")
         with self._lock:
             upload = self._upload(bucket, key, upload_id, "UploadPart")  # it may have been aborted meanwhile
             if checksum is not None and upload.algorithm is not None and checksum.algorithm is not upload.algorithm:
