@@ -47,6 +47,24 @@ engine, in ``Snapshot.extra``):
 * any of them adds ``left_behind`` (``[{"bucket", "key", "upload_id", "reason", "cleanup_command"}]``) when
   uploads of this run are still on the store that nobody meant to keep.
 
+**A directory run** (``mpupload upload DIR... s3://BUCKET/PREFIX/``) is one upload: its snapshots describe the
+whole run (``key`` is the PREFIX, ``total_bytes`` the bytes of every file taken, ``parts_done``/``parts_total``
+count files) and every one of them adds :data:`FILES_FIELDS` (:class:`FileCounts`): ``files_total``,
+``files_done`` (on the store as they should be: uploaded and verified, or skipped), ``files_failed`` and
+``files_skipped``. Its events add :data:`DATASET_EVENT_FIELDS`: ``started`` the ``bytes_total``, the ``prefix``,
+the ``sources`` and the ``put_threads``; ``progress`` the files ``in_flight`` (at most 16, the largest first:
+``{"path", "key", "size", "bytes_done"}``); the final event ``failed_files`` (every failed file:
+``{"path", "key", "size", "error"}``) and ``warnings``. Two per-file events come in between; their ``key`` is the file's
+key (the run's PREFIX is in ``prefix``), the other snapshot fields are the run's:
+
+* ``file_completed``: ``path`` (relative to its source), ``size``, ``verified``, ``etag``, ``checksum`` and
+  ``skipped`` (``null``; ``"exists"`` with ``--skip-existing``; ``"resumed"`` when an
+  interrupted run had finished it);
+* ``file_failed``: ``path``, ``size``, ``error``, ``error_type``.
+
+The final event of a directory run is ``completed`` when every file is done, ``failed`` when some failed
+(``error`` says how many), ``stopped`` on Ctrl+C.
+
 **3. The progress report** (:data:`REPORT_FIELDS`): the body of ``POST /api/v1/uploads/{id}/progress``. The
 push sink sends a whole snapshot plus ``seq``; the server reads only these fields (others are ignored) and
 refuses a report outside their bounds with 422:
@@ -90,7 +108,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event", "Status", "Snapshot", "utc_now_iso", "ACTIVE_STATUSES", "SNAPSHOT_FIELDS", "EVENT_FIELDS",
+__all__ = ["Event", "Status", "FileStatus", "FileCounts", "FILES_FIELDS", "DATASET_EVENT_FIELDS", "FILE_ENTRY_FIELDS",
+           "Snapshot", "utc_now_iso", "ACTIVE_STATUSES", "SNAPSHOT_FIELDS", "EVENT_FIELDS",
            "LEFT_BEHIND_FIELD", "ReportField", "REPORT_FIELDS", "REPORT_FIELD_NAMES", "INT64_MAX", "INT32_MAX",
            "RECORD_FIELDS", "SAMPLE_FIELDS", "GRAPHQL_UPLOAD_FIELDS", "REGISTRATION_FIELDS", "camel"]
 
@@ -106,6 +125,10 @@ class Event(enum.StrEnum):
     COMPLETED = "completed"
     STOPPED = "stopped"
     FAILED = "failed"
+    #: a directory run: one file is on the store (uploaded and verified, or skipped because it is already there)
+    FILE_COMPLETED = "file_completed"
+    #: a directory run: one file failed; the others go on
+    FILE_FAILED = "file_failed"
 
 
 class Status(enum.StrEnum):
@@ -119,6 +142,27 @@ class Status(enum.StrEnum):
 
 #: an upload that has not ended yet
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.UPLOADING, Status.FINALIZING})
+
+
+class FileStatus(enum.StrEnum):
+    """Where one file of a directory run stands (the per-file list of the server's record)."""
+
+    UPLOADING = "uploading"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    """A directory run's file counts, carried by every snapshot of that run (``None`` for one file)."""
+
+    #: every file the run takes (after the filters); ``None`` while the walk is still counting
+    total: int | None
+    #: on the store as they should be: uploaded and verified in this run, or skipped (``skipped`` of them)
+    done: int
+    failed: int
+    skipped: int = 0
 
 
 def utc_now_iso() -> str:
@@ -143,6 +187,8 @@ class Snapshot:
     #: event-specific fields (see the module docstring)
     extra: dict[str, Any] = field(default_factory=dict)
     timestamp: str = field(default_factory=utc_now_iso)
+    #: a directory run's file counts (``None``: a one-file upload, whose events carry no ``files_*`` field)
+    files: FileCounts | None = None
 
     @property
     def percent(self) -> float:
@@ -168,6 +214,9 @@ class Snapshot:
             "status": self.status.value,
             "timestamp": self.timestamp,
         }
+        if self.files is not None:
+            data.update(files_total=self.files.total, files_done=self.files.done, files_failed=self.files.failed,
+                        files_skipped=self.files.skipped)
         data.update(self.extra)
         return data
 
@@ -176,6 +225,8 @@ class Snapshot:
 SNAPSHOT_FIELDS = ("event", "upload_id", "bucket", "key", "total_bytes", "bytes_done", "percent", "speed_bps",
                    "avg_speed_bps", "eta_seconds", "elapsed_seconds", "parts_done", "parts_total", "status",
                    "timestamp")
+#: what every snapshot of a directory run adds after :data:`SNAPSHOT_FIELDS` (:class:`FileCounts`)
+FILES_FIELDS = ("files_total", "files_done", "files_failed", "files_skipped")
 #: what each event may add to :data:`SNAPSHOT_FIELDS` (``Snapshot.extra``, built by the engine)
 EVENT_FIELDS: dict[Event, tuple[str, ...]] = {
     Event.STARTED: ("part_size", "workers", "resumed_bytes", "resumed_parts", "checksum_algorithm", "multipart",
@@ -185,7 +236,19 @@ EVENT_FIELDS: dict[Event, tuple[str, ...]] = {
                       "store_upload_id"),
     Event.STOPPED: ("aborted", "kept", "reason", "store_upload_id", "resume_command"),
     Event.FAILED: ("error", "error_type", "store_upload_id", "resume_command"),
+    Event.FILE_COMPLETED: ("prefix", "path", "size", "verified", "etag", "checksum", "skipped"),
+    Event.FILE_FAILED: ("prefix", "path", "size", "error", "error_type"),
 }
+#: what a directory run's events add to :data:`EVENT_FIELDS` (a one-file upload never carries them)
+DATASET_EVENT_FIELDS: dict[Event, tuple[str, ...]] = {
+    Event.STARTED: ("bytes_total", "prefix", "sources", "put_threads"),
+    Event.PROGRESS: ("in_flight",),
+    Event.COMPLETED: ("failed_files", "warnings"),
+    Event.STOPPED: ("failed_files", "warnings"),
+    Event.FAILED: ("failed_files", "warnings"),
+}
+#: one entry of ``in_flight`` (progress) and ``failed_files`` (the end): a file of a directory run
+FILE_ENTRY_FIELDS = ("path", "key", "size", "bytes_done", "error")
 #: any event may add it: uploads of this run still on the store that nobody meant to keep
 LEFT_BEHIND_FIELD = "left_behind"
 

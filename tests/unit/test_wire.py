@@ -65,7 +65,21 @@ def test_snapshot_dict_has_the_wire_fields_in_order() -> None:
     same("Snapshot.to_dict()", wire.SNAPSHOT_FIELDS, snap.to_dict())
     assert tuple(snap.to_dict()) == wire.SNAPSHOT_FIELDS
     same("the Snapshot dataclass (percent is computed, extra holds the event's fields)",
-         set(wire.SNAPSHOT_FIELDS) - {"percent"} | {"extra"}, [f.name for f in dataclasses.fields(wire.Snapshot)])
+         set(wire.SNAPSHOT_FIELDS) - {"percent"} | {"extra", "files"},
+         [f.name for f in dataclasses.fields(wire.Snapshot)])
+
+
+def test_a_directory_runs_snapshot_adds_the_file_counts_after_the_wire_fields() -> None:
+    snap = wire.Snapshot(event=wire.Event.PROGRESS, status=wire.Status.UPLOADING, upload_id=None, bucket="b",
+                         key="sets/", total_bytes=10, bytes_done=5, speed_bps=1.0, avg_speed_bps=1.0,
+                         eta_seconds=5.0, elapsed_seconds=1.0, parts_done=3, parts_total=7,
+                         files=wire.FileCounts(total=7, done=3, failed=1, skipped=2))
+    data = snap.to_dict()
+    assert tuple(data) == wire.SNAPSHOT_FIELDS + wire.FILES_FIELDS
+    assert [data[n] for n in wire.FILES_FIELDS] == [7, 3, 1, 2]
+    for event, names in wire.DATASET_EVENT_FIELDS.items():
+        overlap = set(names) & (set(wire.SNAPSHOT_FIELDS) | set(wire.FILES_FIELDS) | set(wire.EVENT_FIELDS[event]))
+        assert not overlap, f"{event.value} would overwrite fields {sorted(overlap)}"
 
 
 def test_every_event_has_its_fields() -> None:
