@@ -55,5 +55,9 @@ class CancelFlag:
     def set(self) -> None:
         self._value.value = 1
 
+    def clear(self) -> None:
+        """Lower the flag: a run of several objects goes on after one of them failed (and set it)."""
+        self._value.value = 0
+
     def is_set(self) -> bool:
         return bool(self._value.value)

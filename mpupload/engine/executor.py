@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any, Protocol
 
 from .counter import ByteCounter, CancelFlag
-from .worker import OpenFiles, PartJob, PartResult, WorkerConfig, run_job
+from .worker import Job, JobResult, OpenFiles, PartResult, WorkerConfig, run_job
 
 __all__ = ["Executor", "ExecutorEvent", "JobDone", "WorkerLost", "WorkerBroken", "QueueingExecutor", "ThreadExecutor"]
 
@@ -40,15 +40,15 @@ __all__ = ["Executor", "ExecutorEvent", "JobDone", "WorkerLost", "WorkerBroken",
 class JobDone:
     """A job's result: sent (``result.ok``), failed, or cancelled."""
 
-    job: PartJob
-    result: PartResult
+    job: Job
+    result: JobResult
 
 
 @dataclass(frozen=True)
 class WorkerLost:
     """A worker died (killed, out of memory). ``job`` is the job it held, to be submitted again."""
 
-    job: PartJob | None
+    job: Job | None
     slot: int
     pid: int | None
     exitcode: int | None
@@ -71,7 +71,7 @@ class Executor(Protocol):
     #: how many jobs can run at once
     workers: int
 
-    def submit(self, job: PartJob, *, first: bool = False) -> None: ...
+    def submit(self, job: Job, *, first: bool = False) -> None: ...
 
     def events(self, timeout: float, wake: Sequence[Any] = ()) -> list[ExecutorEvent]: ...
 
@@ -88,9 +88,9 @@ class QueueingExecutor:
 
     counter: ByteCounter
     flag: CancelFlag
-    pending: deque[PartJob]
+    pending: deque[Job]
 
-    def submit(self, job: PartJob, *, first: bool = False) -> None:
+    def submit(self, job: Job, *, first: bool = False) -> None:
         if first:
             self.pending.appendleft(job)
         else:
@@ -116,8 +116,8 @@ class ThreadExecutor(QueueingExecutor):
         self.config = config
         self.counter = ByteCounter(threads)
         self.flag = cancel if cancel is not None else CancelFlag()
-        self._jobs: queue.Queue[PartJob | None] = queue.Queue()
-        self.pending: deque[PartJob] = deque()
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self.pending: deque[Job] = deque()
         self._reader, self._writer = Pipe(duplex=False)
         self._send_lock = threading.Lock()
         #: threads without a job: a job is handed over only to one of them (no queue of jobs behind a busy thread)
@@ -150,8 +150,8 @@ class ThreadExecutor(QueueingExecutor):
                 try:
                     result = run_job(store, files, self.config, job, self.counter, slot, self.flag)
                 except BaseException as exc:  # noqa: BLE001 - run_job answers; this is a bug's safety net
-                    result = PartResult(job.number, False, error_type=type(exc).__name__, error=str(exc),
-                                        object_id=job.target.object_id)
+                    result = PartResult(getattr(job, "number", -1), False, error_type=type(exc).__name__,
+                                        error=str(exc), object_id=getattr(getattr(job, "target", None), "object_id", 0))
                 self._send(JobDone(job, result))
         finally:
             files.close()

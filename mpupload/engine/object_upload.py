@@ -107,6 +107,7 @@ class ObjectUpload:
         executors: Executors,
         journal_path: Path | None = None,
         record_id: str | None = None,
+        object_id: int = 0,
     ) -> None:
         self.source = source
         self.bucket = bucket
@@ -119,6 +120,9 @@ class ObjectUpload:
         #: the API server's record id, kept in the journal so that --resume continues the same record
         self.record_id = record_id
         self.phase = Phase.NEW
+        #: this object's name in the run's jobs: an executor shared by several objects may hand back results of
+        #: another one's jobs (cancelled parts of an object that failed before it), which are not this object's
+        self.object_id = object_id
         self.warnings: list[str] = []
         self.upload_id: str | None = None
         self.resumed_bytes = 0
@@ -400,7 +404,7 @@ class ObjectUpload:
             self.agg.started(self._started_extra(integrity))
             assert self.upload_id is not None
             target = PartTarget(self.source.path, self.bucket, self.key, self.upload_id, integrity.algorithm,
-                                integrity.content_md5, integrity.etag_is_md5)
+                                integrity.content_md5, integrity.etag_is_md5, object_id=self.object_id)
             self._send_parts(target, done)
             self.source.check_unchanged()
             self._check_cancel()
@@ -478,7 +482,8 @@ class ObjectUpload:
                         event.raise_error(self.upload_id)
                     elif isinstance(event, WorkerLost):
                         deaths += 1
-                        if event.job is not None:
+                        if self._mine(event.job):
+                            assert event.job is not None
                             executor.submit(event.job, first=True)
                         log.warning("worker %d (pid %s) died with exit code %s; replacing it", event.slot, event.pid,
                                     event.exitcode)
@@ -487,7 +492,7 @@ class ObjectUpload:
                                 f"worker processes died {deaths} times (last exit code {event.exitcode}): "
                                 "check memory limits and the system log, then run the command again",
                                 bucket=self.bucket, key=self.key, upload_id=self.upload_id)
-                    else:
+                    elif self._mine(event.job):
                         self._part_done(event, done)
                 now = time.monotonic()
                 if now >= next_tick:
@@ -497,8 +502,12 @@ class ObjectUpload:
             if len(done) < plan.parts_total:
                 executor.cancel()
 
+    def _mine(self, job: object) -> bool:
+        return isinstance(job, PartJob) and job.target.object_id == self.object_id
+
     def _part_done(self, event: JobDone, done: dict[int, PartResult]) -> None:
         result = event.result
+        assert isinstance(result, PartResult)
         if result.ok:
             done[result.number] = result
             self.journal.part(result)
@@ -638,7 +647,8 @@ class ObjectUpload:
         executor = self._executor = self.executors.for_put()
         target = PartTarget(self.source.path, self.bucket, self.key, None, algorithm, md5,
                             etag_is_md5=bool(md5 and traits is not None and traits.etag_is_md5),
-                            object_args=tuple(self._object_args().items()), if_none_match=self.options.no_overwrite)
+                            object_args=tuple(self._object_args().items()), if_none_match=self.options.no_overwrite,
+                            object_id=self.object_id)
         self.phase = Phase.SENDING
         self._sent_base = executor.bytes_sent()  # a PUT sent again counts from zero again
         executor.submit(PartJob(target, Part(1, 0, self.source.size)))
@@ -648,14 +658,15 @@ class ObjectUpload:
             for event in executor.events(max(0.0, next_tick - time.monotonic()), wake=[self.cancel.fileno()]):
                 if isinstance(event, WorkerBroken):
                     event.raise_error()
-                if isinstance(event, JobDone):
+                if isinstance(event, JobDone) and self._mine(event.job) and isinstance(event.result, PartResult):
                     result = event.result
             if result is None and self.cancel.cancelled:
                 executor.cancel()
                 deadline = time.monotonic() + PUT_CANCEL_WAIT_S
                 while result is None and time.monotonic() < deadline:
                     for event in executor.events(0.1):
-                        if isinstance(event, JobDone):
+                        if isinstance(event, JobDone) and self._mine(event.job) \
+                                and isinstance(event.result, PartResult):
                             result = event.result
                 if result is None or not result.ok:
                     raise E.Cancelled(self.cancel.reason or "interrupted")

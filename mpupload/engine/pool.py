@@ -26,7 +26,7 @@ from typing import Any
 
 from .counter import ByteCounter, CancelFlag
 from .executor import ExecutorEvent, JobDone, QueueingExecutor, WorkerBroken, WorkerLost, drain
-from .worker import PartJob, PartResult, WorkerConfig, worker_main
+from .worker import Job, JobResult, PartResult, WorkerConfig, worker_main
 
 __all__ = ["LocalProcessExecutor", "WorkerHandle", "START_METHODS"]
 
@@ -38,7 +38,7 @@ class WorkerHandle:
     slot: int
     process: Any
     conn: Connection
-    job: PartJob | None = None
+    job: Job | None = None
     #: bytes of the parts this slot finished, so the slot can be reset when its process dies
     completed_bytes: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -61,7 +61,7 @@ class LocalProcessExecutor(QueueingExecutor):
         self.workers = size
         self.counter = ByteCounter(size)
         self.flag = cancel if cancel is not None else CancelFlag()
-        self.pending: deque[PartJob] = deque()
+        self.pending: deque[Job] = deque()
         self.handles: list[WorkerHandle] = []
         for slot in range(size):
             self.handles.append(self._start(slot))
@@ -152,10 +152,10 @@ class LocalProcessExecutor(QueueingExecutor):
 
     def _collect(self, worker: WorkerHandle, out: list[ExecutorEvent]) -> bool:
         """Every result waiting on a worker's pipe; False when the pipe is broken."""
-        results: list[PartResult]
+        results: list[JobResult]
         results, alive = drain(worker.conn)
         for result in results:
-            if result.number == 0 and not result.ok:  # the worker could not start
+            if isinstance(result, PartResult) and result.number == 0 and not result.ok:  # it could not start
                 out.append(WorkerBroken(result))
                 continue
             job = worker.job

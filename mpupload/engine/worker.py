@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -39,8 +40,13 @@ from .counter import ByteCounter, CancelFlag
 from .probe import etag_is_md5_answer
 from .reader import PartReader, digest_range
 
-__all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "worker_main", "run_job", "upload_one_part",
-           "die_with_parent", "OpenFiles"]
+__all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "BatchJob", "BatchResult", "Job", "JobResult",
+           "worker_main", "run_job", "run_batch", "upload_one_part", "die_with_parent", "OpenFiles",
+           "CHECKSUM_METADATA_PREFIX"]
+
+#: user metadata a directory run writes with a whole-object PutObject: ``mpupload-<algorithm>`` = the file's checksum
+#: (``--skip-existing`` compares it with the local file's)
+CHECKSUM_METADATA_PREFIX = "mpupload-"
 
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL_S = 0.25
@@ -56,6 +62,8 @@ class WorkerConfig:
     part_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
+    #: PutObjects a worker process sends at once for a :class:`BatchJob` (its threads share its client)
+    put_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,11 @@ class PartTarget:
     if_none_match: bool = False
     #: which of the run's objects this is (the scheduler's own name for it)
     object_id: int = 0
+    #: PutObject only: also store the file's checksum as user metadata (``mpupload-<algorithm>``)
+    checksum_metadata: bool = False
+    #: PutObject only: the file's (size, mtime_ns, inode) when it was planned; a file that differs after the PUT
+    #: fails the job with SourceChanged (it changed while it was read)
+    fingerprint: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,53 @@ class PartResult:
             cls = E.UploadFailed
         raise cls(self.error or ("part upload failed" if part else "the upload failed"),
                   part_number=self.number if part else None, upload_id=upload_id)
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Several whole small objects (PutObject jobs), sent back to back by one worker, a few at a time on its
+    connections: a directory run's small files. Plain frozen data: it crosses the pipe."""
+
+    jobs: tuple[PartJob, ...]
+    #: the scheduler's name for the batch
+    batch_id: int = 0
+
+    @property
+    def length(self) -> int:
+        return sum(job.length for job in self.jobs)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What happened to each object of a :class:`BatchJob`, in the batch's order. The batch itself always
+    "succeeds" (``ok``): its files fail one by one."""
+
+    batch_id: int
+    results: tuple[PartResult, ...]
+    #: never 0 (a worker answers 0 only when it could not start)
+    number: int = -1
+    ok: bool = True
+
+    @property
+    def size(self) -> int:
+        """The bytes of the objects that were written (what the worker's counter slot keeps)."""
+        return sum(r.size for r in self.results if r.ok)
+
+
+Job = PartJob | BatchJob
+JobResult = PartResult | BatchResult
+
+
+class _LockedCounter:
+    """The worker's counter slot shared by the threads of a batch: each adds under one lock."""
+
+    def __init__(self, counter: ByteCounter) -> None:
+        self._counter = counter
+        self._lock = threading.Lock()
+
+    def add(self, slot: int, n: int) -> None:
+        with self._lock:
+            self._counter.add(slot, n)
 
 
 def die_with_parent(coordinator_pid: int) -> None:
@@ -211,6 +271,7 @@ def worker_main(
             conn.send(PartResult(0, False, error_type=type(err).__name__, error=str(err)))
         return
     files = OpenFiles()
+    threads: ThreadPoolExecutor | None = None
     try:
         while True:
             try:
@@ -219,13 +280,62 @@ def worker_main(
                 return
             if job is None:
                 return
-            conn.send(run_job(store, files, config, job, counter, slot, cancel))
+            if isinstance(job, BatchJob) and threads is None and config.put_threads > 1:
+                threads = ThreadPoolExecutor(config.put_threads, thread_name_prefix="mpupload-put")
+            conn.send(run_job(store, files, config, job, counter, slot, cancel, threads=threads))
     finally:
         files.close()
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
 
 
-def run_job(store: Store, files: OpenFiles, config: WorkerConfig, job: PartJob, counter: ByteCounter, slot: int,
-            cancel: CancelFlag) -> PartResult:
+def run_job(store: Store, files: OpenFiles, config: WorkerConfig, job: Job, counter: ByteCounter, slot: int,
+            cancel: CancelFlag, *, threads: ThreadPoolExecutor | None = None) -> JobResult:
+    """Run one job: a part (or one whole object) through ``files``, or a batch of whole objects."""
+    if isinstance(job, BatchJob):
+        return run_batch(store, config, job, counter, slot, cancel, threads=threads)
+    return _run_part(store, files, config, job, counter, slot, cancel)
+
+
+def run_batch(store: Store, config: WorkerConfig, batch: BatchJob, counter: ByteCounter, slot: int,
+              cancel: CancelFlag, *, threads: ThreadPoolExecutor | None = None) -> BatchResult:
+    """Send every object of the batch with one PutObject each, ``threads`` at a time (in order without them).
+
+    Each file is opened for its own PUT and closed after it: a batch of small files reads each once. A file that
+    cannot be read, changes while it is read, or is refused fails that file only; a cancel stops what has not
+    started (those files come back cancelled)."""
+    shared = _LockedCounter(counter) if threads is not None else counter
+
+    def one(job: PartJob) -> PartResult:
+        if cancel.is_set():
+            return PartResult(job.number, False, cancelled=True, error_type="Cancelled", error="cancelled",
+                              object_id=job.target.object_id)
+        try:
+            fd = os.open(job.target.path, os.O_RDONLY)
+        except OSError as exc:
+            return _unreadable(job, exc)
+        try:
+            return upload_one_part(store, fd, config, job, shared, slot, cancel)  # type: ignore[arg-type]
+        finally:
+            os.close(fd)
+
+    if threads is None:
+        results = tuple(one(job) for job in batch.jobs)
+    else:
+        results = tuple(threads.map(one, batch.jobs))
+    return BatchResult(batch.batch_id, results)
+
+
+def _unreadable(job: PartJob, exc: OSError) -> PartResult:
+    err = E.SourceChanged(f"cannot read the source file {job.target.path} ({exc.strerror or exc})",
+                          bucket=job.target.bucket, key=job.target.key, upload_id=job.target.upload_id,
+                          part_number=job.number if job.target.upload_id is not None else None)
+    return PartResult(job.number, False, error_type=type(err).__name__, error=str(err),
+                      object_id=job.target.object_id)
+
+
+def _run_part(store: Store, files: OpenFiles, config: WorkerConfig, job: PartJob, counter: ByteCounter, slot: int,
+              cancel: CancelFlag) -> PartResult:
     """Open the job's file (or reuse it) and send the part; a file that cannot be read fails this job."""
     try:
         fd = files.get(job.target.path)
@@ -285,9 +395,13 @@ def upload_one_part(
                 content_md5 = b64(raw)
             reader = PartReader(fd, job.offset, job.length, counter=counter, slot=slot, cancel=cancel)
             if put:
+                object_args = dict(target.object_args)
+                if target.checksum_metadata and checksum is not None and target.algorithm is not None:
+                    object_args["Metadata"] = {**dict(object_args.get("Metadata") or {}),
+                                               f"{CHECKSUM_METADATA_PREFIX}{target.algorithm.value}": checksum}
                 response = store.put_object(target.bucket, target.key, reader, content_length=job.length,
                                             checksum=sent, content_md5=content_md5,
-                                            if_none_match=target.if_none_match, object_args=dict(target.object_args))
+                                            if_none_match=target.if_none_match, object_args=object_args)
             else:
                 assert target.upload_id is not None
                 response = store.upload_part(target.bucket, target.key, target.upload_id, job.number, reader,
@@ -307,6 +421,8 @@ def upload_one_part(
                 raise E.PartCorrupted(
                     f"part {job.number}: the store's ETag {etag} is not the MD5 {md5_hex} of the bytes sent"
                 )
+            if target.fingerprint is not None:
+                _check_unchanged(fd, target)
             # what was counted must be exactly the part, whatever botocore did with the stream
             if reader.counted != job.length:
                 counter.add(slot, job.length - reader.counted)
@@ -338,6 +454,18 @@ def upload_one_part(
                                   error=message, traceback=traceback.format_exc(), object_id=target.object_id)
             delay = min(config.backoff_max_s, config.backoff_base_s * (2 ** (attempt - 1)))
             _sleep_unless_cancelled(random.uniform(delay / 2, delay), cancel)
+
+
+def _check_unchanged(fd: int, target: PartTarget) -> None:
+    """A whole object's file must be what was planned once it is sent (it may have changed while it was read)."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(target.path)
+    except OSError as exc:
+        raise E.SourceChanged(f"{target.path} disappeared while it was uploaded ({exc.strerror or exc})") from None
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != target.fingerprint or now.st_ino != st.st_ino:
+        raise E.SourceChanged(f"{target.path} changed while it was uploaded: the object at s3://{target.bucket}/"
+                              f"{target.key} may hold a mix of versions; upload it again once the file is final")
 
 
 def _plain(response: Any) -> dict[str, Any]:

@@ -139,7 +139,8 @@ def test_timestamp_can_be_given() -> None:
 
 
 def test_enum_values_are_the_contract_strings() -> None:
-    assert [e.value for e in Event] == ["started", "progress", "completed", "stopped", "failed"]
+    assert [e.value for e in Event] == ["started", "progress", "completed", "stopped", "failed", "file_completed",
+                                       "file_failed"]
     assert [s.value for s in Status] == [
         "pending", "uploading", "finalizing", "completed", "stopped", "failed",
     ]
