@@ -15,7 +15,8 @@
     │   ├── UploadGone          (1)   the multipart upload no longer exists (aborted by someone else,
     │   │                             expired): nothing is kept, nothing can be resumed
     │   ├── IntegrityError      (1)   the stored object does not equal the file
-    │   └── WorkerCrashed       (1)   worker processes kept dying
+    │   ├── WorkerCrashed       (1)   worker processes kept dying
+    │   └── FilesFailed         (1)   a directory run ended with some files failed (the others are stored)
     └── Cancelled             (130)   Ctrl+C, SIGTERM, or a stop request
 
 What happens to the multipart upload when an error ends it is decided here too: ``abort_upload`` (abort it:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",
     "UploadFailed", "StoreUnreachable", "PartCorrupted", "UploadGone", "IntegrityError", "WorkerCrashed",
-    "Cancelled",
+    "FilesFailed", "Cancelled",
 ]
 
 
@@ -134,6 +135,11 @@ class IntegrityError(UploadFailed):
 
 class WorkerCrashed(UploadFailed):
     pass
+
+
+class FilesFailed(UploadFailed):
+    """A directory run ended with some of its files failed (the others are on the store): exit 1. The run's
+    summary lists them; ``--resume`` sends only what is missing."""
 
 
 class Cancelled(MpuploadError):

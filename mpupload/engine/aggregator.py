@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..stats import SpeedMeter, average_speed, eta_seconds
-from ..wire import Event, Snapshot, Status
+from ..wire import Event, FileCounts, Snapshot, Status
 
 __all__ = ["Aggregator", "Sink", "TICK_S"]
 
@@ -64,11 +64,13 @@ class Aggregator:
         self._start = clock()
         self._sent = 0
         self._parts_done = 0
+        #: a directory run's file counts (every snapshot carries them); ``None`` for one file
+        self.files: FileCounts | None = None
 
     def elapsed(self) -> float:
         return max(0.0, self.clock() - self._start)
 
-    def snapshot(self, event: Event, extra: dict[str, Any] | None = None) -> Snapshot:
+    def snapshot(self, event: Event, extra: dict[str, Any] | None = None, *, key: str | None = None) -> Snapshot:
         done = min(self.total_bytes, self.resumed_bytes + max(0, self._sent))
         speed = self._meter.speed
         elapsed = self.elapsed()
@@ -77,7 +79,7 @@ class Aggregator:
             status=self.status,
             upload_id=self.upload_id,
             bucket=self.bucket,
-            key=self.key,
+            key=self.key if key is None else key,
             total_bytes=self.total_bytes,
             bytes_done=done,
             speed_bps=speed,
@@ -87,6 +89,7 @@ class Aggregator:
             parts_done=self._parts_done,
             parts_total=self.parts_total,
             extra=extra or {},
+            files=self.files,
         )
 
     def started(self, extra: dict[str, Any]) -> None:
@@ -95,12 +98,17 @@ class Aggregator:
         self.status = Status.UPLOADING
         self._emit(self.snapshot(Event.STARTED, extra))
 
-    def tick(self, sent_bytes: int, parts_done: int) -> None:
+    def tick(self, sent_bytes: int, parts_done: int, extra: dict[str, Any] | None = None) -> None:
         """Sample the counter (bytes sent by this run) and feed a progress snapshot to every sink."""
         self._sent = sent_bytes
         self._parts_done = parts_done
         self._meter.sample(self.clock(), sent_bytes)
-        self._emit(self.snapshot(Event.PROGRESS))
+        self._emit(self.snapshot(Event.PROGRESS, extra))
+
+    def file_event(self, event: Event, key: str, extra: dict[str, Any]) -> None:
+        """A directory run's per-file event (``file_completed``, ``file_failed``): the file's key, the run's
+        totals as they are now."""
+        self._emit(self.snapshot(event, extra, key=key))
 
     def set_status(self, status: Status) -> None:
         self.status = status

@@ -23,8 +23,9 @@ SHUTDOWN_JOIN_S = 2.0
 
 class Executors:
     def __init__(self, store: Store, workers: int, *, flag: CancelFlag | None = None,
-                 start_method: str | None = None) -> None:
-        self.config = WorkerConfig(store)  # a Boto3Store crosses to the workers as its config
+                 start_method: str | None = None, put_threads: int = 1) -> None:
+        # a Boto3Store crosses to the workers as its config
+        self.config = WorkerConfig(store, put_threads=put_threads)
         self.workers = workers
         self.flag = flag if flag is not None else CancelFlag()
         self.start_method = start_method

@@ -61,7 +61,7 @@ from .resume import AlreadyComplete, ResumeState, find_resume, verify_parts
 from .verify import Expected, ObjectAccess, Verdict, verify_object
 from .worker import PartJob, PartResult, PartTarget
 
-__all__ = ["ObjectUpload", "Phase", "COMPLETING"]
+__all__ = ["ObjectUpload", "Phase", "COMPLETING", "object_args", "checksum_algorithm"]
 
 log = logging.getLogger("mpupload")
 
@@ -91,6 +91,34 @@ def algorithm_or_none(name: str | None) -> Algorithm | None:
         return Algorithm(name) if name else None
     except ValueError:
         return None
+
+
+def object_args(o: UploadOptions, path: str) -> dict[str, Any]:
+    """The object's arguments (CreateMultipartUpload, PutObject) from the options and the file's name."""
+    args: dict[str, Any] = {}
+    content_type = o.content_type or mimetypes.guess_type(path)[0]
+    if content_type:
+        args["ContentType"] = content_type
+    if o.metadata:
+        args["Metadata"] = dict(o.metadata)
+    if o.storage_class:
+        args["StorageClass"] = o.storage_class
+    if o.sse:
+        args["ServerSideEncryption"] = o.sse
+    if o.sse_kms_key_id:
+        args["SSEKMSKeyId"] = o.sse_kms_key_id
+        args.setdefault("ServerSideEncryption", "aws:kms")
+    return args
+
+
+def checksum_algorithm(options: UploadOptions) -> Algorithm | None:
+    """The checksum header every part carries (``--checksum``; auto: CRC32C)."""
+    mode = options.checksum
+    if mode in (ChecksumMode.NONE, ChecksumMode.MD5):
+        return None
+    if mode is ChecksumMode.AUTO:
+        return Algorithm.CRC32C
+    return Algorithm(mode.value)
 
 
 class ObjectUpload:
@@ -160,29 +188,10 @@ class ObjectUpload:
         return max(0, self._executor.bytes_sent() - self._sent_base) if self._executor is not None else 0
 
     def _object_args(self) -> dict[str, Any]:
-        o = self.options
-        args: dict[str, Any] = {}
-        content_type = o.content_type or mimetypes.guess_type(self.source.path)[0]
-        if content_type:
-            args["ContentType"] = content_type
-        if o.metadata:
-            args["Metadata"] = dict(o.metadata)
-        if o.storage_class:
-            args["StorageClass"] = o.storage_class
-        if o.sse:
-            args["ServerSideEncryption"] = o.sse
-        if o.sse_kms_key_id:
-            args["SSEKMSKeyId"] = o.sse_kms_key_id
-            args.setdefault("ServerSideEncryption", "aws:kms")
-        return args
+        return object_args(self.options, self.source.path)
 
     def _algorithm(self) -> Algorithm | None:
-        mode = self.options.checksum
-        if mode in (ChecksumMode.NONE, ChecksumMode.MD5):
-            return None
-        if mode is ChecksumMode.AUTO:
-            return Algorithm.CRC32C
-        return Algorithm(mode.value)
+        return checksum_algorithm(self.options)
 
     def _traits(self, algorithm: Algorithm | None) -> StoreTraits:
         """What the store checks (:mod:`.probe`): asked once per process, store, bucket and encryption."""

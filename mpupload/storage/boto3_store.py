@@ -23,7 +23,9 @@ from .port import (
     Body,
     Checksum,
     CompletedPart,
+    ListedObject,
     ListedUpload,
+    ObjectsPage,
     PagePart,
     PartsPage,
     StoreBase,
@@ -199,6 +201,15 @@ class Boto3Store(StoreBase):
         next_marker = page.get("NextPartNumberMarker")
         return PartsPage(tuple(parts), bool(page.get("IsTruncated")), int(next_marker) if next_marker else None,
                          page.get("ChecksumAlgorithm"))
+
+    def list_objects_page(self, bucket: str, prefix: str, *, token: str | None = None) -> ObjectsPage:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if token is not None:
+            kwargs["ContinuationToken"] = token
+        page = self.client.list_objects_v2(**kwargs)
+        objects = tuple(ListedObject(str(o["Key"]), int(o.get("Size") or 0), str(o.get("ETag") or ""))
+                        for o in page.get("Contents") or [])
+        return ObjectsPage(objects, bool(page.get("IsTruncated")), page.get("NextContinuationToken") or None)
 
     def list_uploads_page(self, bucket: str, prefix: str, *, key_marker: str | None = None,
                           upload_id_marker: str | None = None) -> UploadsPage:

@@ -51,7 +51,9 @@ from .port import (
     Body,
     Checksum,
     CompletedPart,
+    ListedObject,
     ListedUpload,
+    ObjectsPage,
     PagePart,
     PartsPage,
     StoreBase,
@@ -153,6 +155,8 @@ class MemoryStore(StoreBase):
         self.md5_etags = md5_etags
         self.parts_page_size = parts_page_size
         self.uploads_page_size = uploads_page_size
+        #: ListObjectsV2's page size
+        self.objects_page_size = 1000
         self._endpoint_url = endpoint_url
         self.clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
         self.calls: Counter[str] = Counter()
@@ -465,6 +469,17 @@ class MemoryStore(StoreBase):
             truncated = len(numbers) > size
             algorithm = upload.algorithm.value.upper() if upload.algorithm else None
             return PartsPage(tuple(listed), truncated, page[-1] if truncated and page else None, algorithm)
+
+    def list_objects_page(self, bucket: str, prefix: str, *, token: str | None = None) -> ObjectsPage:
+        self._enter("ListObjectsV2", Bucket=bucket, Prefix=prefix, ContinuationToken=token)
+        with self._lock:
+            keys = sorted(k for k in self._bucket(bucket, "ListObjectsV2").objects
+                          if k.startswith(prefix) and (token is None or k > token))
+            page = keys[:self.objects_page_size]
+            truncated = len(keys) > len(page)
+            objects = self._bucket(bucket, "ListObjectsV2").objects
+            listed = tuple(ListedObject(k, len(objects[k].data), f'"{objects[k].etag}"') for k in page)
+            return ObjectsPage(listed, truncated, page[-1] if truncated else None)
 
     def list_uploads_page(self, bucket: str, prefix: str, *, key_marker: str | None = None,
                           upload_id_marker: str | None = None) -> UploadsPage:

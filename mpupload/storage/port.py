@@ -35,8 +35,8 @@ from ..plan import MAX_PARTS
 from .errors import is_gone
 
 __all__ = ["Store", "StoreBase", "Body", "Checksum", "CompletedPart", "ListedPart", "PagePart", "PartsPage",
-           "PartListing", "ListedUpload", "UploadsPage", "AbortOutcome", "ListingStuck", "ABORT_ROUNDS",
-           "LIST_PAGE_PARTS", "CHECKSUM_FIELDS", "as_utc"]
+           "PartListing", "ListedUpload", "UploadsPage", "ListedObject", "ObjectsPage", "AbortOutcome",
+           "ListingStuck", "ABORT_ROUNDS", "LIST_PAGE_PARTS", "CHECKSUM_FIELDS", "as_utc"]
 
 log = logging.getLogger("mpupload")
 
@@ -145,6 +145,22 @@ class UploadsPage:
     next_upload_id_marker: str | None
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    """An object as ListObjectsV2 lists it."""
+
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectsPage:
+    objects: tuple[ListedObject, ...]
+    truncated: bool
+    next_token: str | None
+
+
 class AbortOutcome(enum.Enum):
     #: this call aborted the upload and the store confirms it is gone
     ABORTED = "aborted"
@@ -246,7 +262,13 @@ class Store(Protocol):
         """One ListMultipartUploads request."""
         ...
 
+    def list_objects_page(self, bucket: str, prefix: str, *, token: str | None = None) -> ObjectsPage:
+        """One ListObjectsV2 request (up to 1000 objects whose key starts with ``prefix``, by key)."""
+        ...
+
     # -- written once, in StoreBase -----------------------------------------------------------------------------
+    def list_objects(self, bucket: str, prefix: str, *, max_pages: int | None = None) -> Iterator[ListedObject]: ...
+
     def list_parts(self, bucket: str, key: str, upload_id: str, *, algorithm: Algorithm | None = None,
                    max_pages: int | None = None) -> PartListing | None: ...
 
@@ -279,6 +301,28 @@ class StoreBase:
     def list_uploads_page(self, bucket: str, prefix: str, *, key_marker: str | None = None,
                           upload_id_marker: str | None = None) -> UploadsPage:
         raise NotImplementedError
+
+    def list_objects_page(self, bucket: str, prefix: str, *, token: str | None = None) -> ObjectsPage:
+        raise NotImplementedError
+
+    def list_objects(self, bucket: str, prefix: str, *, max_pages: int | None = None) -> Iterator[ListedObject]:
+        """Every object whose key starts with ``prefix``, page by page (ListObjectsV2). Raises :class:`ListingStuck`
+        when a truncated answer gives no new continuation token, or after ``max_pages`` pages."""
+        token: str | None = None
+        seen: set[str] = set()
+        pages = 0
+        while max_pages is None or pages < max_pages:
+            pages += 1
+            page = self.list_objects_page(bucket, prefix, token=token)
+            yield from page.objects
+            if not page.truncated:
+                return
+            if not page.next_token or page.next_token in seen:
+                break
+            seen.add(page.next_token)
+            token = page.next_token
+        raise ListingStuck(f"the store's list of s3://{bucket}/{prefix} did not end after {pages} page(s) (it keeps "
+                           "answering 'truncated')", pages=pages, bucket=bucket)
 
     def list_parts(self, bucket: str, key: str, upload_id: str, *, algorithm: Algorithm | None = None,
                    max_pages: int | None = None) -> PartListing | None:

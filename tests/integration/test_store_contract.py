@@ -132,3 +132,18 @@ def test_put_head_delete(store: tuple[Store, str]) -> None:
     with pytest.raises(Exception) as info:  # noqa: PT011
         s3.head_object(bucket, "o")
     assert error_code(info.value) == "404"
+
+
+def test_objects_are_listed_by_prefix_page_by_page(store: tuple[Store, str]) -> None:
+    s3, bucket = store
+    if isinstance(s3, MemoryStore):
+        s3.objects_page_size = 2  # several pages
+    names = ["p/a", "p/b", "p/c/d", "p/e f", "q/x"]
+    for name in names:
+        data = name.encode()
+        s3.put_object(bucket, name, data, content_length=len(data))
+    listed = list(s3.list_objects(bucket, "p/"))
+    assert [o.key for o in listed] == ["p/a", "p/b", "p/c/d", "p/e f"]
+    assert [o.size for o in listed] == [3, 3, 5, 5]
+    assert all(o.etag.strip('"') == _md5(o.key.encode()) for o in listed)
+    assert list(s3.list_objects(bucket, "none/")) == []

@@ -12,6 +12,7 @@ from mpupload.errors import (
     AuthError,
     BucketNotFound,
     Cancelled,
+    FilesFailed,
     IntegrityError,
     MpuploadError,
     ObjectExists,
@@ -38,6 +39,7 @@ TREE: list[tuple[type[MpuploadError], type[Exception], int, bool, bool, bool]] =
     (UploadGone, UploadFailed, 1, False, False, False),
     (IntegrityError, UploadFailed, 1, True, True, False),
     (WorkerCrashed, UploadFailed, 1, False, True, False),
+    (FilesFailed, UploadFailed, 1, False, True, False),
     (Cancelled, MpuploadError, 130, True, True, False),
 ]
 
