@@ -22,11 +22,11 @@ Filters (``--include GLOB`` / ``--exclude GLOB``, repeatable)
     ==========  ======================================================================================
 
     A pattern without ``/`` is matched against the file name (``*.jpg`` takes ``a/b/c.jpg``); a pattern with
-    ``/`` against the whole relative path (``train/*.jpg`` takes ``train/c.jpg``, not ``x/train/c.jpg``); a
-    leading ``/`` or ``./`` only anchors. A trailing ``/`` names a directory and matches every file below it, at any
-    depth when it has no other ``/`` (``--exclude .git/``), as in ``.gitignore``. Filters never stop the walk from
-    entering a directory, except one that such a directory pattern excludes with no ``--include`` after it (then
-    nothing below it can be taken).
+    ``/`` or ``**`` against the whole relative path (``train/*.jpg`` takes ``train/c.jpg``, not
+    ``x/train/c.jpg``), as in rsync; a leading ``/`` or ``./`` only anchors. A trailing ``/`` names a directory
+    and matches every file below it, at any depth when it has no other ``/`` (``--exclude .git/``), as in
+    ``.gitignore``. Filters never stop the walk from entering a directory, except one that such a directory
+    pattern (or ``dir/**``) excludes with no ``--include`` after it: then nothing below it can be taken.
 
 Symbolic links, special files, errors
     Links are followed; a link to a directory already on the current path (a loop) is skipped with a warning, and
@@ -130,7 +130,7 @@ def _compile(rule: FilterRule) -> _Compiled:
     body = body.rstrip("/")
     if not body:
         raise ValueError(f"the pattern {pattern!r} matches no file")
-    anywhere = not anchored and "/" not in body
+    anywhere = not anchored and "/" not in body and "**" not in body
     try:
         core = _translate(body)
         if is_dir:  # every file below a directory that matches; at any depth without another "/"
@@ -437,9 +437,12 @@ def _walk_source(root: str, takes: Callable[[str], bool] | None, prunes: Callabl
                         continue
                     raise
             else:
+                if kind == _DIR and prunes is not None and prunes(rel):
+                    continue
                 st = lstat(path)
         except OSError as exc:
-            yield TreeProblem(path, _show(rel), f"cannot stat {_show(path)}: {exc.strerror}")
+            shown = _show(rel) + ("/" if kind == _DIR else "")
+            yield TreeProblem(path, shown, f"cannot stat {_show(path)}: {exc.strerror}")
             continue
         mode = st.st_mode
         if S_ISREG(mode):
