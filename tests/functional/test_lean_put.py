@@ -6,9 +6,11 @@ after an error), and the worker's retries over it."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -204,10 +206,11 @@ def test_read_timeout_and_refused_connection(scripted: Callable[..., ScriptedSer
     with pytest.raises(ReadTimeoutError) as timed_out:
         _put(_store(server, monkeypatch, read_timeout_s=0.2))
     assert is_retryable(timed_out.value) and isinstance(classify(timed_out.value), E.StoreUnreachable)
-    closed = ScriptedServer()
-    closed.stop()
-    with pytest.raises(EndpointConnectionError) as refused:
-        _put(_store(closed, monkeypatch))
+    with socket.socket() as bound:  # bound, never listening: a connection to it is refused, and no other test
+        bound.bind(("127.0.0.1", 0))  # can take the port meanwhile
+        nobody = SimpleNamespace(url=f"http://127.0.0.1:{bound.getsockname()[1]}")
+        with pytest.raises(EndpointConnectionError) as refused:
+            _put(_store(nobody, monkeypatch))  # type: ignore[arg-type]
     assert is_retryable(refused.value) and isinstance(classify(refused.value), E.StoreUnreachable)
 
 
