@@ -224,11 +224,9 @@ def dataset_summary(snapshot: Snapshot, uploaded_bytes: int | None = None) -> li
         lines.append(f"  {entry.get('path') or entry.get('key')}: {_one_line(entry.get('error') or 'unknown error')}")
     if len(failed_files) > MAX_LISTED:
         lines.append(f"  … and {len(failed_files) - MAX_LISTED} more (all of them with --progress json)")
-    for warning in list(extra.get("warnings") or [])[:MAX_LISTED]:
-        lines.append(f"warning: {_one_line(warning)}")
     warnings = len(extra.get("warnings") or [])
-    if warnings > MAX_LISTED:
-        lines.append(f"… and {warnings - MAX_LISTED} more warnings (all of them with --progress json)")
+    if warnings:  # each was printed when it came (the final JSON event lists them all)
+        lines.append(f"{warnings} warning{'s' if warnings != 1 else ''} above")
     return lines
 
 
