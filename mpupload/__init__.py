@@ -1,7 +1,8 @@
 """mpupload — parallel, interruptible, verified S3 multipart uploads with honest live progress.
 
-The library surface is small: :func:`upload_file` with :class:`UploadOptions` and :class:`StoreConfig`
-in, :class:`UploadResult` out, errors from :mod:`mpupload.errors`.
+The library surface is small: :func:`upload_file` (one file) and :func:`upload_directory` (directories and
+files under a prefix, :class:`DatasetOptions`) with :class:`UploadOptions` and :class:`StoreConfig` in,
+:class:`UploadResult` / :class:`DatasetResult` out, errors from :mod:`mpupload.errors`.
 
 The public names are loaded on first use (PEP 562): ``import mpupload`` alone loads no engine, no boto3,
 no terminal UI, so ``mpupload --version``, the API server and the light modules stay cheap to start.
@@ -18,30 +19,36 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "upload_file", "UploadOptions", "UploadResult", "ChecksumMode", "StoreConfig",
+    "__version__", "upload_file", "upload_directory", "DatasetOptions", "DatasetResult", "UploadOptions",
+    "UploadResult", "ChecksumMode", "StoreConfig",
     "CancelToken", "Event", "Status", "Snapshot",
     "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",
-    "UploadFailed", "StoreUnreachable", "IntegrityError", "WorkerCrashed", "Cancelled",
+    "UploadFailed", "StoreUnreachable", "IntegrityError", "WorkerCrashed", "FilesFailed", "Cancelled",
 ]
 
 #: public name -> the module (relative to this package) that defines it
 _LAZY = {
     "upload_file": ".api",
+    "upload_directory": ".api",
+    **dict.fromkeys(("DatasetOptions", "DatasetResult"), ".engine.dataset"),
     "CancelToken": ".engine.cancel",
     **dict.fromkeys(("AuthError", "BucketNotFound", "Cancelled", "IntegrityError", "MpuploadError", "ObjectExists",
-                     "SourceChanged", "StoreUnreachable", "UploadFailed", "UsageError", "WorkerCrashed"), ".errors"),
+                     "SourceChanged", "StoreUnreachable", "UploadFailed", "UsageError", "WorkerCrashed", "FilesFailed"),
+                    ".errors"),
     **dict.fromkeys(("Event", "Snapshot", "Status"), ".wire"),
     **dict.fromkeys(("ChecksumMode", "UploadOptions", "UploadResult"), ".options"),
     "StoreConfig": ".storage",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time :func:`__getattr__` loads these
-    from .api import upload_file
+    from .api import upload_directory, upload_file
     from .engine.cancel import CancelToken
+    from .engine.dataset import DatasetOptions, DatasetResult
     from .errors import (
         AuthError,
         BucketNotFound,
         Cancelled,
+        FilesFailed,
         IntegrityError,
         MpuploadError,
         ObjectExists,

@@ -12,6 +12,7 @@ Input problems raise :class:`~mpupload.errors.UsageError` before anything is cre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -21,17 +22,19 @@ from . import errors as E
 from . import journal as journal_mod
 from .engine.aggregator import Aggregator, Sink
 from .engine.cancel import CancelToken
+from .engine.dataset import DatasetOptions, DatasetResult, DatasetUpload
 from .engine.executors import Executors
 from .engine.object_upload import ObjectUpload
 from .journal import JournalLock
 from .options import UploadOptions, UploadResult
-from .plan import PlanError, UploadPlan, plan_upload
+from .plan import DEFAULT_WORKERS, PlanError, UploadPlan, plan_upload
 from .source import Source
 from .storage import Store, StoreConfig
 from .storage.boto3_store import Boto3Store
 from .storage.config import effective_endpoint
 
-__all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan"]
+__all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan", "upload_directory",
+           "prepare_dataset", "PreparedDataset"]
 
 log = logging.getLogger("mpupload")
 
@@ -194,3 +197,127 @@ def upload_file(
     """
     prepared = prepare_upload(path, bucket, key, store=store, options=options, cancel=cancel)
     return prepared.run(sinks, upload_id=upload_id)
+
+
+class PreparedDataset:
+    """A directory run whose set-up is done (walked, planned, the journal read, the skips decided, the workers
+    started): :meth:`run` it with sinks, or :meth:`close` it unrun. The CLI registers the run with the API server
+    in between, from :attr:`files_total` and :attr:`bytes_total`."""
+
+    def __init__(self, upload: DatasetUpload, executors: Executors, token: CancelToken, owns_token: bool) -> None:
+        self._upload = upload
+        self._executors = executors
+        self._token = token
+        self._owns_token = owns_token
+        self._closed = False
+
+    @property
+    def files_total(self) -> int:
+        return self._upload.files_total
+
+    @property
+    def bytes_total(self) -> int:
+        return self._upload.bytes_total
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self._upload.sources)
+
+    def run(self, sinks: Sequence[Sink] = (), *, upload_id: str | None = None) -> DatasetResult:
+        d = self._upload
+        agg = Aggregator(bucket=d.bucket, key=d.prefix, total_bytes=d.bytes_total, parts_total=d.files_total,
+                         sinks=list(sinks))
+        agg.upload_id = upload_id
+        d.record_id = upload_id
+        try:
+            return d.run(agg)
+        finally:
+            agg.close()
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executors.shutdown()
+        self._upload.close()
+        if self._owns_token:
+            self._token.close()
+
+
+def prepare_dataset(
+    sources: Sequence[str],
+    bucket: str,
+    prefix: str,
+    *,
+    store: StoreConfig | Store | None = None,
+    options: UploadOptions | None = None,
+    dataset: DatasetOptions | None = None,
+    cancel: CancelToken | None = None,
+    before_store: Callable[[], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PreparedDataset:
+    """Check the sources (a :class:`UsageError` before anything else), call ``before_store`` (the CLI checks its
+    API token there), then start the workers, walk the sources and decide what is skipped."""
+    from .dataset_journal import dataset_journal_path
+    from .tree import check_sources
+
+    options = options or UploadOptions()
+    dataset = dataset or DatasetOptions()
+    if not bucket:
+        raise E.UsageError("a bucket is required: s3://BUCKET/PREFIX/")
+    if prefix and not prefix.endswith("/"):
+        raise E.UsageError(f"a directory (or several sources) goes under a prefix: end the destination with / "
+                           f"(s3://{bucket}/{prefix}/)")
+    if dataset.put_threads < 1 or dataset.put_threads > 64:
+        raise E.UsageError("--put-threads must be 1 to 64")
+    check_sources(sources)
+    if isinstance(store, StoreConfig) or store is None:
+        config = store or StoreConfig()
+        # every PutObject thread of a worker has a connection of its own
+        config = dataclasses.replace(config, max_pool_connections=max(config.max_pool_connections,
+                                                                      dataset.put_threads + 2))
+        store = config
+    if before_store is not None:
+        before_store()
+    token = cancel or CancelToken()
+    journal_path = None
+    if options.journal:  # the journal holds its own lock (a second run on it: exit 2) once it is opened
+        try:
+            journal_path = dataset_journal_path(sources, effective_endpoint(store.endpoint_url), bucket, prefix)
+        except OSError as exc:
+            log.warning("cannot use the state directory for the run's journal (%s): the run goes on; --resume will "
+                        "check every file against the store", exc.strerror or exc)
+    the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
+    workers = options.workers or DEFAULT_WORKERS
+    executors = Executors(the_store, workers, start_method=options.start_method, put_threads=dataset.put_threads)
+    token.link(executors.flag)
+    upload = DatasetUpload(sources, bucket, prefix, store=the_store, options=options, dataset=dataset, cancel=token,
+                           executors=executors, journal_path=journal_path, warn=warn)
+    prepared = PreparedDataset(upload, executors, token, owns_token=cancel is None)
+    try:
+        upload.prepare()
+    except BaseException:
+        prepared.close()
+        raise
+    return prepared
+
+
+def upload_directory(
+    sources: Sequence[str],
+    bucket: str,
+    prefix: str,
+    *,
+    store: StoreConfig | Store | None = None,
+    options: UploadOptions | None = None,
+    dataset: DatasetOptions | None = None,
+    sinks: Sequence[Sink] = (),
+    cancel: CancelToken | None = None,
+) -> DatasetResult:
+    """Upload directories (their contents, with their relative paths) and files under ``s3://bucket/prefix``.
+
+    Raises :class:`~mpupload.errors.FilesFailed` when some files failed (the others are on the store), and the
+    other :class:`~mpupload.errors.MpuploadError` subclasses as :func:`upload_file` does.
+    """
+    prepared = prepare_dataset(sources, bucket, prefix, store=store, options=options, dataset=dataset, cancel=cancel)
+    return prepared.run(sinks)

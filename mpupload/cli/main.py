@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 #: line of each, in the order ``mpupload --help`` lists them; ``tests/unit/test_cli_main.py`` checks that these
 #: lines are the ones the modules register
 COMMANDS: dict[str, dict[str, str]] = {
-    "upload": {"upload": "upload one file to S3"},
+    "upload": {"upload": "upload a file, or directories, to S3"},
     "demo": {"demo": "local API server + S3 server + a sample upload with the live bar and dashboard"},
     "cleanup": {"cleanup": "abort orphaned multipart uploads and remove stale resume journals"},
     "resumable": {"resumable": "list the resumable uploads recorded on this machine"},

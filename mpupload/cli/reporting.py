@@ -93,15 +93,18 @@ def check_reporting(args: argparse.Namespace) -> Reporting | None:
     return Reporting(target)
 
 
-def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: str, key: str, source: Source,
-                    plan: UploadPlan, record_id: str | None, options: UploadOptions,
-                    token: CancelToken) -> PushSink:
+def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: str, key: str, source: Source | None,
+                    plan: UploadPlan | None, record_id: str | None, options: UploadOptions,
+                    token: CancelToken, registration: dict[str, Any] | None = None) -> PushSink:
     """Register the upload (its final plan, after the resume decision) and return the sink that reports it.
 
     ``record_id`` is the record an interrupted run kept in its journal: ``--resume`` continues it.
+    ``registration`` is a directory run's body (else it is made from ``source`` and ``plan``).
     """
     target = reporting.target
-    registration = registration_body(source, bucket, key, plan)
+    if registration is None:
+        assert source is not None and plan is not None
+        registration = registration_body(source, bucket, key, plan)
     say = warn_line(args.quiet)
     warning = reporting.warning
     if warning is None:

@@ -1,4 +1,5 @@
-"""``mpupload upload SOURCE s3://BUCKET/KEY`` — one regular file, in parallel parts, verified."""
+"""``mpupload upload SOURCE... s3://BUCKET/KEY`` — one regular file in parallel parts, or directories and files under
+a PREFIX/ (their contents with their relative paths), verified."""
 
 # The engine, the sinks and the API client are imported by run(), not by this module: parsing the arguments
 # (and --help) stays cheap. This docstring is the command's --help description.
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ..sinks.push import PushSink
     from .reporting import Reporting
 
-__all__ = ["add_parser", "parse_s3_url", "run"]
+__all__ = ["add_parser", "parse_s3_url", "parse_s3_prefix", "run", "run_file", "is_dataset"]
 
 
 def parse_s3_url(url: str, source: str) -> tuple[str, str]:
@@ -68,10 +69,23 @@ def _workers(text: str) -> int:
     return value
 
 
+class _FilterAction(argparse.Action):
+    """``--include``/``--exclude`` in command-line order, as ``(include, glob)`` (the last matching rule wins)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        rules = list(getattr(namespace, self.dest, None) or [])
+        rules.append((option_string == "--include", str(values)))
+        setattr(namespace, self.dest, rules)
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("upload", help="upload one file to S3", description=__doc__)
-    p.add_argument("source", metavar="SOURCE", help="a regular file")
-    p.add_argument("destination", metavar="s3://BUCKET/KEY", help="KEY omitted or ending in / adds the file name")
+    p = sub.add_parser("upload", help="upload a file, or directories, to S3", description=__doc__)
+    p.add_argument("source", metavar="SOURCE", nargs="+",
+                   help="a regular file, or a directory (its contents go under PREFIX/ with their relative paths)")
+    p.add_argument("destination", metavar="s3://BUCKET/KEY",
+                   help="KEY omitted or ending in / adds the file name; a directory or several sources need a "
+                        "PREFIX ending in /")
     add_store_arguments(p)
     t = p.add_argument_group("transfer")
     t.add_argument("--workers", type=_workers, help=f"worker processes (1-{MAX_WORKERS}; default: automatic)")
@@ -93,6 +107,19 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
                    help="retry a request when no byte moves for this long (default: 10 s sending, 120 s for "
                         "the answer)")
+    d = p.add_argument_group("directories")
+    d.add_argument("--include", action=_FilterAction, dest="filters", metavar="GLOB",
+                   help="take the files whose relative path matches (repeatable; the last matching rule wins; * stays "
+                        "within a directory, ** crosses them; a pattern without / matches the file name)")
+    d.add_argument("--exclude", action=_FilterAction, dest="filters", metavar="GLOB",
+                   help="leave out the files whose relative path matches (repeatable; the last matching rule wins)")
+    d.add_argument("--no-follow-symlinks", action="store_true",
+                   help="skip symbolic links (default: follow them, loops detected)")
+    d.add_argument("--skip-existing", action="store_true",
+                   help="skip a file whose key holds an object of the same size and checksum")
+    d.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails")
+    d.add_argument("--put-threads", type=int, default=8, metavar="N",
+                   help="small files each worker sends at once (default 8)")
     o = p.add_argument_group("object")
     o.add_argument("--content-type", help="default: guessed from the file name")
     o.add_argument("--metadata", action="append", default=[], metavar="K=V", help="user metadata (repeatable)")
@@ -114,10 +141,12 @@ def add_parser(sub: Any) -> None:
 
 
 def resume_command(args: argparse.Namespace, argv: list[str]) -> str:
-    """The exact command that resumes this upload: the same arguments, an absolute source, ``--resume``."""
+    """The exact command that resumes this upload: the same arguments, absolute sources, ``--resume``."""
     words = list(argv)
-    if args.source in words:
-        words[words.index(args.source)] = os.path.abspath(args.source)
+    sources = args.source if isinstance(args.source, list) else [args.source]
+    for source in sources:
+        if source in words:
+            words[words.index(source)] = os.path.abspath(source)
     if "--resume" not in words:
         words.append("--resume")
     return shlex.join(["mpupload", *words])
@@ -165,7 +194,47 @@ def build_options(args: argparse.Namespace, bucket: str = "", key: str = "") -> 
     )
 
 
+DATASET_FLAGS = (("filters", "--include/--exclude"), ("no_follow_symlinks", "--no-follow-symlinks"),
+                 ("skip_existing", "--skip-existing"), ("fail_fast", "--fail-fast"))
+
+
+def is_dataset(args: argparse.Namespace) -> bool:
+    """A directory run: several sources, a directory, or a destination that is a PREFIX ending in /."""
+    sources = args.source
+    return len(sources) > 1 or os.path.isdir(sources[0]) or bool(
+        args.destination.startswith("s3://") and args.destination.endswith("/") and any(
+            getattr(args, flag, None) for flag, _ in DATASET_FLAGS))
+
+
+def parse_s3_prefix(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix/`` -> (bucket, prefix); the prefix is empty or ends in ``/``."""
+    if not url.startswith("s3://"):
+        raise E.UsageError(f"destination {url!r} is not an S3 URL: use s3://BUCKET/PREFIX/")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise E.UsageError(f"destination {url!r} has no bucket: use s3://BUCKET/PREFIX/")
+    if any(c.isspace() for c in bucket) or len(bucket) > 255:
+        raise E.UsageError(f"{bucket!r} is not a valid bucket name")
+    if prefix and not prefix.endswith("/"):
+        raise E.UsageError(f"a directory, or several sources, go under a PREFIX: end the destination with / "
+                           f"(s3://{bucket}/{prefix}/)")
+    return bucket, prefix
+
+
 def run(args: argparse.Namespace) -> int:
+    if is_dataset(args):
+        from .dataset import run_dataset
+
+        return run_dataset(args)
+    for flag, name in DATASET_FLAGS:
+        if getattr(args, flag, None):
+            raise E.UsageError(f"{name} is for directory uploads (a directory or several sources to s3://BUCKET/"
+                               "PREFIX/)")
+    args.source = args.source[0]
+    return run_file(args)
+
+
+def run_file(args: argparse.Namespace) -> int:
     from ..api import prepare_upload
     from ..sinks import make_sinks
     from .reporting import check_reporting, start_reporting

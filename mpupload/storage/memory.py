@@ -67,7 +67,7 @@ S3_MIN_PART_SIZE = 5 * MiB
 OPERATIONS = frozenset({
     "HeadBucket", "CreateBucket", "GetBucketLifecycleConfiguration", "HeadObject", "GetObject", "PutObject",
     "DeleteObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload",
-    "ListParts", "ListMultipartUploads",
+    "ListParts", "ListMultipartUploads", "ListObjectsV2",
 })
 _ALGORITHMS = {"CRC32C": Algorithm.CRC32C, "CRC32": Algorithm.CRC32, "SHA256": Algorithm.SHA256}
 

@@ -30,9 +30,10 @@ def test_top_level_surface() -> None:
 def test_lazy_names_are_the_defining_modules_objects() -> None:
     """Every public name resolves, to the very object its module defines, and is listed by dir()."""
     from mpupload import api, errors, options, storage, wire
-    from mpupload.engine import cancel
+    from mpupload.engine import cancel, dataset
 
-    homes = {"upload_file": api, "CancelToken": cancel, "Event": wire, "Status": wire, "Snapshot": wire,
+    homes = {"upload_file": api, "upload_directory": api, "DatasetOptions": dataset, "DatasetResult": dataset,
+             "CancelToken": cancel, "Event": wire, "Status": wire, "Snapshot": wire,
              "UploadOptions": options, "UploadResult": options, "ChecksumMode": options, "StoreConfig": storage}
     for name in mpupload.__all__:
         if name == "__version__":

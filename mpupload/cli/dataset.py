@@ -1,0 +1,100 @@
+"""``mpupload upload DIR... s3://BUCKET/PREFIX/`` — a directory run: many files, one bar, one record.
+
+The same order as a one-file upload: bad input first (exit 2), then the API token (exit 3), then the store; the
+run is registered with the API server once the walk has counted its files and bytes. Exit 0 when every file is
+on the store, 1 when some failed (the summary lists them), 130 on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .. import errors as E
+from ..engine.cancel import CancelToken
+from ..wire import Status
+from .errors import EXIT_OK
+from .options import build_store
+from .signals import cancel_on_signals
+from .upload import build_options, cleanup_command, parse_s3_prefix
+
+if TYPE_CHECKING:
+    from ..api import PreparedDataset
+    from ..sinks import Sink
+    from ..sinks.push import PushSink
+    from .reporting import Reporting
+
+__all__ = ["run_dataset"]
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    from ..api import prepare_dataset
+    from ..engine.dataset import DatasetOptions
+    from ..sinks import make_sinks
+    from ..tree import FilterRule, Filters
+    from .reporting import check_reporting, start_reporting, warn_line
+
+    sources: list[str] = list(args.source)
+    bucket, prefix = parse_s3_prefix(args.destination)
+    if args.no_overwrite:
+        raise E.UsageError("--no-overwrite is for one file; a directory run has --skip-existing")
+    options = build_options(args, bucket, prefix)
+    template = cleanup_command(args, bucket, "{key}") if bucket else None
+    options = dataclasses.replace(options, cleanup_command=None)
+    if args.put_threads < 1 or args.put_threads > 64:
+        raise E.UsageError("--put-threads must be 1 to 64")
+    dataset = DatasetOptions(
+        filters=Filters([FilterRule(include, glob) for include, glob in (args.filters or [])]),
+        follow_symlinks=not args.no_follow_symlinks, skip_existing=args.skip_existing, fail_fast=args.fail_fast,
+        put_threads=args.put_threads, cleanup_template=template)
+    store = build_store(args)
+    if args.stall_timeout is not None:
+        if args.stall_timeout <= 0:
+            raise E.UsageError("--stall-timeout must be a positive number of seconds")
+        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout,
+                                    connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
+    token = CancelToken()
+    push: PushSink | None = None
+    prepared: PreparedDataset | None = None
+    say = warn_line(args.quiet)
+    try:
+        with cancel_on_signals(token, quiet=args.quiet):
+            reporting: list[Reporting | None] = []
+            prepared = prepare_dataset(sources, bucket, prefix, store=store, options=options, dataset=dataset,
+                                       cancel=token, before_store=lambda: reporting.append(check_reporting(args)),
+                                       warn=say)
+            if reporting and reporting[0] is not None:
+                push = start_reporting(args, reporting[0], bucket=bucket, key=prefix, source=None, plan=None,
+                                       record_id=None, options=options, token=token,
+                                       registration=registration(prepared, bucket, prefix))
+            sinks: list[Sink] = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
+            if push is not None:
+                sinks.append(push)
+            try:
+                prepared.run(sinks, upload_id=push.record_id if push is not None else None)
+            except BaseException as exc:
+                if push is not None and not isinstance(exc, E.FilesFailed):
+                    stopped = isinstance(exc, (E.Cancelled, KeyboardInterrupt))
+                    push.fail(Status.STOPPED if stopped else Status.FAILED, None if stopped else str(exc))
+                raise
+    finally:
+        if prepared is not None:
+            prepared.close()
+        if push is not None:
+            push.finish()
+        token.close()
+    return EXIT_OK
+
+
+def registration(prepared: PreparedDataset, bucket: str, prefix: str) -> dict[str, object]:
+    """The body of ``POST /api/v1/uploads`` for a directory run (``files_total`` makes it a dataset record)."""
+    import socket
+
+    sources = prepared.sources
+    name = os.path.basename(sources[0].rstrip("/")) if len(sources) == 1 else f"{len(sources)} sources"
+    return {"filename": name or "/", "bucket": bucket, "key": prefix, "total_bytes": prepared.bytes_total,
+            "part_size": 0, "parts_total": prepared.files_total, "host": socket.gethostname(),
+            "files_total": prepared.files_total}
