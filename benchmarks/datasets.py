@@ -928,6 +928,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the trees are written")
     args = parser.parse_args(argv)
 
+    # SIGTERM unwinds like an exception, so the temporary trees (GiBs) are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.render:
         doc = json.loads(args.render.read_text())
         return publish(doc, args.readme, sys.stdout)
