@@ -34,14 +34,17 @@ run: venv
 	$(PY) -m mpupload demo
 
 # Every peer on a 1 GiB file (discard endpoint and moto); the fastest peers on a 4 GiB file (discard); every
-# peer on a 100 MiB file (discard: start-up cost). mpupload's peak RSS is recorded in every run.
-bench: venv
+# peer on a 100 MiB file (discard: start-up cost). mpupload's peak RSS is recorded in every run. Directory uploads:
+# every peer on three generated trees (discard: 3 runs; moto: 1) and the 100,000-file start-up check. rclone is a
+# Debian package: system-deps installs it.
+bench: venv system-deps
 	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/1gib.json
 	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd,awscrt,boto3-tuned \
 		--runs 3 --out benchmarks/results/4gib.json
 	$(PY) -m benchmarks.run --size 100MiB --servers discard --runs 5 --out benchmarks/results/100mib.json
 	$(PY) -m benchmarks.report benchmarks/results/1gib.json benchmarks/results/4gib.json \
 		benchmarks/results/100mib.json --readme README.md
+	$(PY) -m benchmarks.datasets --runs 3 --moto-runs 1 --out benchmarks/results/datasets.json --readme README.md
 	$(PY) -m benchmarks.startup --out benchmarks/results/startup.json
 	$(PY) -m benchmarks.bar_cost
 	$(PY) -m benchmarks.push --out benchmarks/results/push.json --readme benchmarks/README.md
@@ -49,8 +52,9 @@ bench: venv
 	$(PY) -m benchmarks.ingest --backend postgresql --replicas 2 --broker-url redis://127.0.0.1:6379/0 \
 		--generators 1 --out benchmarks/results/ingest-replicas.json
 
-bench-smoke: venv
+bench-smoke: venv system-deps
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json
+	$(PY) -m benchmarks.datasets --smoke --out artifacts/datasets-smoke.json
 
 lint: venv
 	$(PY) -m ruff check mpupload tests benchmarks

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs when they are missing (Ceph RADOS Gateway: one mon,
 # one OSD, one radosgw started by the tests themselves, no systemd; Chromium for the dashboard's browser
-# tests). Idempotent and quiet when satisfied.
+# tests; rclone, a peer of the directory benchmark, benchmarks/datasets.py). Idempotent and quiet when satisfied.
 set -euo pipefail
 need=()
 command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
@@ -11,6 +11,7 @@ command -v radosgw-admin >/dev/null 2>&1 || need+=(radosgw)
 command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
 command -v ceph-authtool >/dev/null 2>&1 || need+=(ceph-common)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v rclone >/dev/null 2>&1 || need+=(rclone)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
