@@ -73,7 +73,29 @@ def make_plan(size: int, options: UploadOptions) -> UploadPlan:
         raise E.UsageError(str(exc)) from None
 
 
-class PreparedUpload:
+class _Prepared:
+    """What a prepared run holds until it ends: its executors and the cancel token (closed when it owns it)."""
+
+    def __init__(self, executors: Executors, token: CancelToken, owns_token: bool) -> None:
+        self._executors = executors
+        self._token = token
+        self._owns_token = owns_token
+        self._closed = False
+
+    def _release(self) -> None:
+        """What the run holds besides its executors and token (a journal's lock)."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executors.shutdown()
+        self._release()
+        if self._owns_token:
+            self._token.close()
+
+
+class PreparedUpload(_Prepared):
     """An upload whose set-up is done, once: its input checked, its plan made, its workers started, and its resume
     decision taken against the store (which may change the plan). What is left is to run it, with sinks fed by an
     aggregator built from the final plan; :meth:`close` releases it unrun.
@@ -84,12 +106,9 @@ class PreparedUpload:
 
     def __init__(self, upload: ObjectUpload, executors: Executors, lock: JournalLock | None, token: CancelToken,
                  owns_token: bool) -> None:
+        super().__init__(executors, token, owns_token)
         self._upload = upload
-        self._executors = executors
         self._lock = lock
-        self._token = token
-        self._owns_token = owns_token
-        self._closed = False
 
     @property
     def source(self) -> Source:
@@ -116,15 +135,9 @@ class PreparedUpload:
             agg.close()
             self.close()
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._executors.shutdown()
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.release()
-        if self._owns_token:
-            self._token.close()
 
 
 def prepare_upload(
@@ -199,17 +212,14 @@ def upload_file(
     return prepared.run(sinks, upload_id=upload_id)
 
 
-class PreparedDataset:
+class PreparedDataset(_Prepared):
     """A directory run whose set-up is done (walked, planned, the journal read, the skips decided, the workers
     started): :meth:`run` it with sinks, or :meth:`close` it unrun. The CLI registers the run with the API server
     in between, from :attr:`files_total` and :attr:`bytes_total`."""
 
     def __init__(self, upload: DatasetUpload, executors: Executors, token: CancelToken, owns_token: bool) -> None:
+        super().__init__(executors, token, owns_token)
         self._upload = upload
-        self._executors = executors
-        self._token = token
-        self._owns_token = owns_token
-        self._closed = False
 
     @property
     def files_total(self) -> int:
@@ -235,14 +245,8 @@ class PreparedDataset:
             agg.close()
             self.close()
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._executors.shutdown()
+    def _release(self) -> None:
         self._upload.close()
-        if self._owns_token:
-            self._token.close()
 
 
 def prepare_dataset(

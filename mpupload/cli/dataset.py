@@ -17,9 +17,8 @@ from .. import errors as E
 from ..engine.cancel import CancelToken
 from ..wire import Status
 from .errors import EXIT_OK
-from .options import build_store
 from .signals import cancel_on_signals
-from .upload import build_options, cleanup_command, parse_s3_prefix
+from .upload import build_options, cleanup_command, parse_s3_prefix, upload_store
 
 if TYPE_CHECKING:
     from ..api import PreparedDataset
@@ -50,12 +49,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         filters=Filters([FilterRule(include, glob) for include, glob in (args.filters or [])]),
         follow_symlinks=not args.no_follow_symlinks, skip_existing=args.skip_existing, fail_fast=args.fail_fast,
         put_threads=args.put_threads, cleanup_template=template)
-    store = build_store(args)
-    if args.stall_timeout is not None:
-        if args.stall_timeout <= 0:
-            raise E.UsageError("--stall-timeout must be a positive number of seconds")
-        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout,
-                                    connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
+    store = upload_store(args)
     token = CancelToken()
     push: PushSink | None = None
     prepared: PreparedDataset | None = None

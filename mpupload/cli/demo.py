@@ -6,6 +6,11 @@ file and uploads it with ``mpupload upload`` — the live bar here, the live row
 serving the dashboard until Ctrl+C (or exits at once with ``--exit-after-upload``); everything it started is
 stopped by PID on the way out. Ctrl+C during the upload stops the upload (the dashboard shows STOPPED) and
 then the demo.
+
+With ``--dataset`` it makes a directory tree instead (a few hundred small files in nested directories with
+unicode and space-containing names, and two files of about 40 MiB) and uploads the directory with
+``mpupload upload DIR s3://demo/dataset/``: one total bar, a line per file in flight, one dataset record in the
+dashboard.
 """
 
 from __future__ import annotations
@@ -34,12 +39,24 @@ from .errors import EXIT_OK
 __all__ = ["add_parser", "run"]
 
 START_DEADLINE_S = 60.0
+#: the generated tree of ``--dataset``: small files spread over nested directories, plus two large files
+DATASET_SMALL_FILES = 300
+DATASET_LARGE_FILES = 2
+DATASET_LARGE_SIZE = 40 * MiB
+DATASET_PREFIX = "dataset/"
+#: directory and file names of the tree: nested, with unicode, spaces and a few scripts
+_DIRS = ("train", "val", "test")
+_SUBDIRS = ("chats", "café crème", "日本語", "données", "ελληνικά", "emoji 🚀")
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="local API server + S3 server + a sample upload with the live bar and dashboard",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="1GiB", help="sample file size (default 1GiB)")
+    p.add_argument("--dataset", action="store_true",
+                   help="upload a generated directory tree instead of one file (mpupload upload DIR s3://demo/dataset/)")
+    p.add_argument("--files", type=int, default=DATASET_SMALL_FILES,
+                   help=f"--dataset: how many small files (default {DATASET_SMALL_FILES})")
     p.add_argument("--part-size", default="16MiB")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--port", type=int, default=8000, help="the dashboard's port (default 8000, else a free one)")
@@ -113,6 +130,34 @@ def _make_sample(path: str, size: int) -> None:
             n = min(left, 4 * MiB)
             fh.write(os.urandom(n))
             left -= n
+
+
+def make_dataset(root: str, small_files: int = DATASET_SMALL_FILES, large_files: int = DATASET_LARGE_FILES,
+                 large_size: int = DATASET_LARGE_SIZE, seed: int = 13) -> tuple[int, int]:
+    """Write the demo's tree under ``root`` (made if missing): ``small_files`` files of 0..256 KiB spread over
+    nested directories with unicode and space-containing names, and ``large_files`` files of ``large_size``
+    bytes (multipart) under ``shards/``. Answers ``(files, bytes)``. The sizes are random but reproducible."""
+    import random
+
+    rng = random.Random(seed)
+    files = total = 0
+    for i in range(small_files):
+        top = _DIRS[i % len(_DIRS)]
+        sub = _SUBDIRS[(i // len(_DIRS)) % len(_SUBDIRS)]
+        folder = os.path.join(root, top, sub, f"batch {i // 50:02d}")
+        os.makedirs(folder, exist_ok=True)
+        size = 0 if i % 97 == 0 else rng.randint(1, 256 * 1024)
+        with open(os.path.join(folder, f"échantillon-{i:04d}.bin"), "wb") as fh:
+            fh.write(rng.randbytes(size))
+        files += 1
+        total += size
+    if large_files:
+        os.makedirs(os.path.join(root, "shards"), exist_ok=True)
+    for i in range(large_files):
+        _make_sample(os.path.join(root, "shards", f"shard-{i:02d}.bin"), large_size)
+        files += 1
+        total += large_size
+    return files, total
 
 
 def _say(message: str) -> None:
@@ -193,10 +238,18 @@ def run(args: argparse.Namespace) -> int:
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
         Boto3Store(StoreConfig(endpoint_url=s3_url, region="us-east-1")).create_bucket("demo")
         _say(f"dashboard {api_url}/  (user demo, password {password})")
-        sample = os.path.join(workdir, "sample.bin")
-        _make_sample(sample, size)
-        _say(f"S3 server (moto) at {s3_url}; uploading a {format_bytes(size)} sample to s3://demo/sample.bin")
-        cmd = [sys.executable, "-m", "mpupload", "upload", sample, "s3://demo/sample.bin", "--endpoint-url", s3_url,
+        if args.dataset:
+            tree = os.path.join(workdir, "dataset")
+            count, total = make_dataset(tree, small_files=max(0, args.files))
+            _say(f"S3 server (moto) at {s3_url}; uploading a tree of {count} files ({format_bytes(total)}) to "
+                 f"s3://demo/{DATASET_PREFIX}")
+            source, destination = tree + os.sep, f"s3://demo/{DATASET_PREFIX}"
+        else:
+            source = os.path.join(workdir, "sample.bin")
+            _make_sample(source, size)
+            _say(f"S3 server (moto) at {s3_url}; uploading a {format_bytes(size)} sample to s3://demo/sample.bin")
+            destination = "s3://demo/sample.bin"
+        cmd = [sys.executable, "-m", "mpupload", "upload", source, destination, "--endpoint-url", s3_url,
                "--part-size", str(part_size), "--progress", args.progress, "--api-url", api_url]
         if args.workers:
             cmd += ["--workers", str(args.workers)]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..api import PreparedUpload
     from ..sinks import Sink
     from ..sinks.push import PushSink
+    from ..storage import StoreConfig
     from .reporting import Reporting
 
 __all__ = ["add_parser", "parse_s3_url", "parse_s3_prefix", "run", "run_file", "is_dataset"]
@@ -221,6 +222,18 @@ def parse_s3_prefix(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def upload_store(args: argparse.Namespace) -> StoreConfig:
+    """The store's settings from the options, ``--stall-timeout`` applied."""
+    store = build_store(args)
+    if args.stall_timeout is not None:
+        if args.stall_timeout <= 0:
+            raise E.UsageError("--stall-timeout must be a positive number of seconds")
+        # urllib3 bounds a body send by the connect timeout and the wait for the answer by the read timeout
+        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout,
+                                    connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
+    return store
+
+
 def run(args: argparse.Namespace) -> int:
     if is_dataset(args):
         from .dataset import run_dataset
@@ -241,13 +254,7 @@ def run_file(args: argparse.Namespace) -> int:
 
     bucket, key = parse_s3_url(args.destination, args.source)
     options = build_options(args, bucket, key)
-    store = build_store(args)
-    if args.stall_timeout is not None:
-        if args.stall_timeout <= 0:
-            raise E.UsageError("--stall-timeout must be a positive number of seconds")
-        # urllib3 bounds a body send by the connect timeout and the wait for the answer by the read timeout
-        store = dataclasses.replace(store, read_timeout_s=args.stall_timeout,
-                                    connect_timeout_s=min(store.connect_timeout_s, args.stall_timeout))
+    store = upload_store(args)
     token = CancelToken()
     push: PushSink | None = None
     prepared: PreparedUpload | None = None

@@ -56,7 +56,7 @@ from .aggregator import TICK_S, Aggregator
 from .cancel import CancelToken
 from .executor import JobDone, WorkerBroken, WorkerLost
 from .executors import Executors
-from .object_upload import ObjectUpload, checksum_algorithm, object_args
+from .object_upload import ObjectUpload, check_bucket, checksum_algorithm, object_args
 from .probe import StoreTraits, integrity_plan, probe_store
 from .reader import digest_range
 from .verify import Expected, ObjectAccess, verify_object
@@ -245,7 +245,7 @@ class DatasetUpload:
         self._prepared = True
         self.store.connect()
         self.executors.for_parts()
-        self._check_bucket()
+        check_bucket(self.store, self.bucket)
         roots: dict[str, int] = {}
         self.plan = _Plan([])
         problems: list[TreeProblem] = []
@@ -282,22 +282,6 @@ class DatasetUpload:
         self._small = array("q", (i for i in candidates if self.plan.size[i] <= threshold))
         if self._small and self.options.checksum is not ChecksumMode.NONE:
             self._traits = self._probe(self.key_of(self._small[0]))
-
-    def _check_bucket(self) -> None:
-        """A missing bucket, missing credentials or an unreachable store end the run before the walk, not as one
-        failure per file. 403 says nothing (no s3:ListBucket): go ahead."""
-        try:
-            self.store.head_bucket(self.bucket)
-        except Exception as exc:  # noqa: BLE001
-            code = error_code(exc)
-            if code in ("403", "AccessDenied", "Forbidden"):
-                return
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise E.BucketNotFound(f"bucket {self.bucket!r} does not exist: create it first or check the name",
-                                       bucket=self.bucket) from exc
-            from ..storage.errors import classify
-
-            raise classify(exc, bucket=self.bucket, endpoint=self.store.endpoint_url) from exc
 
     def _open_journal(self) -> None:
         if self.journal_path is None:

@@ -61,7 +61,7 @@ from .resume import AlreadyComplete, ResumeState, find_resume, verify_parts
 from .verify import Expected, ObjectAccess, Verdict, verify_object
 from .worker import PartJob, PartResult, PartTarget
 
-__all__ = ["ObjectUpload", "Phase", "COMPLETING", "object_args", "checksum_algorithm"]
+__all__ = ["ObjectUpload", "Phase", "COMPLETING", "object_args", "checksum_algorithm", "check_bucket"]
 
 log = logging.getLogger("mpupload")
 
@@ -109,6 +109,21 @@ def object_args(o: UploadOptions, path: str) -> dict[str, Any]:
         args["SSEKMSKeyId"] = o.sse_kms_key_id
         args.setdefault("ServerSideEncryption", "aws:kms")
     return args
+
+
+def check_bucket(store: Store, bucket: str, key: str | None = None) -> None:
+    """Fail before the start on what the first request would only reveal later: a missing bucket, no credentials,
+    an unreachable store. 403 says nothing (no s3:ListBucket): go ahead."""
+    try:
+        store.head_bucket(bucket)
+    except Exception as exc:  # noqa: BLE001
+        code = error_code(exc)
+        if code in ("403", "AccessDenied", "Forbidden"):
+            return
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise E.BucketNotFound(f"bucket {bucket!r} does not exist: create it first or check the name",
+                                   bucket=bucket, key=key) from exc
+        raise classify(exc, bucket=bucket, key=key, endpoint=store.endpoint_url) from exc
 
 
 def checksum_algorithm(options: UploadOptions) -> Algorithm | None:
@@ -588,19 +603,7 @@ class ObjectUpload:
 
     # -- single PutObject ------------------------------------------------------------------------------------------
     def _check_bucket(self) -> None:
-        """Fail before the start line on what a single PutObject would only reveal at its end: a missing
-        bucket, no credentials, an unreachable store. 403 says nothing (no s3:ListBucket): go ahead."""
-        try:
-            self.store.head_bucket(self.bucket)
-        except Exception as exc:  # noqa: BLE001
-            code = error_code(exc)
-            if code in ("403", "AccessDenied", "Forbidden"):
-                return
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise E.BucketNotFound(
-                    f"bucket {self.bucket!r} does not exist: create it first or check the name",
-                    bucket=self.bucket, key=self.key) from exc
-            raise self._err(exc) from exc
+        check_bucket(self.store, self.bucket, self.key)
 
     def _single(self) -> UploadResult:
         """The body carries its checksum and ``Content-MD5``. The answer's ETag is compared with the MD5 when it can

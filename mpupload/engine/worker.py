@@ -6,9 +6,11 @@ sentinel that ends the worker). Every request goes through the :class:`~mpupload
 child, from its picklable config, as soon as the worker starts.
 
 Retries: botocore retries throttling and connection errors itself (rewinding the body, which takes back
-the bytes it counted); on top of that a part is retried here with exponential backoff and jitter up to
-``WorkerConfig.part_attempts`` times, for what botocore does not retry (a store that rejected the checksum
-of bytes corrupted in transit, an ETag that does not match the local MD5). Only what a retry can fix is
+the bytes it counted), except on the lean PutObject of small whole objects (:mod:`mpupload.storage.lean`),
+which has no retries of its own; on top of that a part is retried here with exponential backoff and jitter up
+to ``WorkerConfig.part_attempts`` times: every retryable failure of the lean path, and what botocore does not
+retry (a store that rejected the checksum of bytes corrupted in transit, an ETag that does not match the local
+MD5). Only what a retry can fix is
 retried (:func:`~mpupload.storage.errors.is_retryable`: by error code and HTTP status). An upload that is gone
 fails the part at once with :class:`~mpupload.errors.UploadGone`: said by the store (NoSuchUpload), or found out
 with one ListParts when a store answers a part of an aborted upload with a bare 5xx (moto does).

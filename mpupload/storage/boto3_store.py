@@ -6,15 +6,20 @@ boto3 client lazily, in the process that first uses it: it pickles as its config
 it through its pipe or spec and builds its own client (clients never cross a process boundary).
 
 Each method is one request with S3's parameters, passed through as botocore names them; errors are botocore's own,
-read by :mod:`mpupload.storage.errors`. Pagination and abort-and-confirm come from
-:class:`~mpupload.storage.port.StoreBase`.
+read by :mod:`mpupload.storage.errors`. One exception: a small whole object's PutObject takes the lean path
+(:mod:`.lean`: its own SigV4 request on a persistent connection, a fraction of botocore's CPU) when the client's
+configuration allows it; its error answers are :class:`~mpupload.storage.errors.StoreError`, its network
+failures botocore's exceptions. ``MPUPLOAD_LEAN_PUT=0`` sends every PutObject through botocore.
+
+Pagination and abort-and-confirm come from :class:`~mpupload.storage.port.StoreBase`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..checksums import Algorithm, boto_checksum_param
 from .config import StoreConfig
@@ -33,7 +38,12 @@ from .port import (
     as_utc,
 )
 
+if TYPE_CHECKING:
+    from .lean import LeanPut
+
 __all__ = ["Boto3Store"]
+
+log = logging.getLogger("mpupload")
 
 
 class Boto3Store(StoreBase):
@@ -46,6 +56,8 @@ class Boto3Store(StoreBase):
         self.config = config or StoreConfig()
         self._client: Any = None
         self._pid = os.getpid()
+        #: the lean PutObject over this process's client (``None``: not decided yet; ``False``: botocore only)
+        self._lean: LeanPut | Literal[False] | None = None
 
     @classmethod
     def over_client(cls, client: Any, config: StoreConfig | None = None) -> Boto3Store:
@@ -53,6 +65,7 @@ class Boto3Store(StoreBase):
         store = cls(config)
         store._client = client
         store._pid = -1  # never rebuilt: the fake is the client, in every process
+        store._lean = False  # a client built elsewhere may carry its own handlers: botocore sends everything
         return store
 
     # -- the client, per process ----------------------------------------------------------------------------------
@@ -63,7 +76,17 @@ class Boto3Store(StoreBase):
         if self._client is None or (self._pid != -1 and self._pid != os.getpid()):
             self._client = self.config.make_client()
             self._pid = os.getpid()
+            self._lean = None
         return self._client
+
+    def lean_put(self) -> LeanPut | None:
+        """The lean PutObject over this process's client (:mod:`.lean`), or ``None``: botocore sends them."""
+        client = self.client
+        if self._lean is None:
+            from .lean import LeanPut
+
+            self._lean = LeanPut.for_client(client) or False
+        return self._lean if self._lean is not False else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config}
@@ -72,6 +95,7 @@ class Boto3Store(StoreBase):
         self.config = state["config"]
         self._client = None
         self._pid = os.getpid()
+        self._lean = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Boto3Store) and other.config == self.config
@@ -127,6 +151,20 @@ class Boto3Store(StoreBase):
     def put_object(self, bucket: str, key: str, body: Any, *, content_length: int, checksum: Checksum | None = None,
                    content_md5: str | None = None, if_none_match: bool = False,
                    object_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """PutObject: a small whole object goes the lean way when it can (:mod:`.lean`), the rest through
+        botocore."""
+        lean = self.lean_put()
+        if lean is not None and lean.accepts(bucket, content_length, object_args):
+            from .lean import UseBotocore
+
+            try:
+                return lean.put(bucket, key, body, content_length=content_length, checksum=checksum,
+                                content_md5=content_md5, if_none_match=if_none_match, object_args=object_args)
+            except UseBotocore as exc:
+                log.debug("PutObject of s3://%s/%s goes through botocore: %s", bucket, key, exc)
+                lean.forget(bucket)
+                if hasattr(body, "seek"):
+                    body.seek(0)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key, "ContentLength": content_length,
                                   **(object_args or {})}
         if checksum is not None:

@@ -35,7 +35,15 @@ def _huge(tmp: Path) -> str:
 
 CASES: list[tuple[str, Callable[[Path, str], list[str]], int, str]] = [
     ("missing file", lambda t, b: [str(t / "nope.bin"), f"s3://{b}/k"], 2, "no such file"),
-    ("directory", lambda t, b: [str(t), f"s3://{b}/k"], 2, "is a directory"),
+    ("directory to a key", lambda t, b: [str(t), f"s3://{b}/k"], 2, "end the destination with /"),
+    ("several sources to a key", lambda t, b: [_file(t), _file(t), f"s3://{b}/k"], 2, "end the destination with /"),
+    ("a missing source among several", lambda t, b: [_file(t), str(t / "nope"), f"s3://{b}/p/"], 2,
+     "no such file or directory"),
+    ("a directory to a missing bucket", lambda t, b: [str(t), "s3://no-such-bucket-mpupload/p/"], 2,
+     "does not exist"),
+    ("a glob that matches nothing", lambda t, b: [str(t), f"s3://{b}/p/", "--include", "/"], 2, "--include"),
+    ("directory options for one file", lambda t, b: [_file(t), f"s3://{b}/k", "--skip-existing"], 2,
+     "for directory uploads"),
     ("not s3 url", lambda t, b: [_file(t), f"{b}/k"], 2, "not an S3 URL"),
     ("no bucket", lambda t, b: [_file(t), "s3:///k"], 2, "no bucket"),
     ("over 5 TiB", lambda t, b: [_huge(t), f"s3://{b}/k"], 2, "5 TiB"),

@@ -783,6 +783,9 @@ def test_fault_flags_on_the_command_line() -> None:
     assert (defaults.reset_part, defaults.reset_after, defaults.slowdown, defaults.stall_part) == (None, MiB, 0, None)
     assert (defaults.stall_seconds, defaults.truncate_response, defaults.delay_complete_response) == (3600, 0, None)
     assert not defaults.faults().any
-    for bad in (["--reset-part", "0"], ["--slowdown", "-1"], ["--delay-complete-response", "-1"]):
+    puts = _parse_args(["127.0.0.1", "9000", "--reset-part", "0", "--slowdown-puts", "2"])
+    assert (puts.reset_part, puts.slowdown_puts, puts.slowdown) == (0, 2, 0) and puts.faults().any
+    for bad in (["--reset-part", "-1"], ["--stall-part", "0"], ["--slowdown", "-1"], ["--slowdown-puts", "-1"],
+                ["--delay-complete-response", "-1"]):
         with pytest.raises(SystemExit):
             _parse_args(["127.0.0.1", "9000", *bad])

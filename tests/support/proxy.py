@@ -7,7 +7,9 @@ Command line (run from the repository root)::
         [--throttle-bps N]                                 # client->server at most N bytes/s per connection
         [--flip-part N [--flip-offset K]]                  # flip one bit in one request body, once
         [--reset-part N [--reset-after BYTES]]             # RST the first UploadPart of part N mid-body, once
+                                                           # (N = 0: the first PutObject)
         [--slowdown COUNT]                                 # answer 503 SlowDown to the first COUNT UploadParts
+        [--slowdown-puts COUNT]                            # ... and to the first COUNT PutObjects
         [--stall-part N [--stall-seconds S]]               # stop the first UploadPart of part N mid-body, once
         [--truncate-response COUNT]                        # cut the first COUNT answers to UploadParts
         [--delay-complete-response S]                      # hold each CompleteMultipartUpload answer S s
@@ -48,8 +50,9 @@ stall, truncate (a request taken by one is not counted by the next ones), delay.
   never sends the body), else after reading and dropping the whole body.  Then it half-closes and reads
   (and drops) what the client still sends for up to 5 s, so that the client reads the answer before the
   connection goes.
-* ``--reset-part N`` (``--reset-after BYTES``, default 1 MiB): the first UploadPart of part N with a
-  non-empty body: after BYTES bytes of its body (at most its length - 1) have been forwarded, both
+* ``--slowdown-puts COUNT``: the same for the first COUNT PutObjects (as ``--flip-part 0`` defines them).
+* ``--reset-part N`` (``--reset-after BYTES``, default 1 MiB): the first UploadPart of part N (N = 0: the first
+  PutObject) with a non-empty body: after BYTES bytes of its body (at most its length - 1) have been forwarded, both
   connections are closed with a RST (SO_LINGER 1, 0).  Once.
 * ``--stall-part N`` (``--stall-seconds S``, default 3600): the first UploadPart of part N with a non-empty
   body: after 1 MiB of its body (at most its length - 1) has been forwarded, nothing is forwarded and the
@@ -227,8 +230,8 @@ class OnceFault:
     """A fault for the first UploadPart of one part number that reaches the fault's point (reset, stall)."""
 
     def __init__(self, part: int | None) -> None:
-        if part is not None and part < 1:
-            raise ValueError("a part number is >= 1")
+        if part is not None and part < 0:
+            raise ValueError("a part number is >= 1 (0: a PutObject)")
         self.part = part
         self.armed = False  # a request in flight has claimed it
         self.done = False  # it has happened
@@ -256,12 +259,13 @@ class Faults:
         reset_part: int | None = None,
         reset_after: int = RESET_AFTER,
         slowdown: int = 0,
+        slowdown_puts: int = 0,
         stall_part: int | None = None,
         stall_seconds: float = STALL_SECONDS,
         truncate_response: int = 0,
         delay_complete_response: float | None = None,
     ) -> None:
-        if reset_after < 0 or slowdown < 0 or truncate_response < 0 or stall_seconds < 0:
+        if reset_after < 0 or slowdown < 0 or slowdown_puts < 0 or truncate_response < 0 or stall_seconds < 0:
             raise ValueError("fault counts, byte counts and durations must be >= 0")
         if delay_complete_response is not None and delay_complete_response < 0:
             raise ValueError("the Complete delay must be >= 0")
@@ -270,6 +274,7 @@ class Faults:
         self.stall = OnceFault(stall_part)
         self.stall_seconds = stall_seconds
         self.slowdown_left = slowdown
+        self.slowdown_puts_left = slowdown_puts
         self.truncate_left = truncate_response
         self.delay = delay_complete_response
 
@@ -279,6 +284,7 @@ class Faults:
             self.reset.part is not None
             or self.stall.part is not None
             or self.slowdown_left > 0
+            or self.slowdown_puts_left > 0
             or self.truncate_left > 0
             or self.delay is not None
         )
@@ -288,8 +294,13 @@ class Faults:
         """True when some fault needs to know which response answers which request."""
         return self.truncate_left > 0 or self.delay is not None
 
-    def take_slowdown(self) -> bool:
-        if self.slowdown_left <= 0:
+    def take_slowdown(self, kind: str = "upload_part") -> bool:
+        if kind == "put_object":
+            if self.slowdown_puts_left <= 0:
+                return False
+            self.slowdown_puts_left -= 1
+            return True
+        if kind != "upload_part" or self.slowdown_left <= 0:
             return False
         self.slowdown_left -= 1
         return True
@@ -361,10 +372,16 @@ class Exchange:
                 self.log.write(self.entry)
 
 
-def request_kind(method: str, query: dict[str, list[str]]) -> str:
-    """``upload_part``, ``complete`` (CompleteMultipartUpload) or ``""``."""
+def request_kind(method: str, query: dict[str, list[str]], path: str = "",
+                 headers: dict[str, str] | None = None) -> str:
+    """``upload_part``, ``put_object`` (path-style ``PUT /bucket/key``, no query but ``x-id``, not a copy),
+    ``complete`` (CompleteMultipartUpload) or ``""``."""
     if method == "PUT" and "partNumber" in query and "uploadId" in query:
         return "upload_part"
+    bucket, _, key = path.lstrip("/").partition("/")
+    if (method == "PUT" and not set(query) - {"x-id"} and bucket and key
+            and "x-amz-copy-source" not in (headers or {})):
+        return "put_object"
     if method == "POST" and "uploadId" in query and "uploads" not in query:
         return "complete"
     return ""
@@ -572,7 +589,7 @@ class RequestStream:
             "fault": None,
         }
         q = parse_qs(query, keep_blank_values=True)
-        kind = request_kind(method, q)
+        kind = request_kind(method, q, path, headers)
         has_body = chunked or bool(length)
         self.exchange = Exchange(method, entry, self.log, self.faults)
         self.request = entry
@@ -582,7 +599,7 @@ class RequestStream:
         self.fault_kind = None
         self.discard = False
         faults = self.faults
-        if kind == "upload_part" and faults.take_slowdown():
+        if faults.take_slowdown(kind):
             entry["fault"] = "slowdown"  # the head is not forwarded
             if has_body and headers.get("expect", "").lower() != "100-continue":
                 self.discard = True  # the client sends the body at once: take it all, then answer
@@ -594,8 +611,8 @@ class RequestStream:
             return
         if length:
             self.flip_at = self.flip.claim(method, path, q, headers, length)
-        if kind == "upload_part" and has_body:
-            number = _part_number(q)
+        if kind in ("upload_part", "put_object") and has_body:
+            number = _part_number(q) if kind == "upload_part" else 0
             for fault_kind, after in (("reset", faults.reset_after), ("stall", STALL_AFTER)):
                 if faults.once(fault_kind).claim(number):
                     self.fault_kind = fault_kind
@@ -862,6 +879,7 @@ class ProxyConfig:
     reset_part: int | None = None
     reset_after: int = RESET_AFTER
     slowdown: int = 0
+    slowdown_puts: int = 0
     stall_part: int | None = None
     stall_seconds: float = STALL_SECONDS
     truncate_response: int = 0
@@ -872,6 +890,7 @@ class ProxyConfig:
             reset_part=self.reset_part,
             reset_after=self.reset_after,
             slowdown=self.slowdown,
+            slowdown_puts=self.slowdown_puts,
             stall_part=self.stall_part,
             stall_seconds=self.stall_seconds,
             truncate_response=self.truncate_response,
@@ -1097,6 +1116,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     p.add_argument("--reset-part", type=int)
     p.add_argument("--reset-after", type=int, default=RESET_AFTER)
     p.add_argument("--slowdown", type=int, default=0)
+    p.add_argument("--slowdown-puts", type=int, default=0)
     p.add_argument("--stall-part", type=int)
     p.add_argument("--stall-seconds", type=float, default=STALL_SECONDS)
     p.add_argument("--truncate-response", type=int, default=0)
@@ -1108,10 +1128,11 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         p.error("--throttle-bps must be > 0")
     if (a.flip_part is not None and a.flip_part < 0) or a.flip_offset < 0:
         p.error("--flip-part and --flip-offset must be >= 0")
-    for name in ("reset_part", "stall_part"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("reset_after", "slowdown", "stall_seconds", "truncate_response"):
+    if a.reset_part is not None and a.reset_part < 0:
+        p.error("--reset-part must be >= 0")
+    if a.stall_part is not None and a.stall_part < 1:
+        p.error("--stall-part must be >= 1")
+    for name in ("reset_after", "slowdown", "slowdown_puts", "stall_seconds", "truncate_response"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if a.delay_complete_response is not None and a.delay_complete_response < 0:
@@ -1129,6 +1150,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         reset_part=a.reset_part,
         reset_after=a.reset_after,
         slowdown=a.slowdown,
+        slowdown_puts=a.slowdown_puts,
         stall_part=a.stall_part,
         stall_seconds=a.stall_seconds,
         truncate_response=a.truncate_response,
@@ -1242,6 +1264,7 @@ def start_proxy(
     reset_part: int | None = None,
     reset_after: int = RESET_AFTER,
     slowdown: int = 0,
+    slowdown_puts: int = 0,
     stall_part: int | None = None,
     stall_seconds: float = STALL_SECONDS,
     truncate_response: int = 0,
@@ -1278,6 +1301,8 @@ def start_proxy(
         cmd += ["--reset-part", str(reset_part), "--reset-after", str(reset_after)]
     if slowdown:
         cmd += ["--slowdown", str(slowdown)]
+    if slowdown_puts:
+        cmd += ["--slowdown-puts", str(slowdown_puts)]
     if stall_part is not None:
         cmd += ["--stall-part", str(stall_part), "--stall-seconds", repr(float(stall_seconds))]
     if truncate_response:
