@@ -1,7 +1,7 @@
 """The wire schema: every name and bound that crosses a process boundary, defined once.
 
 The CLI, the API client, the progress sinks and the API server import this module; it is stdlib only, so
-importing it loads nothing heavy. It holds five things, each documented here next to the code that builds it.
+importing it loads nothing heavy. It holds six things, each documented here next to the code that builds it.
 
 **1. :class:`Status`** — where an upload stands: ``pending uploading finalizing completed stopped failed``.
 The events' ``status``, the progress report's ``status`` and the server's record (stored as the value) are this
@@ -84,6 +84,10 @@ field                 type      required   bound
 ``etag``              text                 at most 1024 bytes
 ``error``             text                 at most 64 KiB: room for a store's whole error answer
 ``resume_command``    text                 at most 8192 bytes
+``files_total``       integer              0 .. 2^31 - 1 (a directory run; null while the walk counts)
+``files_done``        integer              0 .. 2^31 - 1; ``files_done + files_failed <= files_total``
+``files_failed``      integer              0 .. 2^31 - 1
+``files_skipped``     integer              0 .. 2^31 - 1, at most ``files_done`` (skipped files are done)
 ====================  ========  =========  ================================================================
 
 Every text is valid Unicode without NUL (PostgreSQL stores neither). The server also checks what does not
@@ -97,8 +101,32 @@ list of :data:`SAMPLE_FIELDS`). Units are the snapshot's; ``percent`` is compute
 at its next report), ``live`` (active and reported recently), ``version`` (rises with every change) and the
 ``*_at`` times (ISO-8601 UTC) are the server's own.
 
+A directory run's record adds :data:`FILES_FIELDS` (null for a one-file upload); for it ``parts_total`` follows
+``files_total``.
+
 **5. The registration** (:data:`REGISTRATION_FIELDS`): the body of ``POST /api/v1/uploads``, sent by the CLI
-before the upload starts.
+before the upload starts. A directory run adds :data:`REGISTRATION_DATASET_FIELDS`: ``files_total`` (0 ..
+2^31 - 1; present makes the record a dataset's: ``part_size`` may be 0 and ``parts_total`` is ``files_total``).
+
+**6. The files batch** (:data:`FILE_BATCH_FIELDS`): the body of ``POST /api/v1/uploads/{id}/files``,
+``{"files": [entry, ...]}`` with at most :data:`FILES_BATCH_MAX` entries and :data:`FILES_BATCH_MAX_BYTES` of
+JSON (more: 413), each entry a file of a
+directory run as it stands now. The server keeps one row per (upload, ``path``); the newest entry wins.
+
+================  ========  =========  ====================================================================
+field             type      required   bound
+================  ========  =========  ====================================================================
+``path``          text      yes        at most 1024 bytes (it is a part of the key, which S3 bounds so)
+``key``           text      yes        at most 1024 bytes
+``size``          integer   yes        0 .. 2^63 - 1 bytes
+``bytes_done``    integer   yes        0 .. ``size``
+``status``        text      yes        one of :class:`FileStatus`
+``error``         text                 at most 4096 bytes, or null
+================  ========  =========  ====================================================================
+
+The answer is ``{"accepted": n}``. GraphQL shows the list as ``Upload.files(status, first, after)``: pages of
+at most :data:`FILES_PAGE_MAX` ``UploadFile`` (:data:`GRAPHQL_UPLOAD_FILE_FIELDS`) in path order, the cursor
+opaque.
 """
 
 from __future__ import annotations
@@ -111,7 +139,10 @@ from typing import Any
 __all__ = ["Event", "Status", "FileStatus", "FileCounts", "FILES_FIELDS", "DATASET_EVENT_FIELDS", "FILE_ENTRY_FIELDS",
            "Snapshot", "utc_now_iso", "ACTIVE_STATUSES", "SNAPSHOT_FIELDS", "EVENT_FIELDS",
            "LEFT_BEHIND_FIELD", "ReportField", "REPORT_FIELDS", "REPORT_FIELD_NAMES", "INT64_MAX", "INT32_MAX",
-           "RECORD_FIELDS", "SAMPLE_FIELDS", "GRAPHQL_UPLOAD_FIELDS", "REGISTRATION_FIELDS", "camel"]
+           "RECORD_FIELDS", "SAMPLE_FIELDS", "GRAPHQL_UPLOAD_FIELDS", "REGISTRATION_FIELDS",
+           "REGISTRATION_DATASET_FIELDS", "FILE_BATCH_FIELDS", "FILE_BATCH_FIELD_NAMES", "FILES_BATCH_MAX",
+           "FILES_BATCH_MAX_BYTES",
+           "FILES_PAGE_MAX", "FILES_PAGE_DEFAULT", "GRAPHQL_UPLOAD_FILE_FIELDS", "camel"]
 
 #: the largest byte count or ``seq`` (a signed 64-bit ``BIGINT``)
 INT64_MAX = 2**63 - 1
@@ -279,6 +310,7 @@ REPORT_FIELDS: tuple[ReportField, ...] = (
     ReportField("etag", str, maximum=1024),
     ReportField("error", str, maximum=64 * 1024),
     ReportField("resume_command", str, maximum=8192),
+    *(ReportField(name, int, maximum=INT32_MAX) for name in FILES_FIELDS),
 )
 REPORT_FIELD_NAMES = tuple(f.name for f in REPORT_FIELDS)
 
@@ -286,11 +318,31 @@ REPORT_FIELD_NAMES = tuple(f.name for f in REPORT_FIELDS)
 RECORD_FIELDS = ("id", "filename", "bucket", "key", "host", "status", "total_bytes", "bytes_done", "percent",
                  "speed_bps", "avg_speed_bps", "eta_seconds", "elapsed_seconds", "part_size", "parts_done",
                  "parts_total", "seq", "checksum", "etag", "error", "resume_command", "resumable", "stop_requested",
-                 "live", "version", "created_at", "updated_at", "last_report_at")
+                 "live", "version", "created_at", "updated_at", "last_report_at", *FILES_FIELDS)
 #: one point of an upload's speed history (``history`` in REST and GraphQL)
 SAMPLE_FIELDS = ("at", "bytes_done", "speed_bps")
 #: the body of ``POST /api/v1/uploads`` (section 5 of the module docstring)
 REGISTRATION_FIELDS = ("filename", "bucket", "key", "total_bytes", "part_size", "parts_total", "host")
+#: what a directory run's registration adds (optional: present makes the record a dataset's)
+REGISTRATION_DATASET_FIELDS = ("files_total",)
+
+#: one entry of a files batch (section 6 of the module docstring), in the order the server checks them
+FILE_BATCH_FIELDS: tuple[ReportField, ...] = (
+    ReportField("path", str, required=True, maximum=1024),
+    ReportField("key", str, required=True, maximum=1024),
+    ReportField("size", int, required=True, maximum=INT64_MAX),
+    ReportField("bytes_done", int, required=True, maximum=INT64_MAX),
+    ReportField("status", str, required=True, maximum=64),
+    ReportField("error", str, maximum=4096),
+)
+FILE_BATCH_FIELD_NAMES = tuple(f.name for f in FILE_BATCH_FIELDS)
+#: the most entries one ``POST /api/v1/uploads/{id}/files`` may carry
+FILES_BATCH_MAX = 1000
+#: the most bytes its body may have (the sender splits a batch before it grows this big)
+FILES_BATCH_MAX_BYTES = 2 * 1024 * 1024
+#: the most files one page of GraphQL ``Upload.files`` may hold, and how many it holds when not told
+FILES_PAGE_MAX = 500
+FILES_PAGE_DEFAULT = 50
 
 
 def camel(name: str) -> str:
@@ -301,3 +353,5 @@ def camel(name: str) -> str:
 
 #: the fields of the GraphQL ``Upload`` type, ``history`` aside: every record field but ``seq`` (the CLI's counter)
 GRAPHQL_UPLOAD_FIELDS = tuple(camel(name) for name in RECORD_FIELDS if name != "seq")
+#: the fields of the GraphQL ``UploadFile`` type: a files batch entry, and when the server took it
+GRAPHQL_UPLOAD_FILE_FIELDS = (*(camel(name) for name in FILE_BATCH_FIELD_NAMES), "updatedAt")

@@ -20,7 +20,7 @@ import argparse
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from ..sinks.base import TERMINAL_LOCK
 from ..sinks.push import PushSink
 
 __all__ = ["CHECK_TIMEOUT", "SENDER_TIMEOUT", "STOP_REASON", "Reporting", "check_reporting", "start_reporting",
-           "warn_line"]
+           "warn_line", "registration_body", "dataset_registration_body"]
 
 #: (connect, read) seconds for the checks before the upload starts
 CHECK_TIMEOUT = (2.0, 3.0)
@@ -130,6 +130,18 @@ def registration_body(source: Source, bucket: str, key: str, plan: UploadPlan) -
         "host": socket.gethostname(),
     }
     return body
+
+
+def dataset_registration_body(sources: Sequence[str], bucket: str, prefix: str, files_total: int,
+                              total_bytes: int) -> dict[str, Any]:
+    """The body of ``POST /api/v1/uploads`` for a directory run (:data:`mpupload.wire.REGISTRATION_FIELDS` and
+    :data:`~mpupload.wire.REGISTRATION_DATASET_FIELDS`): one record for the whole run, named after its source
+    (``"N sources"`` for several), its key the PREFIX, its parts its files."""
+    name = os.path.basename(os.path.normpath(sources[0])) if len(sources) == 1 else f"{len(sources)} sources"
+    return {
+        "filename": name, "bucket": bucket, "key": prefix, "total_bytes": total_bytes, "part_size": 0,
+        "parts_total": files_total, "host": socket.gethostname(), "files_total": files_total,
+    }
 
 
 def _outage(exc: ApiError) -> str:

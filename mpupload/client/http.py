@@ -50,6 +50,13 @@ class ApiClient:
         return self._json(self._request("POST", f"/api/v1/uploads/{record_id}/progress", body=body,
                                         timeout=timeout))
 
+    def post_files(self, record_id: str, files: list[dict[str, Any]], timeout: Timeout | None = None
+                   ) -> dict[str, Any]:
+        """A directory run's files as they stand now (at most :data:`mpupload.wire.FILES_BATCH_MAX` entries of
+        :data:`mpupload.wire.FILE_BATCH_FIELDS`): ``{"accepted": n}``."""
+        return self._json(self._request("POST", f"/api/v1/uploads/{record_id}/files", body={"files": files},
+                                        timeout=timeout))
+
     def list_uploads(self) -> list[dict[str, Any]]:
         data = self._request("GET", "/api/v1/uploads").json()
         if not isinstance(data, list):

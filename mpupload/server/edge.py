@@ -3,7 +3,8 @@
 * **Host**: a request whose ``Host`` is not in ``--allowed-hosts`` gets 400 (a WebSocket is refused), so a
   DNS-rebinding page cannot talk to a server on loopback, and no answer ever echoes a foreign host.
 * **Body size**: at most :data:`AUTH_BODY_BYTES` for ``/api/v1/auth/*``, :data:`PROGRESS_BODY_BYTES` for
-  progress reports and :data:`RECORD_BODY_BYTES` for everything else. A ``Content-Length`` over the limit is
+  progress reports, :data:`FILES_BODY_BYTES` for a directory run's files batch and :data:`RECORD_BODY_BYTES`
+  for everything else. A ``Content-Length`` over the limit is
   answered 413 before a byte of the body is read; a chunked body is counted as it is read and answered 413
   when it goes over. Either way the connection is closed.
 * **Body time**: the whole body must arrive within ``body_timeout_s`` of the first read, else 408 and the
@@ -29,7 +30,10 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["EdgeMiddleware", "AUTH_BODY_BYTES", "RECORD_BODY_BYTES", "PROGRESS_BODY_BYTES", "LOOPBACK_HOSTS",
+from ..wire import FILES_BATCH_MAX_BYTES
+
+__all__ = ["EdgeMiddleware", "AUTH_BODY_BYTES", "RECORD_BODY_BYTES", "PROGRESS_BODY_BYTES", "FILES_BODY_BYTES",
+           "LOOPBACK_HOSTS",
            "body_limit", "client_address", "default_allowed_hosts", "host_allowed", "host_name", "http_protocol"]
 
 log = logging.getLogger(__name__)
@@ -37,10 +41,12 @@ log = logging.getLogger(__name__)
 AUTH_BODY_BYTES = 8 * 1024
 RECORD_BODY_BYTES = 64 * 1024
 PROGRESS_BODY_BYTES = 1024 * 1024  # what the progress endpoint has always allowed (see api.ingest)
+FILES_BODY_BYTES = FILES_BATCH_MAX_BYTES  # POST /api/v1/uploads/{id}/files: up to 1000 entries
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 _PROGRESS_PREFIX = "/api/v1/uploads/"
 _PROGRESS_SUFFIX = "/progress"
+_FILES_SUFFIX = "/files"
 _AUTH_PREFIX = "/api/v1/auth/"
 
 _COMMON_HEADERS = [
@@ -61,6 +67,8 @@ def body_limit(path: str) -> int:
     """The most bytes a request body to ``path`` may have."""
     if path.startswith(_PROGRESS_PREFIX) and path.endswith(_PROGRESS_SUFFIX):
         return PROGRESS_BODY_BYTES
+    if path.startswith(_PROGRESS_PREFIX) and path.endswith(_FILES_SUFFIX):
+        return FILES_BODY_BYTES
     if path.startswith(_AUTH_PREFIX):
         return AUTH_BODY_BYTES
     return RECORD_BODY_BYTES

@@ -5,6 +5,10 @@ Rules of a progress report:
 * ``seq`` must rise: a report whose ``seq`` is not above the last accepted one is ignored (not an error),
   so late or duplicated reports never move a record backwards.
 * ``bytes_done`` is between 0 and ``total_bytes``; ``status`` is one of :class:`mpupload.wire.Status`.
+* A directory run's counts: ``files_done + files_failed`` is at most ``files_total`` (the report's, else the
+  record's), and ``files_skipped`` at most ``files_done``. A dataset record's ``parts_total`` follows the
+  ``files_total`` its reports carry (the walk may still be counting at registration), and its ``parts_done``
+  is bounded by that check instead of the one on parts.
 * The report's fields, JSON types and bounds are :data:`mpupload.wire.REPORT_FIELDS`; other fields of the
   snapshot are ignored. The record sent back is :data:`mpupload.wire.RECORD_FIELDS` (:func:`upload_dict`).
 * Transitions follow :data:`ALLOWED`; a resumed upload may go from stopped or failed back to uploading.
@@ -120,6 +124,8 @@ class NewUpload:
     part_size: int = 0
     parts_total: int = 0
     host: str = ""
+    #: a directory run (:data:`mpupload.wire.REGISTRATION_DATASET_FIELDS`): present makes the record a dataset's
+    files_total: int | None = None
 
     def __post_init__(self) -> None:
         """The limits of :mod:`.limits` (:class:`~.limits.InputError`, answered 422)."""
@@ -130,6 +136,11 @@ class NewUpload:
         for name in ("total_bytes", "part_size"):
             check_int(name, getattr(self, name))
         check_int("parts_total", self.parts_total, INT32_MAX)
+        if self.files_total is not None:
+            check_int("files_total", self.files_total, INT32_MAX)
+            if self.parts_total not in (0, self.files_total):
+                raise InputError(f"parts_total of a directory run is its files_total ({self.files_total}), got "
+                                 f"{self.parts_total}")
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,10 @@ class ProgressReport:
     etag: str | None = None
     error: str | None = None
     resume_command: str | None = None
+    files_total: int | None = None
+    files_done: int | None = None
+    files_failed: int | None = None
+    files_skipped: int | None = None
 
     def __post_init__(self) -> None:
         """The bounds of :data:`mpupload.wire.REPORT_FIELDS`: 64-bit counts, 32-bit part counts, finite numbers,
@@ -248,6 +263,8 @@ def upload_dict(upload: Upload, live_after_s: float) -> dict[str, Any]:
         "stop_requested": upload.stop_requested, "live": is_live(upload, live_after_s), "version": upload.version,
         "created_at": _iso(upload.created_at), "updated_at": _iso(upload.updated_at),
         "last_report_at": _iso(upload.last_report_at),
+        "files_total": upload.files_total, "files_done": upload.files_done, "files_failed": upload.files_failed,
+        "files_skipped": upload.files_skipped,
     }
 
 
@@ -274,11 +291,15 @@ async def create_upload(session: AsyncSession, user: User, new: NewUpload, max_u
                                 f"(MPUPLOAD_MAX_UPLOADS_PER_USER={max_uploads}): no new record was created",
                                 status_code=409)
     now = utcnow()
+    dataset = new.files_total is not None
+    counts = 0 if dataset else None
     upload = Upload(
         id=new_upload_id(), owner_id=user.id, filename=new.filename, bucket=new.bucket, key=new.key,
         host=new.host, status=S.PENDING, total_bytes=new.total_bytes, bytes_done=0, part_size=new.part_size,
-        parts_total=new.parts_total, parts_done=0, speed_bps=0.0, avg_speed_bps=0.0, eta_seconds=None,
-        elapsed_seconds=0.0, seq=None, stop_requested=False, version=1, created_at=now, updated_at=now)
+        parts_total=new.files_total if dataset else new.parts_total, parts_done=0, speed_bps=0.0,
+        avg_speed_bps=0.0, eta_seconds=None, elapsed_seconds=0.0, seq=None, stop_requested=False, version=1,
+        created_at=now, updated_at=now, files_total=new.files_total, files_done=counts, files_failed=counts,
+        files_skipped=counts)
     session.add(upload)
     await session.commit()
     return upload
@@ -330,6 +351,24 @@ def _validate_values(report: ProgressReport) -> None:
         value = getattr(report, name)
         if value is not None and value < 0:
             raise ProgressError(f"{name} must not be negative, got {value}")
+    if report.files_total is not None:
+        _check_files_sum(report, report.files_total, "files_total")
+    if report.files_skipped is not None and report.files_skipped > (report.files_done or 0):
+        raise ProgressError(f"files_skipped {report.files_skipped} exceeds files_done {report.files_done or 0}: "
+                            "skipped files are counted among the done ones")
+
+
+def _files_sum(report: ProgressReport) -> int | None:
+    """``files_done + files_failed`` of a report that carries either, else ``None``."""
+    if report.files_done is None and report.files_failed is None:
+        return None
+    return (report.files_done or 0) + (report.files_failed or 0)
+
+
+def _check_files_sum(report: ProgressReport, total: int, what: str) -> None:
+    done = _files_sum(report)
+    if done is not None and done > total:
+        raise ProgressError(f"files_done + files_failed ({done}) exceeds {what} ({total})")
 
 
 def _validate(upload: Upload, report: ProgressReport) -> UploadStatus:
@@ -337,8 +376,11 @@ def _validate(upload: Upload, report: ProgressReport) -> UploadStatus:
     _validate_values(report)
     if report.bytes_done > upload.total_bytes:
         raise ProgressError(f"bytes_done {report.bytes_done} exceeds total_bytes {upload.total_bytes}")
-    if report.parts_done is not None and report.parts_done > upload.parts_total > 0:
-        raise ProgressError(f"parts_done {report.parts_done} exceeds parts_total {upload.parts_total}")
+    if upload.files_total is None:
+        if report.parts_done is not None and report.parts_done > upload.parts_total > 0:
+            raise ProgressError(f"parts_done {report.parts_done} exceeds parts_total {upload.parts_total}")
+    elif report.files_total is None:
+        _check_files_sum(report, upload.files_total, "the record's files_total")
     return status
 
 
@@ -361,6 +403,8 @@ async def apply_progress(session: AsyncSession, user: User, upload_id: str, repo
         if value is not None:
             setattr(upload, name, value)
     upload.eta_seconds = report.eta_seconds
+    if upload.files_total is not None and report.files_total is not None:
+        upload.parts_total = report.files_total  # a dataset's parts are its files
     upload.version += 1
     upload.updated_at = upload.last_report_at = now
     await session.flush()
@@ -388,6 +432,8 @@ def _ingest_statements() -> tuple[Any, Any, Any]:
              .scalar_subquery())
     keep = {name: func.coalesce(bindparam(f"r_{name}", type_=t.c[name].type), t.c[name]) for name in _REPORTED}
     resume = and_(t.c.status.in_((S.STOPPED, S.FAILED)), bindparam("r_active", type_=Boolean()))
+    r_files_total = bindparam("r_files_total", type_=Integer())
+    r_files_sum = bindparam("r_files_sum", type_=Integer())
     update_stmt = (
         update(t)
         .where(t.c.id == bindparam("upload_id"), t.c.owner_id == owner,
@@ -395,13 +441,20 @@ def _ingest_statements() -> tuple[Any, Any, Any]:
                t.c.status.in_(bindparam("sources", expanding=True)),
                t.c.total_bytes >= bindparam("r_bytes_done"),
                or_(bindparam("r_parts_done", type_=Integer()).is_(None), t.c.parts_total == 0,
-                   t.c.parts_total >= bindparam("r_parts_done", type_=Integer())))
+                   t.c.files_total.is_not(None),  # a dataset's parts are its files: checked below
+                   t.c.parts_total >= bindparam("r_parts_done", type_=Integer())),
+               # a directory run's counts within the record's total when the report carries none
+               or_(r_files_total.is_not(None), r_files_sum.is_(None), t.c.files_total.is_(None),
+                   t.c.files_total >= r_files_sum))
         .values(status=bindparam("r_status", type_=t.c.status.type), seq=bindparam("r_seq"),
                 bytes_done=bindparam("r_bytes_done"), eta_seconds=bindparam("r_eta_seconds", type_=Float()),
                 version=t.c.version + 1, updated_at=bindparam("now"), last_report_at=bindparam("now"),
                 # the stop happened, or this is a fresh resume (see apply_progress)
                 stop_requested=case((or_(bindparam("r_stopped", type_=Boolean()), resume), false()),
                                     else_=t.c.stop_requested),
+                # a dataset's parts are its files (see apply_progress)
+                parts_total=case((and_(t.c.files_total.is_not(None), r_files_total.is_not(None)), r_files_total),
+                                 else_=t.c.parts_total),
                 **keep)
         .returning(*t.c))
     insert_stmt = insert(samples).values(upload_id=bindparam("upload_id"), at=bindparam("now"),
@@ -479,7 +532,7 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], writer: ProgressWri
         "token_hash": hash_token(token), "now": utcnow(), "upload_id": upload_id, "r_seq": report.seq,
         "sources": _SOURCES[status], "r_status": status, "keep": history_limit,
         "r_bytes_done": report.bytes_done, "r_parts_done": report.parts_done, "r_eta_seconds": report.eta_seconds,
-        "r_stopped": status is S.STOPPED, "r_active": status in ACTIVE,
+        "r_stopped": status is S.STOPPED, "r_active": status in ACTIVE, "r_files_sum": _files_sum(report),
         **{f"r_{name}": getattr(report, name) for name in _REPORTED},
     }
     row = await writer.write(params)

@@ -25,6 +25,20 @@ How it works::
   in half that time (by the last round trip), the final report replaces them. When the server has not
   answered since the outage reported at the start, it waits only :data:`OUTAGE_FINAL_WAIT_S` and says
   nothing more: the user was told already.
+
+**A directory run.** Its reports carry the run's ``files_*`` counts (from ``Snapshot.files``) and stay one
+small snapshot: the per-file lists of its events (``in_flight``, ``failed_files``, ...) are left out. The files
+themselves travel apart, through ``POST /api/v1/uploads/{id}/files``:
+
+* ``file_completed`` and ``file_failed`` events (no report of their own) and the ``in_flight`` files of each
+  progress snapshot go into a bounded map, path -> newest entry (:class:`.file_list.PendingFiles`: at most
+  ``pending_files_max`` entries; failed files are kept first, and what had to go is counted);
+* after each delivered report the sender posts up to ``files_batches_per_report`` batches of at most 1000
+  entries (:data:`FILE_BATCHES_PER_REPORT`), failed files first; a batch that gets no answer goes back into
+  the map and is retried after a backoff, one the server refuses (409, 413, 422) is dropped and counted;
+* at :meth:`PushSink.finish`, once the final report is delivered, the rest is sent within ``files_flush_s``
+  (:data:`FILES_FLUSH_S`); if some could not be, or were dropped on the way, one warning line says how many
+  file states the server's list misses and why (unless another line already said that reporting failed).
 """
 
 from __future__ import annotations
@@ -34,14 +48,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..client.errors import ApiAuthError, ApiError, ApiNotFound, ApiRefused
-from ..wire import Event, Snapshot, Status
+from ..wire import DATASET_EVENT_FIELDS, Event, Snapshot, Status
 from .base import Sink
+from .file_list import PENDING_FILES_MAX, PendingFiles, entries_of
 
-__all__ = ["BUFFER_MAX", "FINAL_WAIT_S", "REPORT_INTERVAL_S", "PushSink", "Report", "ReportBuffer", "SeqClock",
-           "Transport", "backoff_delay"]
+__all__ = ["BUFFER_MAX", "FINAL_WAIT_S", "FILES_FLUSH_S", "FILE_BATCHES_PER_REPORT", "REPORT_INTERVAL_S",
+           "PushSink", "Report", "ReportBuffer", "SeqClock", "Transport", "backoff_delay", "report_body"]
 
 REPORT_INTERVAL_S = 2.0
 #: how long ``close()`` waits for the final report
@@ -54,6 +69,13 @@ CLOSING_BACKOFF_MAX_S = 0.5
 #: the wait at close when the server has not answered since the outage was reported at the start
 OUTAGE_FINAL_WAIT_S = 1.0
 FINAL_EVENTS = (Event.COMPLETED, Event.STOPPED, Event.FAILED)
+FILE_EVENTS = (Event.FILE_COMPLETED, Event.FILE_FAILED)
+#: files batches sent after each report (8,000 files per 2 s interval: faster than a run finishes files)
+FILE_BATCHES_PER_REPORT = 8
+#: how long ``finish()`` goes on sending the file list once the final report is delivered
+FILES_FLUSH_S = 5.0
+#: what a directory run's events carry besides the counts, per file: sent through the files route, not reported
+_PER_FILE_EXTRAS = frozenset(name for names in DATASET_EVENT_FIELDS.values() for name in names)
 
 
 class Transport(Protocol):
@@ -62,6 +84,8 @@ class Transport(Protocol):
     def create_upload(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def report(self, record_id: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def post_files(self, record_id: str, files: list[dict[str, Any]]) -> dict[str, Any]: ...
 
 
 class SeqClock:
@@ -148,8 +172,12 @@ def report_body(snapshot: Snapshot, seq: int) -> dict[str, Any]:
     """The progress report for one snapshot: the snapshot's fields plus ``seq`` (extra fields are ignored).
 
     Its ``parts_total`` is the registration's: the upload is registered from the final plan, after the resume
-    decision, and the aggregator is built from the same plan."""
+    decision, and the aggregator is built from the same plan. A directory run's per-file lists are left out
+    (they go through the files route), so a report stays small however many files failed."""
     body = snapshot.to_dict()
+    if snapshot.files is not None:
+        for name in _PER_FILE_EXTRAS.intersection(body):
+            del body[name]
     body["seq"] = seq
     return body
 
@@ -172,6 +200,9 @@ class PushSink(Sink):
         outage_reported: bool = False,
         clock: Callable[[], float] = time.monotonic,
         seq: SeqClock | None = None,
+        pending_files_max: int = PENDING_FILES_MAX,
+        files_batches_per_report: int = FILE_BATCHES_PER_REPORT,
+        files_flush_s: float = FILES_FLUSH_S,
     ) -> None:
         self._transport = transport
         self.record_id = record_id
@@ -205,6 +236,19 @@ class PushSink(Sink):
         self.final_delivered = False
         self.stop_requested = False
         self.accepted = 0
+        # a directory run's file list (see the module docstring)
+        self._files = PendingFiles(pending_files_max)
+        self._files_batches = files_batches_per_report
+        self._files_flush_s = files_flush_s
+        self._files_busy = False
+        self._files_retry_at = 0.0
+        self._files_attempts = 0
+        #: why the file list is not sent any more (the server has no files route, or an unexpected error)
+        self._files_off: str | None = None
+        #: entries of batches the server refused, and its last reason
+        self._files_refused = 0
+        self._files_error: str | None = None
+        self.files_sent = 0
         self._thread = threading.Thread(target=self._run, name="mpupload-push", daemon=True)
         self._thread.start()
 
@@ -214,6 +258,11 @@ class PushSink(Sink):
         with self._cond:
             if self._disabled or self.final_seen:
                 return
+            if snapshot.files is not None and self._files_off is None:
+                for entry in entries_of(snapshot):
+                    self._files.put(entry)
+            if snapshot.event in FILE_EVENTS:
+                return  # a file's state goes with the file list; the counts with the next report
             seq = self._seq.next()
             report = Report(seq, snapshot.status, report_body(snapshot, seq), final=final,
                             urgent=final or snapshot.event is Event.STARTED or snapshot.status is not self._last_status)
@@ -267,11 +316,47 @@ class PushSink(Sink):
             lost = self._buffer.has_final() and not self.final_delivered
             last = self._buffer.last()
             status = last.status.value if lost and last is not None else None
+            if not lost:
+                self._flush_files()
+            files_line = self._files_line()
             self._stopped = True
             self._cond.notify_all()
         if lost and not self._said_once and not self._outage_reported:
             self._say_once(f"the {status or 'final'} status could not be reported to {self._api_url}"
                            f" ({self._last_error or 'no answer'}); the record there is out of date")
+        if files_line and not self._said_once and not self._outage_reported:
+            self._say_once(files_line)
+
+    def _flush_files(self) -> None:
+        """(Under the lock, closing) let the sender send the rest of the file list, for ``files_flush_s`` at most."""
+        deadline = self._clock() + self._files_flush_s
+        self._files_retry_at = 0.0
+        self._cond.notify_all()
+        while ((len(self._files) or self._files_busy) and self._files_off is None and not self._disabled
+               and self.record_id is not None and self._thread.is_alive()):
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            self._cond.wait(min(left, 0.1))
+
+    def _files_line(self) -> str | None:
+        """(Under the lock) the warning when the server's file list misses file states; ``None`` when whole."""
+        left = len(self._files)
+        dropped = sum(self._files.dropped.values())
+        if not (left or dropped or self._files_refused):
+            return None
+        parts = []
+        if left:
+            parts.append(f"{left} not sent when the run ended ({self._files_off or self._files_error or 'no answer'})")
+        if dropped:
+            kinds = ", ".join(f"{n} {status}" for status, n in sorted(self._files.dropped.items()))
+            parts.append(f"{dropped} dropped while the server did not take them ({kinds}; the sink holds at most "
+                         f"{self._files.limit})")
+        if self._files_refused:
+            parts.append(f"{self._files_refused} refused by the server ({self._files_error})")
+        total = left + dropped + self._files_refused
+        return (f"the file list of this upload on {self._api_url} misses {total} file states: "
+                + "; ".join(parts))
 
     @property
     def disabled(self) -> bool:
@@ -286,8 +371,12 @@ class PushSink(Sink):
             except Exception:  # noqa: BLE001 - a broken stderr must not break the sender
                 pass
 
-    def _next(self) -> Report | None:
-        """Wait (under the lock) for the next report that is due; ``None`` when it is time to stop."""
+    def _files_due(self) -> bool:
+        return bool(len(self._files)) and self._files_off is None and self.record_id is not None
+
+    def _next(self) -> Report | Literal["files"] | None:
+        """Wait (under the lock) for the next report that is due (or, closing, the rest of the file list);
+        ``None`` when it is time to stop."""
         with self._cond:
             while True:
                 if self._stopped or self._disabled:
@@ -295,6 +384,10 @@ class PushSink(Sink):
                 head = self._buffer.peek()
                 now = self._clock()
                 timeout: float | None = None
+                if head is None and self._closing and self._files_due():
+                    if now >= self._files_retry_at:
+                        return "files"
+                    timeout = self._files_retry_at - now
                 if head is not None:
                     due_at = self._retry_at
                     if not (head.urgent or self._closing) and self._last_sent_at is not None:
@@ -310,6 +403,9 @@ class PushSink(Sink):
             report = self._next()
             if report is None:
                 return
+            if report == "files":
+                self._send_files(None)
+                continue
             sent_at = self._clock()
             try:
                 delivered = self._deliver(report)
@@ -334,6 +430,63 @@ class PushSink(Sink):
                     cap = CLOSING_BACKOFF_MAX_S if self._closing else BACKOFF_MAX_S
                     self._retry_at = now + backoff_delay(self._attempts, cap_s=cap)
                 self._cond.notify_all()
+                closing = self._closing
+            if delivered:
+                self._send_files(None if closing else self._files_batches)
+
+    def _send_files(self, batches: int | None) -> None:
+        """Post up to ``batches`` files batches (all that are due when ``None``), failed files first."""
+        sent = 0
+        while batches is None or sent < batches:
+            with self._cond:
+                if (self._stopped or self._disabled or not self._files_due()
+                        or self._clock() < self._files_retry_at):
+                    return
+                batch = self._files.take()
+                self._files_busy = True
+                record_id = self.record_id
+            assert record_id is not None
+            delivered = False
+            try:
+                self._transport.post_files(record_id, batch)
+                delivered = True
+            except ApiAuthError as exc:
+                self._last_error = exc.detail or str(exc)
+                self._disable(f"the API server no longer accepts the token ({self._last_error}): progress is not "
+                              "reported any more, the upload goes on; run mpupload login")
+            except ApiNotFound as exc:  # a server without the files route (or the record is gone)
+                self._files_stop(batch, f"the server does not take file lists: {exc.detail or exc}")
+            except ApiRefused as exc:
+                with self._cond:
+                    self._files_refused += len(batch)
+                    self._files_error = exc.detail or str(exc)
+            except ApiError as exc:  # unreachable, timeout, 5xx: the batch goes back, retried after a backoff
+                with self._cond:
+                    self._files.give_back(batch)
+                    self._files_error = str(exc)
+                    self._files_attempts += 1
+                    cap = CLOSING_BACKOFF_MAX_S if self._closing else BACKOFF_MAX_S
+                    self._files_retry_at = self._clock() + backoff_delay(self._files_attempts, cap_s=cap)
+            except Exception as exc:  # noqa: BLE001 - the sender never dies silently on a surprise
+                self._files_stop(batch, f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._cond:
+                    self._files_busy = False
+                    if delivered:
+                        self.files_sent += len(batch)
+                        self._files_attempts = 0
+                        self._files_retry_at = 0.0
+                    self._cond.notify_all()
+            if not delivered:
+                return
+            sent += 1
+
+    def _files_stop(self, batch: list[dict[str, Any]], reason: str) -> None:
+        """Send no more files batches (the reports go on); what was not sent is counted as left over."""
+        with self._cond:
+            self._files.give_back(batch)
+            self._files_off = reason
+            self._cond.notify_all()
 
     def _disable(self, line: str) -> None:
         with self._cond:

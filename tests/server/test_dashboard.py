@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -403,3 +404,74 @@ def test_rate_limited_sign_in_shows_the_detail(dash: Dashboard, dash_server: Das
     page.click("#signin-button")
     expect(page.locator("#signin-message")).to_contain_text(re.compile(r"too many failed logins; try again in \d+ s"))
     expect(page.locator("#dashboard")).to_be_hidden()
+
+
+def test_a_directory_run_shows_its_counts_and_its_files(dash: Dashboard, dash_server: DashServer) -> None:
+    """A dataset record driven by real REST reports and files batches: the row's file counts, and the details
+    panel (opened by a click) with the file in flight and the failed files with their errors, read again as
+    the record changes but at most once a second."""
+    alice = Uploads(dash_server, "alice")
+    body = {"filename": "imagenet", "bucket": "training", "key": "sets/imagenet/", "total_bytes": 300 * MiB,
+            "part_size": 0, "parts_total": 4, "host": "gpu-box-7", "files_total": 4}
+    response = httpx.post(f"{dash_server.base_url}/api/v1/uploads", json=body, headers=alice.headers)
+    assert response.status_code == 200, response.text
+    upload_id = response.json()["id"]
+    alice._seq[upload_id] = itertools.count(1)
+
+    def files(*entries: dict[str, Any]) -> None:
+        answer = httpx.post(f"{dash_server.base_url}/api/v1/uploads/{upload_id}/files", json={"files": list(entries)},
+                            headers=alice.headers)
+        assert answer.status_code == 200 and answer.json() == {"accepted": len(entries)}, answer.text
+
+    def entry(path: str, status: str, size: int, done: int, error: str | None = None) -> dict[str, Any]:
+        return {"path": path, "key": f"sets/imagenet/{path}", "size": size, "bytes_done": done, "status": status,
+                "error": error}
+
+    page = dash.page
+    page.goto(dash_server.base_url)
+    dash.sign_in("alice")
+    row = dash.row(upload_id)
+    expect(row.locator(".files")).to_have_text("files 0 / 4")
+    alice.report(upload_id, "uploading", 110 * MiB, parts_done=2, files_done=1, files_failed=1)
+    expect(row.locator(".files")).to_have_text("files 1 / 4 (1 failed)")
+    expect(row.locator(".files")).to_have_attribute("data-failed", "true")
+    files(entry("train/0001.jpg", "completed", 10 * MiB, 10 * MiB),
+          entry("train/big.tar", "uploading", 100 * MiB, 40 * MiB),
+          entry("train/<b>bad</b>.jpg", "failed", 5 * MiB, 0, error="<i>permission denied</i>: train/<b>bad</b>.jpg"))
+
+    row.locator(".name .filename").click()
+    details = page.locator(f'tr.details[data-details-for="{upload_id}"]')
+    expect(details).to_be_visible()
+    expect(row).to_have_attribute("aria-expanded", "true")
+    in_flight = details.locator("ul.in-flight li.file")
+    expect(in_flight).to_have_count(1)
+    expect(in_flight.locator(".path")).to_have_text("train/big.tar")
+    expect(in_flight.locator(".file-bytes")).to_have_text("40.0 MiB / 100.0 MiB")
+    bad = details.locator("ul.failed-files li.file")
+    expect(bad).to_have_count(1)
+    expect(bad.locator(".path")).to_have_text("train/<b>bad</b>.jpg")
+    expect(bad.locator(".file-error")).to_have_text("<i>permission denied</i>: train/<b>bad</b>.jpg")
+    assert details.locator("b, i").count() == 0  # text, never markup
+
+    # the run goes on: reports and batches arrive quickly; the panel follows, at most one query a second
+    start_queries = page.evaluate("id => window.__mpupload.detailsQueries(id)", upload_id)
+    started = time.monotonic()
+    for done in range(41, 61):
+        files(entry("train/big.tar", "uploading", 100 * MiB, done * MiB))
+        alice.report(upload_id, "uploading", (70 + done) * MiB, parts_done=2, files_done=1, files_failed=1)
+    files(entry("train/big.tar", "completed", 100 * MiB, 100 * MiB),
+          entry("val/broken.png", "failed", MiB, 0, error="file changed while it was read"))
+    alice.report(upload_id, "failed", 300 * MiB, parts_done=2, files_done=2, files_failed=2,
+                 error="2 of 4 files failed")
+    expect(row.locator(".files")).to_have_text("files 2 / 4 (2 failed)")
+    expect(details.locator("ul.in-flight li.file")).to_have_count(0)
+    expect(details.locator("ul.in-flight")).to_have_text("none right now")
+    expect(bad).to_have_count(2)
+    expect(details.locator('li[data-path="val/broken.png"] .file-error')).to_have_text("file changed while it was read")
+    elapsed = time.monotonic() - started
+    queries = page.evaluate("id => window.__mpupload.detailsQueries(id)", upload_id) - start_queries
+    assert 1 <= queries <= elapsed / 1.0 + 2, (queries, elapsed)  # 44 changes, a query per second at most
+
+    row.locator(".name .filename").click()  # a second click closes it
+    expect(details).to_have_count(0)
+    expect(row).to_have_attribute("aria-expanded", "false")

@@ -100,7 +100,8 @@ def test_active_statuses() -> None:
 
 # -- the progress report: what the push sink sends, what the server reads ----------------------------------------
 def test_the_push_sink_sends_every_report_field() -> None:
-    sent = {"seq", *wire.SNAPSHOT_FIELDS, *(n for names in wire.EVENT_FIELDS.values() for n in names)}
+    sent = {"seq", *wire.SNAPSHOT_FIELDS, *wire.FILES_FIELDS,
+            *(n for names in wire.EVENT_FIELDS.values() for n in names)}
     never_sent = sorted(set(wire.REPORT_FIELD_NAMES) - sent)
     assert not never_sent, f"the server reads report fields that no event carries: {never_sent}"
     assert [f.name for f in wire.REPORT_FIELDS if f.required] == ["seq", "status", "bytes_done"]
@@ -146,7 +147,54 @@ def test_the_servers_report_is_the_wire_report() -> None:
 def test_the_servers_registration_is_the_wire_registration() -> None:
     from mpupload.server.uploads import NewUpload
 
-    same("mpupload.server.uploads.NewUpload", wire.REGISTRATION_FIELDS, [f.name for f in dataclasses.fields(NewUpload)])
+    same("mpupload.server.uploads.NewUpload", [*wire.REGISTRATION_FIELDS, *wire.REGISTRATION_DATASET_FIELDS],
+         [f.name for f in dataclasses.fields(NewUpload)])
+
+
+def test_the_report_reads_a_directory_runs_counts_as_32_bit_integers() -> None:
+    specs = {f.name: f for f in wire.REPORT_FIELDS}
+    for name in wire.FILES_FIELDS:
+        assert specs[name].kind is int and not specs[name].required and specs[name].maximum == wire.INT32_MAX, name
+    assert set(wire.FILES_FIELDS) <= set(wire.RECORD_FIELDS)
+
+
+# -- a directory run's files batch ---------------------------------------------------------------------------------
+def test_the_servers_files_batch_entry_is_the_wire_entry() -> None:
+    import datetime as dt
+
+    from mpupload.server.db.models import UploadFile
+    from mpupload.server.files import FileEntry, file_dict
+
+    same("mpupload.server.files.FileEntry", wire.FILE_BATCH_FIELD_NAMES,
+         [f.name for f in dataclasses.fields(FileEntry)])
+    row = UploadFile(upload_id="u", path="a/b.bin", key="p/a/b.bin", size=3, bytes_done=1,
+                     status=wire.FileStatus.UPLOADING, error=None, updated_at=dt.datetime.now(dt.UTC))
+    same("mpupload.server.files.file_dict()", [*wire.FILE_BATCH_FIELD_NAMES, "updated_at"], file_dict(row))
+    assert [f.name for f in wire.FILE_BATCH_FIELDS if f.required] == ["path", "key", "size", "bytes_done", "status"]
+    assert wire.FILES_BATCH_MAX == 1000 and wire.FILES_PAGE_MAX == 500
+
+
+def test_the_server_refuses_a_batch_over_the_wire_bounds() -> None:
+    from mpupload.server.files import BatchError, parse_batch
+
+    entry = {"path": "a", "key": "p/a", "size": 2, "bytes_done": 1, "status": "uploading", "error": None}
+    assert len(parse_batch({"files": [entry] * wire.FILES_BATCH_MAX})) == wire.FILES_BATCH_MAX
+    for body, status, words in (
+        ({"files": [entry] * (wire.FILES_BATCH_MAX + 1)}, 413, "at most 1000 entries"),
+        ({"files": [{**entry, "path": "x" * 1025}]}, 422, "files[0].path is at most 1024 bytes"),
+        ({"files": [entry, {**entry, "error": "a\x00b"}]}, 422, "files[1].error must not contain a NUL"),
+        ({"files": [{**entry, "status": "done"}]}, 422, "files[0].status must be one of"),
+        ({"files": [{**entry, "bytes_done": 3}]}, 422, "exceeds its size"),
+        ({"files": [{**entry, "size": True}]}, 422, "files[0].size must be an integer"),
+        ({"files": [{**entry, "key": "\ud800"}]}, 422, "not valid Unicode"),
+        ({"files": {}}, 422, "a files batch is a JSON object"),
+    ):
+        try:
+            parse_batch(body)
+        except BatchError as exc:
+            assert exc.status_code == status and words in str(exc), (str(exc), words)
+        else:
+            raise AssertionError(f"accepted a batch that should be refused: {words}")
 
 
 # -- the record: REST, GraphQL ----------------------------------------------------------------------------------------
@@ -197,8 +245,14 @@ def test_the_history_samples_are_the_wire_samples() -> None:
 def test_the_graphql_upload_type_is_the_wire_record() -> None:
     upload = graphql_type("Upload")
     assert isinstance(upload, GraphQLObjectType)
-    same("the GraphQL Upload type (mpupload/server/graphql/types.py)", [*wire.GRAPHQL_UPLOAD_FIELDS, "history"],
-         upload.fields)
+    same("the GraphQL Upload type (mpupload/server/graphql/types.py)",
+         [*wire.GRAPHQL_UPLOAD_FIELDS, "history", "files"], upload.fields)
+    same("the GraphQL UploadFile type", wire.GRAPHQL_UPLOAD_FILE_FIELDS, graphql_type("UploadFile").fields)
+    same("the GraphQL UploadFilePage type", ["items", "endCursor", "hasNextPage"],
+         graphql_type("UploadFilePage").fields)
+    files = upload.fields["files"]
+    assert set(files.args) == {"status", "first", "after"}
+    assert files.args["first"].default_value == wire.FILES_PAGE_DEFAULT
     sample = graphql_type("Sample")
     same("the GraphQL Sample type", [wire.camel(n) for n in wire.SAMPLE_FIELDS], sample.fields)
 
@@ -207,6 +261,9 @@ def test_the_graphql_status_is_the_wire_status() -> None:
     status = graphql_type("UploadStatus")
     assert isinstance(status, GraphQLEnumType)
     same("the GraphQL UploadStatus enum", [s.name for s in wire.Status], status.values)
+    file_status = graphql_type("FileStatus")
+    assert isinstance(file_status, GraphQLEnumType)
+    same("the GraphQL FileStatus enum", [s.name for s in wire.FileStatus], file_status.values)
 
 
 # -- the documents the dashboard and the CLI send ---------------------------------------------------------------------
@@ -217,7 +274,7 @@ def _dashboard_documents() -> dict[str, str]:
     assert "FIELDS" in constants, f"no FIELDS constant in {APP_JS}"
     documents = {}
     for name, text in constants.items():
-        text = text.replace("${FIELDS}", constants["FIELDS"])
+        text = re.sub(r"\$\{([A-Z_]+)\}", lambda m: constants[m.group(1)], text)
         if re.match(r"\s*(query|mutation|subscription)\b", text):
             documents[name] = text
     return documents
@@ -234,6 +291,9 @@ def test_the_dashboard_asks_for_every_field_it_shows() -> None:
     assert {"UPLOADS_QUERY", "REFRESH_QUERY", "EVENTS_SUBSCRIPTION", "STOP_MUTATION"} <= set(documents)
     same("the dashboard's history selection", [wire.camel(n) for n in wire.SAMPLE_FIELDS],
          selection(documents["UPLOADS_QUERY"], "history"))
+    assert {"FILES_QUERY", "FAILED_PAGE_QUERY"} <= set(documents)
+    same("the dashboard's files selection", wire.GRAPHQL_UPLOAD_FILE_FIELDS,
+         selection(documents["FILES_QUERY"], "items"))
 
 
 def test_the_dashboards_documents_are_valid_against_the_schema() -> None:
@@ -302,3 +362,14 @@ def test_the_cli_registers_exactly_the_wire_registration_fields(tmp_path: Path) 
     path.write_bytes(b"x" * 100)
     body = registration_body(Source.from_path(str(path)), "b", "k", plan_upload(100))
     same("the CLI's registration", list(wire.REGISTRATION_FIELDS), list(body))
+
+
+def test_the_cli_registers_a_directory_run_with_the_dataset_fields(tmp_path: Path) -> None:
+    from mpupload.cli.reporting import dataset_registration_body
+
+    body = dataset_registration_body([str(tmp_path / "data")], "b", "sets/x/", files_total=7, total_bytes=99)
+    same("the CLI's dataset registration", [*wire.REGISTRATION_FIELDS, *wire.REGISTRATION_DATASET_FIELDS], list(body))
+    assert (body["filename"], body["key"], body["parts_total"], body["part_size"], body["files_total"]) == (
+        "data", "sets/x/", 7, 0, 7)
+    several = dataset_registration_body(["a/", "b.bin", "c"], "b", "p/", files_total=3, total_bytes=1)
+    assert several["filename"] == "3 sources"

@@ -1,11 +1,14 @@
-"""Upload records: ``/uploads``, ``/uploads/{id}`` (progress ingestion is :mod:`.ingest`)."""
+"""Upload records: ``/uploads``, ``/uploads/{id}``, a directory run's ``/uploads/{id}/files`` (progress
+ingestion is :mod:`.ingest`)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
+from .. import files as files_svc
 from .. import uploads as svc
 from .deps import SessionDep, StateDep, UserDep
 
@@ -45,5 +48,27 @@ async def get_one(upload_id: str, user: UserDep, state: StateDep, session: Sessi
     record = svc.upload_dict(upload, state.settings.live_after_s)
     record["history"] = await svc.history(session, upload.id, state.settings.history_limit)
     return record
+
+
+@router.post("/uploads/{upload_id}/files")
+async def post_files(upload_id: str, request: Request, user: UserDep, state: StateDep,
+                     session: SessionDep) -> dict[str, Any]:
+    """A directory run's files as they stand now: ``{"files": [entry, ...]}``, at most 1000 entries, upserted by
+    path (the newest wins); see :mod:`..files`. Subscribers get the record with its new ``version``."""
+    try:
+        data = json.loads(await request.body())
+    except ValueError:
+        raise HTTPException(422, 'the body is not JSON: send {"files": [entry, ...]}') from None
+    except RecursionError:
+        raise HTTPException(400, "the body is nested too deeply") from None
+    try:
+        entries = files_svc.parse_batch(data)
+        upload = await files_svc.record_files(session, user.id, upload_id, entries)
+    except files_svc.BatchError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from None
+    except svc.NotFound:
+        raise _not_found(upload_id) from None
+    await svc.publish(state.bus, upload, state.settings.live_after_s)
+    return {"accepted": len(entries)}
 
 # POST /uploads/{upload_id}/progress is answered in front of FastAPI: see .ingest (the hot path).

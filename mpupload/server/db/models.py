@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: users, tokens (hashes only), uploads and their bounded speed history.
+"""SQLAlchemy 2 models: users, tokens (hashes only), uploads, their bounded speed history and, for a directory
+run, its files (one row per file path, the newest state).
 
 Byte counts are ``BigInteger`` (a 200 GiB upload does not fit 32 bits). Timestamps are stored in UTC;
 SQLite hands them back naive, so read them through :func:`as_utc`.
@@ -8,12 +9,25 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ...wire import Status
+from ...wire import FileStatus, Status
 
-__all__ = ["Base", "User", "Token", "Upload", "Sample", "BusKey", "UploadStatus", "utcnow", "as_utc"]
+__all__ = ["Base", "User", "Token", "Upload", "Sample", "BusKey", "UploadFile", "UploadStatus", "FileStatus",
+           "PATH_TYPE", "utcnow", "as_utc"]
 
 
 def utcnow() -> dt.datetime:
@@ -28,6 +42,11 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 
 #: lifecycle of an upload record: the wire's own :class:`~mpupload.wire.Status` (one enum, stored as its value)
 UploadStatus = Status
+
+
+#: a file's path: byte order on both databases (SQLite's BINARY; PostgreSQL's "C" rather than the locale's), so
+#: a page of files is in the same order everywhere and ``path > cursor`` agrees with ``ORDER BY path``
+PATH_TYPE = Text().with_variant(Text(collation="C"), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -88,6 +107,11 @@ class Upload(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     last_report_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: a directory run's file counts (migration 0005); null for a one-file upload
+    files_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files_failed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files_skipped: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Sample(Base):
@@ -110,3 +134,25 @@ class BusKey(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(128), nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class UploadFile(Base):
+    """One file of a directory run as its CLI last sent it (migration 0005): one row per (upload, path)."""
+
+    __tablename__ = "upload_files"
+    __table_args__ = (
+        PrimaryKeyConstraint("upload_id", "path", name="pk_upload_files"),
+        # a page of one status, in path order
+        Index("ix_upload_files_status_path", "upload_id", "status", "path"),
+    )
+
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), nullable=False)
+    path: Mapped[str] = mapped_column(PATH_TYPE, nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[FileStatus] = mapped_column(
+        Enum(FileStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        nullable=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)

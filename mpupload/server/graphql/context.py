@@ -25,10 +25,13 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry.fastapi import BaseContext
 
+from ...wire import FILES_PAGE_MAX, FileStatus
+from .. import files as files_svc
 from .. import uploads as svc
 from ..api.deps import ServerState
 from ..auth import token_row_valid, token_session
 from ..db.models import User
+from ..limits import InputError
 
 if TYPE_CHECKING:
     from .sessions import Sessions
@@ -122,6 +125,23 @@ class GraphQLContext(BaseContext):
             user = await self._viewer(session, _NESTED_FRESH_S)
             await svc.get_upload(session, user, upload_id)  # NotFound for anyone else's
             return await svc.history(session, upload_id, self.state.settings.history_limit)
+
+    async def files(self, upload_id: str, status: FileStatus | None, first: int, after: str | None
+                    ) -> tuple[list[dict[str, Any]], str | None, bool]:
+        """One page of a directory run's files (:func:`..files.list_files`): the files, the cursor after the
+        last, and whether more follow. ``first`` is 0 .. :data:`~mpupload.wire.FILES_PAGE_MAX`."""
+        if not 0 <= first <= FILES_PAGE_MAX:
+            raise GraphQLError(f"first is 0 .. {FILES_PAGE_MAX}, got {first}", extensions={"code": "BAD_USER_INPUT"})
+        async with self.state.sessionmaker() as session:
+            user = await self._viewer(session, _NESTED_FRESH_S)
+            await svc.get_upload(session, user, upload_id)  # NotFound for anyone else's
+            try:
+                rows, more = await files_svc.list_files(session, upload_id, status, first, after)
+            except InputError as exc:
+                raise GraphQLError(str(exc), extensions={"code": "BAD_USER_INPUT"}) from None
+        items = [files_svc.file_dict(row) for row in rows]
+        end = files_svc.encode_cursor(rows[-1].path) if rows else None
+        return items, end, more
 
     async def stop(self, upload_id: str) -> dict[str, Any]:
         async with self.state.sessionmaker() as session:

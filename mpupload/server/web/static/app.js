@@ -4,6 +4,10 @@
 // then streams each change, applied to the row in place. On every (re)connect the query runs again, so the
 // page catches up with whatever happened while the socket was down. All user-provided text goes through
 // textContent, never innerHTML.
+//
+// A directory run (filesTotal is not null) shows its file counts in its row; a click on the row opens a
+// details panel with the files in flight and the failed files (the files query, a page at a time), read
+// again when the subscription says the record changed, at most once a second.
 
 import { createClient } from "./vendor/graphql-ws.js";
 
@@ -12,10 +16,17 @@ const MAX_POINTS = 600;
 const ACTIVE = new Set(["PENDING", "UPLOADING", "FINALIZING"]);
 const REFRESH_MS = 60000; // a safety net: the subscription already re-sends an upload when it stops being live
 const MiB = 1024 * 1024;
+const DETAILS_MIN_INTERVAL_MS = 1000; // the details panel's files query runs at most this often
 
 const FIELDS = `id filename bucket key host status totalBytes bytesDone percent speedBps avgSpeedBps etaSeconds
   partsDone partsTotal elapsedSeconds createdAt updatedAt error checksum etag resumable resumeCommand live
-  stopRequested`;
+  stopRequested filesTotal filesDone filesFailed filesSkipped`;
+const FILE_FIELDS = `path key size bytesDone status error updatedAt`;
+const FILES_QUERY = `query UploadFiles($id: ID!) { upload(id: $id) { id
+  inFlight: files(status: UPLOADING, first: 50) { items { ${FILE_FIELDS} } hasNextPage }
+  failed: files(status: FAILED, first: 100) { items { ${FILE_FIELDS} } endCursor hasNextPage } } }`;
+const FAILED_PAGE_QUERY = `query FailedFiles($id: ID!, $after: String) { upload(id: $id) { id
+  files(status: FAILED, first: 100, after: $after) { items { ${FILE_FIELDS} } endCursor hasNextPage } } }`;
 const UPLOADS_QUERY = `query Uploads { uploads { ${FIELDS} history { at bytesDone speedBps } } }`;
 const REFRESH_QUERY = `query UploadsNow { uploads { ${FIELDS} } }`;
 const EVENTS_SUBSCRIPTION = `subscription UploadEvents { uploadEvents { ${FIELDS} } }`;
@@ -94,6 +105,8 @@ window.__mpupload = {
     return state.rows.size;
   },
   refetch: () => loadUploads(true),
+  /** how many files queries each open details panel has sent (the tests check the rate) */
+  detailsQueries: (id) => (state.rows.get(id) && state.rows.get(id).details ? state.rows.get(id).details.queries : 0),
 };
 
 class AuthError extends Error {}
@@ -337,7 +350,10 @@ async function loadUploads(withHistory) {
 // ---------------------------------------------------------------- table
 
 function clearTable() {
-  for (const row of state.rows.values()) if (row.chart) row.chart.destroy();
+  for (const row of state.rows.values()) {
+    if (row.chart) row.chart.destroy();
+    closeDetails(row);
+  }
   state.rows.clear();
   const tbody = $("uploads").tBodies[0];
   while (tbody.firstChild) tbody.firstChild.remove();
@@ -370,6 +386,7 @@ function applyUpload(upload, { history = null, sample = false } = {}) {
   }
   if (sample && upload.updatedAt) addPoint(row, toSeconds(upload.updatedAt), upload.speedBps);
   renderRow(row);
+  if (row.details) scheduleDetails(row);
 }
 
 function addPoint(row, t, speed) {
@@ -411,6 +428,8 @@ function createRow(upload) {
   c.copy = c.resume.appendChild(el("button", "copy secondary", "Copy"));
   c.copy.type = "button";
   c.copy.addEventListener("click", () => copyText(c.resumeCommand.textContent, c.copy));
+  c.files = c.name.appendChild(el("div", "files"));
+  c.files.hidden = true;
   c.bar = cell("bar");
   c.progress = c.bar.appendChild(el("progress"));
   c.progress.max = 100;
@@ -426,8 +445,14 @@ function createRow(upload) {
   c.actions = cell("actions");
   c.stop = c.actions.appendChild(el("button", "stop", "Stop"));
   c.stop.type = "button";
-  const row = { tr, cells: c, upload: { ...upload }, points: [], chart: null, stopping: false };
+  const row = { tr, cells: c, upload: { ...upload }, points: [], chart: null, stopping: false, details: null };
   c.stop.addEventListener("click", () => stopUpload(row));
+  // a directory run's row opens (and closes) its details panel; buttons and the resume text keep their own clicks
+  tr.addEventListener("click", (event) => {
+    if (!isDataset(row.upload) || event.target.closest("button, code")) return;
+    if (row.details) closeDetails(row);
+    else openDetails(row);
+  });
   return row;
 }
 
@@ -465,6 +490,15 @@ function renderRow(row) {
   c.status.dataset.status = u.status;
   setText(c.host, u.host || "—");
   setText(c.live, u.live ? "live" : "idle");
+  const dataset = isDataset(u);
+  row.tr.classList.toggle("dataset", dataset);
+  c.files.hidden = !dataset;
+  if (dataset) {
+    setText(c.files, formatFiles(u));
+    c.files.dataset.failed = u.filesFailed ? "true" : "false";
+    c.files.title = `${u.filesSkipped || 0} skipped (already on the store); click the row for the files`;
+    row.tr.setAttribute("aria-expanded", row.details ? "true" : "false");
+  }
   c.live.dataset.live = u.live ? "true" : "false";
 
   const canStop = Boolean(u.live) && active;
@@ -512,6 +546,137 @@ function renderChart(row) {
   }
   const last = row.points[row.points.length - 1];
   row.cells.chart.title = last ? `speed over time; now ${formatSpeed(last[1])}` : "speed over time (no samples yet)";
+}
+
+// ---------------------------------------------------------------- a directory run's details
+
+const isDataset = (u) => u.filesTotal !== null && u.filesTotal !== undefined;
+
+/** "files 12 / 100 (2 failed)"; "files 12 / … " while the walk is still counting. */
+export function formatFiles(u) {
+  const total = u.filesTotal === null || u.filesTotal === undefined ? "…" : String(u.filesTotal);
+  const failed = u.filesFailed ? ` (${u.filesFailed} failed)` : "";
+  return `files ${u.filesDone || 0} / ${total}${failed}`;
+}
+
+function openDetails(row) {
+  const tr = el("tr", "details");
+  tr.dataset.detailsFor = row.upload.id;
+  const td = tr.appendChild(el("td"));
+  td.colSpan = row.tr.cells.length;
+  const d = { tr, queries: 0, lastAt: 0, running: false, timer: null, pending: false, generation: state.generation };
+  d.inFlightTitle = td.appendChild(el("h3", "", "In flight"));
+  d.inFlight = td.appendChild(el("ul", "in-flight"));
+  d.inFlightMore = td.appendChild(el("p", "more", "more files in flight than shown"));
+  d.failedTitle = td.appendChild(el("h3", "", "Failed"));
+  d.failed = td.appendChild(el("ul", "failed-files"));
+  d.loadMore = td.appendChild(el("button", "secondary load-more", "Show more failed files"));
+  d.loadMore.type = "button";
+  d.loadMore.addEventListener("click", () => loadMoreFailed(row));
+  d.message = td.appendChild(el("p", "message"));
+  d.message.hidden = true;
+  d.inFlightMore.hidden = true;
+  d.loadMore.hidden = true;
+  row.details = d;
+  row.tr.after(tr);
+  row.tr.setAttribute("aria-expanded", "true");
+  scheduleDetails(row);
+}
+
+function closeDetails(row) {
+  const d = row.details;
+  if (!d) return;
+  if (d.timer) clearTimeout(d.timer);
+  d.tr.remove();
+  row.details = null;
+  row.tr.setAttribute("aria-expanded", "false");
+}
+
+/** Read the files again now, or as soon as a second has passed since the last query (never two at once). */
+function scheduleDetails(row) {
+  const d = row.details;
+  if (!d) return;
+  d.pending = true;
+  if (d.running || d.timer) return;
+  const wait = d.lastAt + DETAILS_MIN_INTERVAL_MS - Date.now();
+  if (wait > 0) {
+    d.timer = setTimeout(() => {
+      d.timer = null;
+      scheduleDetails(row);
+    }, wait);
+    return;
+  }
+  loadDetails(row);
+}
+
+async function loadDetails(row) {
+  const d = row.details;
+  d.pending = false;
+  d.running = true;
+  d.lastAt = Date.now();
+  d.queries += 1;
+  try {
+    const data = await graphql(FILES_QUERY, { id: row.upload.id });
+    if (row.details !== d || d.generation !== state.generation) return;
+    const upload = data && data.upload;
+    if (!upload) {
+      setMessage(d.message, "This upload is no longer there.");
+      return;
+    }
+    setMessage(d.message, "");
+    renderFiles(d.inFlight, upload.inFlight.items, true);
+    d.inFlightMore.hidden = !upload.inFlight.hasNextPage;
+    d.inFlightTitle.textContent = `In flight (${upload.inFlight.items.length}${upload.inFlight.hasNextPage ? "+" : ""})`;
+    renderFiles(d.failed, upload.failed.items, false);
+    d.failedCursor = upload.failed.endCursor;
+    d.loadMore.hidden = !upload.failed.hasNextPage;
+    d.failedTitle.textContent = `Failed (${row.upload.filesFailed || upload.failed.items.length})`;
+  } catch (err) {
+    if (row.details !== d) return;
+    if (err instanceof AuthError) sessionExpired(`Your session has ended (${err.message}); please sign in again.`);
+    else setMessage(d.message, `Could not load the files: ${err.message}`);
+  } finally {
+    d.running = false;
+    d.lastAt = Date.now();
+    if (row.details === d && d.pending) scheduleDetails(row);
+  }
+}
+
+async function loadMoreFailed(row) {
+  const d = row.details;
+  if (!d || !d.failedCursor) return;
+  d.loadMore.disabled = true;
+  try {
+    const data = await graphql(FAILED_PAGE_QUERY, { id: row.upload.id, after: d.failedCursor });
+    if (row.details !== d || !data || !data.upload) return;
+    renderFiles(d.failed, data.upload.files.items, false, true);
+    d.failedCursor = data.upload.files.endCursor;
+    d.loadMore.hidden = !data.upload.files.hasNextPage;
+  } catch (err) {
+    if (row.details === d) setMessage(d.message, `Could not load the files: ${err.message}`);
+  } finally {
+    d.loadMore.disabled = false;
+  }
+}
+
+function renderFiles(list, files, inFlight, append = false) {
+  if (!append) while (list.firstChild) list.firstChild.remove();
+  if (!files.length && !append) {
+    list.appendChild(el("li", "none", inFlight ? "none right now" : "none"));
+    return;
+  }
+  for (const f of files) {
+    const li = el("li", "file");
+    li.dataset.path = f.path;
+    li.appendChild(el("span", "path", f.path));
+    if (inFlight) {
+      li.appendChild(el("span", "file-bytes num", `${formatBytes(f.bytesDone)} / ${formatBytes(f.size)}`));
+    } else {
+      li.appendChild(el("span", "file-error", f.error || "failed"));
+    }
+    li.title = `s3 key ${f.key}`;
+    list.appendChild(li);
+  }
 }
 
 async function stopUpload(row) {
