@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     from ..engine.dataset import DatasetOptions
     from ..sinks import make_sinks
     from ..tree import FilterRule, Filters
-    from .reporting import check_reporting, start_reporting, warn_line
+    from .reporting import check_reporting, dataset_registration_body, start_reporting, warn_line
 
     sources: list[str] = list(args.source)
     bucket, prefix = parse_s3_prefix(args.destination)
@@ -63,7 +62,9 @@ def run_dataset(args: argparse.Namespace) -> int:
             if reporting and reporting[0] is not None:
                 push = start_reporting(args, reporting[0], bucket=bucket, key=prefix, source=None, plan=None,
                                        record_id=None, options=options, token=token,
-                                       registration=registration(prepared, bucket, prefix))
+                                       registration=dataset_registration_body(
+                                           prepared.sources, bucket, prefix, prepared.files_total,
+                                           prepared.bytes_total))
             sinks: list[Sink] = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
             if push is not None:
                 sinks.append(push)
@@ -81,14 +82,3 @@ def run_dataset(args: argparse.Namespace) -> int:
             push.finish()
         token.close()
     return EXIT_OK
-
-
-def registration(prepared: PreparedDataset, bucket: str, prefix: str) -> dict[str, object]:
-    """The body of ``POST /api/v1/uploads`` for a directory run (``files_total`` makes it a dataset record)."""
-    import socket
-
-    sources = prepared.sources
-    name = os.path.basename(sources[0].rstrip("/")) if len(sources) == 1 else f"{len(sources)} sources"
-    return {"filename": name or "/", "bucket": bucket, "key": prefix, "total_bytes": prepared.bytes_total,
-            "part_size": 0, "parts_total": prepared.files_total, "host": socket.gethostname(),
-            "files_total": prepared.files_total}
