@@ -21,7 +21,7 @@ SERVER_ENV = {
     "MPUPLOAD_SUBSCRIBER_BUFFER": "16",
 }
 PASSWORD = "correct horse battery staple"
-USERS = ("alice", "bob", "carol", "erin", "grace")
+USERS = ("alice", "bob", "carol", "erin", "grace", "heidi", "ivan")  # heidi, ivan: directory runs
 
 
 @dataclass

@@ -88,7 +88,7 @@ def all_files(server: ServerProcess, headers: dict[str, str], upload_id: str, fi
 
 
 def test_a_dataset_registration_and_its_counts(server: ServerProcess) -> None:
-    headers = token_for(server.base_url, "alice")
+    headers = token_for(server.base_url, "heidi")
     record = dataset(server, headers, files_total=3)
     assert [record[n] for n in wire.FILES_FIELDS] == [3, 0, 0, 0]
     assert (record["parts_total"], record["part_size"], record["key"]) == (3, 0, "sets/imagenet/")
@@ -128,7 +128,7 @@ def test_a_dataset_registration_and_its_counts(server: ServerProcess) -> None:
 
 
 def test_a_dataset_registration_is_bounded(server: ServerProcess) -> None:
-    headers = token_for(server.base_url, "alice")
+    headers = token_for(server.base_url, "heidi")
     for files_total, parts_total, words in ((-1, 0, "files_total must not be negative"),
                                             (wire.INT32_MAX + 1, 0, "files_total is at most"),
                                             (4, 9, "parts_total of a directory run is its files_total (4), got 9")):
@@ -139,7 +139,7 @@ def test_a_dataset_registration_is_bounded(server: ServerProcess) -> None:
 
 
 def test_files_batches_upsert_and_pages(server: ServerProcess) -> None:
-    headers = token_for(server.base_url, "carol")
+    headers = token_for(server.base_url, "heidi")
     record = dataset(server, headers, files_total=1203)
     upload_id = record["id"]
     # 1,200 files in two full-size batches and a small one; names in byte order differ from a locale's order
@@ -187,7 +187,7 @@ def test_files_batches_upsert_and_pages(server: ServerProcess) -> None:
 
 
 def test_files_batch_bounds(server: ServerProcess) -> None:
-    headers = token_for(server.base_url, "carol")
+    headers = token_for(server.base_url, "heidi")
     upload_id = dataset(server, headers, files_total=2000)["id"]
     too_many = post_files(server, headers, upload_id, [entry(f"f{i}") for i in range(wire.FILES_BATCH_MAX + 1)])
     assert too_many.status_code == 413 and "at most 1000 entries, got 1001" in too_many.json()["detail"]
@@ -218,10 +218,10 @@ def test_files_batch_bounds(server: ServerProcess) -> None:
 
 
 def test_someone_elses_files_are_not_found(server: ServerProcess) -> None:
-    alice = token_for(server.base_url, "alice")
+    owner = token_for(server.base_url, "heidi")
     bob = token_for(server.base_url, "bob")
-    upload_id = dataset(server, alice, files_total=2)["id"]
-    assert post_files(server, alice, upload_id, [entry("secret/plan.txt", "failed", error="boom")]).status_code == 200
+    upload_id = dataset(server, owner, files_total=2)["id"]
+    assert post_files(server, owner, upload_id, [entry("secret/plan.txt", "failed", error="boom")]).status_code == 200
     stranger = post_files(server, bob, upload_id, [entry("mine.txt")])
     assert stranger.status_code == 404 and "no upload" in stranger.json()["detail"]
     nobody = post_files(server, bob, "doesnotexist", [entry("mine.txt")])
@@ -235,13 +235,13 @@ def test_someone_elses_files_are_not_found(server: ServerProcess) -> None:
     listed = gql_http(server.base_url, "{ uploads { id files { items { path } } } }", None, bob).json()
     assert upload_id not in [u["id"] for u in listed["data"]["uploads"]]
     assert "secret/plan.txt" not in str(listed)
-    # alice's own list is untouched by bob's attempt
-    mine = files_page(server, alice, upload_id)["files"]["items"]
+    # owner's own list is untouched by bob's attempt
+    mine = files_page(server, owner, upload_id)["files"]["items"]
     assert [(f["path"], f["error"]) for f in mine] == [("secret/plan.txt", "boom")]
 
 
 def test_files_page_arguments_are_bounded(server: ServerProcess) -> None:
-    headers = token_for(server.base_url, "alice")
+    headers = token_for(server.base_url, "heidi")
     upload_id = dataset(server, headers, files_total=1)["id"]
     for variables, code, words in (({"first": wire.FILES_PAGE_MAX + 1}, "BAD_USER_INPUT", "first is 0 .. 500"),
                                    ({"first": -1}, "BAD_USER_INPUT", "first is 0 .. 500"),
@@ -254,7 +254,7 @@ def test_files_page_arguments_are_bounded(server: ServerProcess) -> None:
 def test_a_files_batch_reaches_subscribers(server: ServerProcess) -> None:
     """Subscribers see the counts of a report, and a files batch raises the record's version (the dashboard
     then reads the files again)."""
-    headers = token_for(server.base_url, "grace")
+    headers = token_for(server.base_url, "heidi")
     tok = headers["Authorization"].split()[1]
     upload_id = dataset(server, headers, files_total=4)["id"]
     query = ("subscription($id: ID!) { uploadProgress(id: $id) { id version filesTotal filesDone filesFailed "

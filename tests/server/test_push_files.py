@@ -98,8 +98,8 @@ def listed(server: ServerProcess, headers: dict[str, str], record_id: str, statu
 
 def test_the_file_list_goes_in_bounded_batches_and_the_rest_at_finish(server: ServerProcess) -> None:
     total = 3500
-    push, client, record_id, said = start(server, "erin", total, files_batches_per_report=1, interval_s=60.0)
-    headers = token_for(server.base_url, "erin")
+    push, client, record_id, said = start(server, "ivan", total, files_batches_per_report=1, interval_s=60.0)
+    headers = token_for(server.base_url, "ivan")
     wait_for(lambda: push.accepted >= 1, "the started report")
     for i in range(total - 2):
         push.emit(completed(f"train/{i:05d}.jpg", wire.FileCounts(total, i + 1, 0)))
@@ -132,8 +132,8 @@ def test_the_file_list_goes_in_bounded_batches_and_the_rest_at_finish(server: Se
 
 
 def test_the_pending_map_is_bounded_while_the_files_route_is_down(server: ServerProcess) -> None:
-    push, client, record_id, said = start(server, "erin", 400, pending_files_max=100, files_flush_s=10.0)
-    headers = token_for(server.base_url, "erin")
+    push, client, record_id, said = start(server, "ivan", 400, pending_files_max=100, files_flush_s=10.0)
+    headers = token_for(server.base_url, "ivan")
     wait_for(lambda: push.accepted >= 1, "the started report")
     client.files_down.set()
     for i in range(50):
@@ -158,7 +158,7 @@ def test_the_pending_map_is_bounded_while_the_files_route_is_down(server: Server
 
 
 def test_a_flush_that_cannot_finish_is_bounded_and_said_once(server: ServerProcess) -> None:
-    push, client, record_id, said = start(server, "erin", 20, files_flush_s=1.5)
+    push, client, record_id, said = start(server, "ivan", 20, files_flush_s=1.5)
     wait_for(lambda: push.accepted >= 1, "the started report")
     client.files_down.set()
     for i in range(20):
@@ -175,8 +175,8 @@ def test_a_flush_that_cannot_finish_is_bounded_and_said_once(server: ServerProce
 
 def test_a_stop_answer_still_cancels_a_directory_run(server: ServerProcess) -> None:
     stopped = threading.Event()
-    push, client, record_id, said = start(server, "erin", 10, on_stop=stopped.set)
-    headers = token_for(server.base_url, "erin")
+    push, client, record_id, said = start(server, "ivan", 10, on_stop=stopped.set)
+    headers = token_for(server.base_url, "ivan")
     wait_for(lambda: push.accepted >= 1, "the started report")
     answer = gql_http(server.base_url, "mutation($id: ID!) { stopUpload(id: $id) { stopRequested } }",
                       {"id": record_id}, headers).json()
