@@ -94,6 +94,17 @@ def test_demo_uploads_and_leaves_no_process_behind() -> None:
     assert leftovers == [], [p.info["cmdline"] for p in leftovers]
 
 
+def test_demo_dataset_uploads_a_tree_reported_as_one_record() -> None:
+    proc = run_cli("demo", "--dataset", "--files", "40", "--exit-after-upload", "--progress", "plain",
+                   env=cli_env(None), timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"uploading a tree of (\d+) files .* to s3://demo/dataset/", proc.stderr)
+    assert match, proc.stderr
+    summary = rf"^{match.group(1)} files \(.*\) uploaded to s3://demo/dataset/ in "
+    assert re.search(summary, proc.stderr, re.M), proc.stderr
+    assert "the server recorded the upload as COMPLETED" in proc.stderr  # one record for the whole tree
+
+
 @pytest.mark.parametrize("when", ["during the upload", "after the upload", "while serving"])
 def test_demo_ctrl_c_stops_everything(when: str) -> None:
     tag = uuid.uuid4().hex
