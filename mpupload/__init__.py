@@ -22,7 +22,7 @@ __all__ = [
     "__version__", "upload_file", "upload_directory", "DatasetOptions", "DatasetResult", "UploadOptions",
     "UploadResult", "ChecksumMode", "StoreConfig",
     "CancelToken", "Event", "Status", "Snapshot",
-    "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",
+    "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "SourceUnreadable", "AuthError",
     "UploadFailed", "StoreUnreachable", "IntegrityError", "WorkerCrashed", "FilesFailed", "Cancelled",
 ]
 
@@ -33,7 +33,8 @@ _LAZY = {
     **dict.fromkeys(("DatasetOptions", "DatasetResult"), ".engine.dataset"),
     "CancelToken": ".engine.cancel",
     **dict.fromkeys(("AuthError", "BucketNotFound", "Cancelled", "IntegrityError", "MpuploadError", "ObjectExists",
-                     "SourceChanged", "StoreUnreachable", "UploadFailed", "UsageError", "WorkerCrashed", "FilesFailed"),
+                     "SourceChanged", "SourceUnreadable", "StoreUnreachable", "UploadFailed", "UsageError",
+                     "WorkerCrashed", "FilesFailed"),
                     ".errors"),
     **dict.fromkeys(("Event", "Snapshot", "Status"), ".wire"),
     **dict.fromkeys(("ChecksumMode", "UploadOptions", "UploadResult"), ".options"),
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time :func:`__getat
         MpuploadError,
         ObjectExists,
         SourceChanged,
+        SourceUnreadable,
         StoreUnreachable,
         UploadFailed,
         UsageError,

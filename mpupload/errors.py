@@ -7,7 +7,8 @@
     │   │                             part size or worker count out of range, file over 5 TiB
     │   ├── BucketNotFound      (2)   the bucket does not exist
     │   ├── ObjectExists        (2)   --no-overwrite and the key already exists
-    │   └── SourceChanged       (2)   the file changed while it was uploaded
+    │   ├── SourceChanged       (2)   the file changed, or vanished, while it was uploaded
+    │   └── SourceUnreadable    (2)   the file cannot be opened or read (permissions, I/O error)
     ├── AuthError               (3)   the store rejected the credentials or denied access
     ├── UploadFailed            (1)   the store is unreachable, retries ran out, the store refused data
     │   ├── StoreUnreachable    (1)   a network fault (retried)
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from typing import ClassVar
 
 __all__ = [
-    "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "AuthError",
+    "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "SourceUnreadable", "AuthError",
     "UploadFailed", "StoreUnreachable", "PartCorrupted", "UploadGone", "IntegrityError", "WorkerCrashed",
     "FilesFailed", "Cancelled",
 ]
@@ -97,6 +98,21 @@ class ObjectExists(UsageError):
 
 class SourceChanged(UsageError):
     pass
+
+
+class SourceUnreadable(UsageError):
+    """The source file exists but cannot be read: no permission, or the disk returned an error."""
+
+
+def source_error(path: object, exc: OSError, *, bucket: str | None = None, key: str | None = None,
+                 upload_id: str | None = None, part_number: int | None = None) -> UsageError:
+    """The error for a source file that could not be opened: gone (:class:`SourceChanged`) or unreadable."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return SourceChanged(f"the source file {path} disappeared ({reason})", bucket=bucket, key=key,
+                             upload_id=upload_id, part_number=part_number)
+    return SourceUnreadable(f"cannot read the source file {path} ({reason})", bucket=bucket, key=key,
+                            upload_id=upload_id, part_number=part_number)
 
 
 class AuthError(MpuploadError):

@@ -520,8 +520,8 @@ class DatasetUpload:
         try:
             source = Source.from_path(path)
         except OSError as exc:
-            self._file_failed(i, FailedFile(p.rels[i], key, size, f"cannot read {path}: {exc.strerror or exc}",
-                                            "SourceChanged"))
+            err = E.source_error(path, exc, bucket=self.bucket, key=key)
+            self._file_failed(i, FailedFile(p.rels[i], key, size, str(err), type(err).__name__))
             return
         if (source.size, source.mtime_ns, source.inode) != (size, p.mtime[i], p.inode[i]):
             self._file_failed(i, FailedFile(p.rels[i], key, size, f"{path} changed since the walk: upload it "

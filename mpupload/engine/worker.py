@@ -329,9 +329,9 @@ def run_batch(store: Store, config: WorkerConfig, batch: BatchJob, counter: Byte
 
 
 def _unreadable(job: PartJob, exc: OSError) -> PartResult:
-    err = E.SourceChanged(f"cannot read the source file {job.target.path} ({exc.strerror or exc})",
-                          bucket=job.target.bucket, key=job.target.key, upload_id=job.target.upload_id,
-                          part_number=job.number if job.target.upload_id is not None else None)
+    err = E.source_error(job.target.path, exc, bucket=job.target.bucket, key=job.target.key,
+                         upload_id=job.target.upload_id,
+                         part_number=job.number if job.target.upload_id is not None else None)
     return PartResult(job.number, False, error_type=type(err).__name__, error=str(err),
                       object_id=job.target.object_id)
 
@@ -342,11 +342,7 @@ def _run_part(store: Store, files: OpenFiles, config: WorkerConfig, job: PartJob
     try:
         fd = files.get(job.target.path)
     except OSError as exc:
-        err = E.SourceChanged(f"cannot read the source file {job.target.path} ({exc.strerror or exc})",
-                              bucket=job.target.bucket, key=job.target.key, upload_id=job.target.upload_id,
-                              part_number=job.number)
-        return PartResult(job.number, False, error_type=type(err).__name__, error=str(err),
-                          object_id=job.target.object_id)
+        return _unreadable(job, exc)
     return upload_one_part(store, fd, config, job, counter, slot, cancel)
 
 

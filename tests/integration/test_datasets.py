@@ -187,7 +187,8 @@ def test_mixed_tree_lists_the_unreadable_file_as_failed(mixed: MixedRun, tree: M
     [event] = of(mixed.events, "file_failed")
     assert event["key"] == key and event["path"] == tree.unreadable and event["prefix"] == PREFIX
     assert event["size"] == tree.files[tree.unreadable].size
-    assert event["error"] and event["error_type"]
+    assert event["error_type"] == "SourceUnreadable", event
+    assert "Permission denied" in event["error"], event
     assert tree.unreadable in final["error"] or "1 of" in final["error"], final["error"]
     assert tree.unreadable in mixed.proc.stderr  # the terminal summary names it
 
