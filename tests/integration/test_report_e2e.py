@@ -8,7 +8,9 @@ in Debian's Chromium and a GraphQL subscriber follow it.
 * Stop pressed in the dashboard: the CLI exits 130 within a few report intervals, the multipart upload is gone
   and the row shows STOPPED (moto and Ceph);
 * Ctrl+C (SIGINT to the CLI's process group) on Ceph: the subscriber sees STOPPED and nothing is left on the
-  store (moto is covered by tests/integration/test_report.py).
+  store (moto is covered by tests/integration/test_report.py);
+* a directory run (issue 13): one record with its file counts, its large file in flight in the dashboard's
+  details panel, then the failed file there and in GraphQL ``Upload.files``, every file in that list.
 
 One API server, one browser and one throttling proxy per S3 server for the whole module. A screenshot of the
 completed row is saved as ``dashboard-cli-upload.png`` in ``$MPUPLOAD_ARTIFACTS_DIR`` (default: the test's
@@ -33,7 +35,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.integration.dashboard_page import DashboardPage, launch_chromium
-from tests.server.gqlws import GqlWs
+from tests.server.gqlws import GqlWs, gql_http
 from tests.server.support import ServerProcess, cli, start_server
 from tests.support.cli import (
     CliProcess,
@@ -337,3 +339,89 @@ def test_ctrl_c_on_ceph_reports_stopped(api: ApiServer, s3: S3Server, bucket: st
     client = s3.client()
     assert multipart_uploads(client, bucket) == []
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+# -- 4. A directory run: one record, its counts, its files in the dashboard and in GraphQL -----------------------------
+FILES_QUERY = """query($id: ID!, $status: FileStatus, $after: String) { upload(id: $id) {
+  id status filesTotal filesDone filesFailed
+  files(status: $status, first: 500, after: $after) { items { path key size bytesDone status error }
+                                                      endCursor hasNextPage } } }"""
+
+
+def graphql_files(api: ApiServer, token: str, upload_id: str, status: str | None = None) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    after = None
+    for _ in range(20):
+        response = gql_http(api.url, FILES_QUERY, {"id": upload_id, "status": status, "after": after},
+                            {"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert not data.get("errors"), data
+        page = data["data"]["upload"]["files"]
+        items += page["items"]
+        if not page["hasNextPage"]:
+            return items
+        after = page["endCursor"]
+    raise AssertionError("more than 20 pages of files")
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_cli_directory_run_in_dashboard_and_graphql(api: ApiServer, board: DashboardPage, s3: S3Server,
+                                                    bucket: str, throttled: Callable[[S3Server], S3Server],
+                                                    tmp_path: Path) -> None:
+    """The real CLI uploads a tree (30 small files, one 40 MiB file that lasts ~5 s through the throttle, and one
+    file whose key is over S3's 1024-byte limit) to a real API server: one record, the large file in flight in
+    the details panel, then ``files 31 / 32 (1 failed)``, the failed file with its error in the panel and in
+    GraphQL, and every file of the run in ``Upload.files``."""
+    tree = tmp_path / "tree"
+    small = {f"shard-{i:02d}/part-{i:04d}.bin": 1000 + 37 * i for i in range(30)}
+    for rel, size in small.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_file(tree / rel, size, seed=size)
+    big = make_file(tree / "big.bin", 40 * MiB, seed=5)
+    long_dir = tree.joinpath(*["d" * 250] * 4)
+    long_dir.mkdir(parents=True)
+    (long_dir / "too-long.txt").write_text("the key of this file is over 1024 bytes")
+    long_rel = str((long_dir / "too-long.txt").relative_to(tree))
+    prefix = "e2e-dataset/"
+
+    proc, token, upload_id = start_upload(api, throttled(s3), tree, f"s3://{bucket}/{prefix}", tmp_path)
+    try:
+        row = board.row(upload_id)
+        expect(row).to_have_count(1)
+        expect(row.locator(".name .dest")).to_have_text(f"s3://{bucket}/{prefix}")
+        row.locator(".name .filename").click()
+        details = board.page.locator(f'tr.details[data-details-for="{upload_id}"]')
+        expect(details).to_be_visible()
+        in_flight = details.locator('ul.in-flight li.file[data-path="big.bin"]')
+        expect(in_flight).to_have_count(1, timeout=30_000)  # the large file goes first and lasts ~5 s
+        expect(row.locator(".status")).to_have_text("FAILED", timeout=90_000)
+        assert proc.wait(30) == 1, proc.stderr
+    finally:
+        proc.kill_group()
+    expect(row.locator(".files")).to_have_text("files 31 / 32 (1 failed)")
+    expect(details.locator("ul.in-flight li.file")).to_have_count(0)
+    failed = details.locator("ul.failed-files li.file")
+    expect(failed).to_have_count(1)
+    expect(failed.locator(".path")).to_have_text(long_rel)
+    expect(failed.locator(".file-error")).to_contain_text("1024 bytes")
+
+    record = api.record(token, upload_id)
+    assert record["status"] == "failed", record
+    assert (record["files_total"], record["files_done"], record["files_failed"]) == (32, 31, 1), record
+    [bad] = graphql_files(api, token, upload_id, status="FAILED")
+    assert bad["path"] == long_rel and "1024 bytes" in bad["error"], bad
+    assert bad["key"] == (prefix + long_rel)[:1024], bad  # the wire's bound on a key: the part S3 would take
+    files = {f["path"]: f for f in graphql_files(api, token, upload_id)}
+    expected = {**small, "big.bin": 40 * MiB}
+    assert set(files) == {*expected, long_rel}, sorted(files)
+    for rel, size in expected.items():
+        entry = files[rel]
+        assert (entry["status"], entry["size"], entry["bytesDone"], entry["key"]) == (
+            "COMPLETED", size, size, prefix + rel), entry
+    final = events(proc.stdout)[-1]
+    assert final["event"] == "failed" and [f["path"] for f in final["failed_files"]] == [long_rel], final
+
+    client = s3.client()
+    assert sha256_object(client, bucket, prefix + "big.bin") == sha256_file(big)
+    assert multipart_uploads(client, bucket) == []
