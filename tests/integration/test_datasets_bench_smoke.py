@@ -96,8 +96,12 @@ def test_datasets_smoke_runs_every_peer_on_every_tree_and_server(tmp_path: Path)
     assert startup["peak_rss_mib_to_started"] > 0 and startup["peak_rss_mib"] >= startup["peak_rss_mib_to_started"]
     assert startup["files_total_known_s"] >= startup["started_s"]
     assert startup["final_event"] == "completed" and startup["files_done"] == 2_000
+    memory = startup["memory_at_files_total_known"]
+    assert memory["processes"] >= 2, memory  # the coordinator and its workers
+    assert 0 < memory["uss_mib"] < memory["pss_mib"] < memory["rss_mib"], memory  # the workers share pages
     assert {t["name"] for t in startup["targets"]} == {
-        "process start → started event, s", "peak RSS of the process tree until the file count is known, MiB"}
+        "process start → started event, s",
+        "memory of the process tree once the file count is known (PSS: each page counted once), MiB"}
 
     text = readme.read_text()
     assert text.startswith("before\n<!-- datasets:start -->\n") and text.endswith("<!-- datasets:end -->\nafter\n")
