@@ -901,10 +901,15 @@ def startup_lines(s: dict[str, Any] | None) -> list[str]:
 def render(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     la = doc.get("load_average_at_start") or []
+    when = f"measured {doc.get('generated_at', '')[:10]}" + (f", load average {la[0]:.2f} at the start" if la else "")
+    if len(doc.get("runs") or []) > 1:
+        when = "measured in {} runs: {}".format(len(doc["runs"]), "; ".join(
+            f"{', '.join(r['trees'])} at {(r.get('generated_at') or '')[:16].replace('T', ' ')} UTC"
+            + (f" (load average {r['load_average_at_start'][0]:.2f})" if r.get("load_average_at_start") else "")
+            for r in doc["runs"]))
     out = [
         (f"Machine: {m['cpu_model']}, {m['nproc']} vCPU, {m['memory_gib']} GiB RAM, {m.get('os', '')}, "
-         f"Linux {m['kernel']}, Python {m['python']} — measured {doc.get('generated_at', '')[:10]}"
-         + (f", load average {la[0]:.2f} at the start" if la else "") + "."),
+         f"Linux {m['kernel']}, Python {m['python']} — {when}."),
         "",
         ("Every peer uploads the same generated tree (page cache warm) to the same server, interleaved; every object "
          "is checked by listing. Client CPU is user+sys of the client's whole process tree (the server's apart); "
@@ -956,6 +961,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     parser.add_argument("--readme", type=Path, help="replace the datasets block of this file with the table")
     parser.add_argument("--render", type=Path, help="only render this results file (with --readme: into it)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="FILE",
+                        help="join the trees of results files of separate runs (each run named in the output; "
+                             "the last file's start-up check) into --out, then render")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per upload before it is killed")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the trees are written")
     args = parser.parse_args(argv)
@@ -964,6 +972,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.render:
         doc = json.loads(args.render.read_text())
+        return publish(doc, args.readme, sys.stdout)
+    if args.merge:
+        doc = merge([json.loads(path.read_text()) for path in args.merge])
+        if args.out:
+            write_json(args.out, doc)
         return publish(doc, args.readme, sys.stdout)
     if args.smoke:
         args.runs, args.moto_runs, args.servers = 1, 1, "discard,moto"
@@ -977,15 +990,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown tree, server or peer: {unknown}" if unknown else "--runs must be >= 1")
 
     doc = run_benchmark(args)
-    text = json.dumps(doc, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
-        log(f"wrote {args.out}")
+        write_json(args.out, doc)
     else:
-        print(text)
+        print(json.dumps(doc, indent=2))
     rc = publish(doc, args.readme, sys.stdout if args.out else sys.stderr)
     bad = failures(doc)
     for line in bad:
@@ -994,6 +1002,39 @@ def main(argv: list[str] | None = None) -> int:
         log(f"smoke benchmark: {len(bad)} failed or did not run")
         return 1
     return rc
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    log(f"wrote {path}")
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from runs of different trees on the same machine (``--trees small,mixed`` then
+    ``--trees large``, say): the trees side by side, each run's time, load and trees kept in ``runs``."""
+    if not docs:
+        raise ValueError("nothing to merge")
+    machines = {json.dumps(d["machine"], sort_keys=True) for d in docs}
+    if len(machines) != 1:
+        raise ValueError("these results come from different machines: they cannot share a table")
+    out = dict(docs[0])
+    out["trees"], out["config"] = {}, {**docs[0]["config"], "trees": {}}
+    out["runs"] = []
+    for d in docs:
+        out["runs"].append({k: d.get(k) for k in ("generated_at", "finished_at", "load_average_at_start")}
+                           | {"trees": list(d["trees"]), "config": {k: v for k, v in d["config"].items()
+                                                                     if k != "trees"}})
+        out["config"]["trees"].update(d["config"]["trees"])
+        out["trees"].update(d["trees"])
+        if d.get("startup"):
+            out["startup"] = d["startup"]
+    order = ["small", "large", "mixed"]
+    out["trees"] = dict(sorted(out["trees"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9))
+    out["finished_at"] = docs[-1].get("finished_at")
+    return out
 
 
 def publish(doc: dict[str, Any], readme: Path | None, stream: Any) -> int:
