@@ -245,7 +245,7 @@ class DatasetUpload:
         self._prepared = True
         self.store.connect()
         self.executors.for_parts()
-        check_bucket(self.store, self.bucket)
+        check_bucket(self.store, self.bucket, prefix=self.prefix)
         roots: dict[str, int] = {}
         self.plan = _Plan([])
         problems: list[TreeProblem] = []
