@@ -64,7 +64,7 @@ from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_
 from .executor import ExecutorEvent, JobDone, WorkerLost
 from .worker import BatchJob, BatchResult, Job, PartJob, PartResult, WorkerConfig
 
-__all__ = ["DaskExecutor", "ClusterSpec", "CONNECT_TIMEOUT_S", "CHECK_TIMEOUT_S"]
+__all__ = ["DaskExecutor", "ClusterSpec", "ByteLedger", "CONNECT_TIMEOUT_S", "CHECK_TIMEOUT_S"]
 
 log = logging.getLogger("mpupload")
 
@@ -93,11 +93,70 @@ class ClusterSpec:
 class _Task:
     job: Job
     future: Any
+
+
+@dataclass
+class _Count:
     length: int
-    #: the worker's reported count of the current execution, and that execution's nonce and worker
+    #: the reported count of the task's current execution, and that execution's nonce and worker
     count: int = 0
     nonce: str | None = None
     worker: str | None = None
+
+
+class ByteLedger:
+    """The byte-true total of a run's tasks from the workers' absolute reports (pure; thread-safe).
+
+    Per task: the last count of its current execution, at most its length. A report of an execution that was
+    superseded (Dask ran the task again elsewhere), or of a task that has ended, changes nothing; a task's end
+    replaces its count by what its result says was sent; a worker that left drops the counts of its executions.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, _Count] = {}
+        self._void: set[tuple[str, str]] = set()
+        self._finished = 0
+
+    def begin(self, key: str, length: int) -> None:
+        with self._lock:
+            self._open[key] = _Count(length)
+
+    def report(self, key: str, nonce: str, worker: str | None, count: int) -> None:
+        with self._lock:
+            c = self._open.get(key)
+            if c is None or (key, nonce) in self._void:
+                return
+            if c.nonce is not None and c.nonce != nonce:
+                self._void.add((key, c.nonce))  # a new execution: the earlier one is void
+            c.nonce, c.worker, c.count = nonce, worker, min(c.length, max(0, int(count)))
+
+    def end(self, key: str, sent: int) -> None:
+        """The task ended: ``sent`` bytes of it are on the store (0: failed, cancelled, or lost)."""
+        with self._lock:
+            c = self._open.pop(key, None)
+            if c is None:
+                return
+            if c.nonce is not None:
+                self._void.add((key, c.nonce))
+            self._finished += min(c.length, max(0, sent))
+
+    def worker_left(self, address: str) -> int:
+        """Drop the counts of the executions on a worker that left; how many there were."""
+        dropped = 0
+        with self._lock:
+            for key, c in self._open.items():
+                if c.worker == address:
+                    if c.nonce is not None:
+                        self._void.add((key, c.nonce))
+                    c.nonce = c.worker = None
+                    c.count = 0
+                    dropped += 1
+        return dropped
+
+    def total(self) -> int:
+        with self._lock:
+            return self._finished + sum(c.count for c in self._open.values())
 
 
 def _distributed() -> Any:
@@ -138,8 +197,7 @@ class DaskExecutor:
         self._allowed: list[str] = []
         self._lock = threading.Lock()
         self._tasks: dict[str, _Task] = {}
-        self._superseded: set[tuple[str, str]] = set()
-        self._finished_bytes = 0
+        self.ledger = ByteLedger()
         self._pending: deque[tuple[Job, bool]] = deque()
         self._done: queue.SimpleQueue[tuple[str, Any, BaseException | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -229,8 +287,7 @@ class DaskExecutor:
             self._pending.append((job, False))
 
     def bytes_sent(self) -> int:
-        with self._lock:
-            return self._finished_bytes + sum(min(t.count, t.length) for t in self._tasks.values())
+        return self.ledger.total()
 
     def cancel(self) -> None:
         self.flag.set()
@@ -312,8 +369,9 @@ class DaskExecutor:
             future = self._client.submit(run_task, self.run, job, key, self._generation, key=key, pure=False,
                                          workers=list(self._allowed), allow_other_workers=False,
                                          priority=1 if first else 0, retries=0)
+            self.ledger.begin(key, job.length)
             with self._lock:
-                self._tasks[key] = _Task(job, future, job.length)
+                self._tasks[key] = _Task(job, future)
             future.add_done_callback(lambda f, key=key: self._collect(key, f))
 
     def _collect(self, key: str, future: Any) -> None:
@@ -332,12 +390,9 @@ class DaskExecutor:
     def _finish(self, key: str, result: Any, error: BaseException | None) -> ExecutorEvent | None:
         with self._lock:
             task = self._tasks.pop(key, None)
-            if task is None:
-                return None
-            if task.nonce is not None:
-                self._superseded.add((key, task.nonce))
-            if error is None and result is not None:
-                self._finished_bytes += min(task.length, int(result.size)) if result.ok else 0
+        if task is None:
+            return None
+        self.ledger.end(key, int(result.size) if error is None and result is not None and result.ok else 0)
         if error is None:
             return JobDone(task.job, result)
         distributed = _distributed()
@@ -376,6 +431,9 @@ class DaskExecutor:
         if self._lost or self._client.status != "running":
             self._lost = True
             raise E.ClusterUnavailable(f"lost the connection to the Dask scheduler at {self.address} during the run")
+        if self._members is not None and not self._members and (self._tasks or self._pending):
+            raise E.ClusterUnavailable(f"every worker of the Dask cluster at {self.address} that checked the source "
+                                       "has left: start workers again")
 
     def _on_report(self, event: Any) -> None:
         """A worker's counts (in the client's event loop: quick, no I/O)."""
@@ -383,23 +441,12 @@ class DaskExecutor:
         if not isinstance(message, dict) or message.get("run") != self.run_id:
             return
         worker = message.get("worker")
-        with self._lock:
-            for key, nonce, count in message.get("counts", ()):
-                task = self._tasks.get(key)
-                if task is None or (key, nonce) in self._superseded:
-                    continue
-                if task.nonce is not None and task.nonce != nonce:
-                    self._superseded.add((key, task.nonce))  # Dask runs it again: the earlier execution is void
-                task.nonce, task.worker, task.count = nonce, worker, max(0, int(count))
+        for key, nonce, count in message.get("counts", ()):
+            self.ledger.report(key, nonce, worker, count)
 
     def _worker_left(self, address: str) -> None:
+        self.ledger.worker_left(address)
         with self._lock:
-            for key, task in self._tasks.items():
-                if task.worker == address:
-                    if task.nonce is not None:
-                        self._superseded.add((key, task.nonce))
-                    task.nonce = task.worker = None
-                    task.count = 0
             self._departed.append(address)
 
     def _sync_flag(self) -> None:
