@@ -58,7 +58,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from .. import errors as E
-from ..source_check import SourceProbe
+from ..source_check import SourceProbe, TreeListing
 from .counter import CancelFlag
 from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_task, run_task
 from .executor import ExecutorEvent, JobDone, WorkerLost
@@ -159,6 +159,19 @@ class ByteLedger:
             return self._finished + sum(c.count for c in self._open.values())
 
 
+def _difference(probe: SourceProbe, theirs: str | None, ours: str | None) -> str:
+    """How a worker's digest differs from this host's, in words."""
+    their_n, _, _ = (theirs or "").partition(":")
+    our_n, _, _ = (ours or "").partition(":")
+    if isinstance(probe, TreeListing):
+        if their_n != our_n:
+            return f"it lists {their_n} files, this host {our_n}"
+        return "the same number of files, but other names, sizes or modification times"
+    if their_n != our_n:
+        return f"{their_n} bytes there, {our_n} here"
+    return "the same size, other bytes where it was sampled"
+
+
 def _distributed() -> Any:
     try:
         import distributed
@@ -254,10 +267,9 @@ class DaskExecutor:
                 raise E.SourceMismatch(f"{where} {hello.error}: every worker must read the source at the same path "
                                        "(a shared filesystem); nothing was sent")
             if probe is not None and hello.digest != expected:
-                raise E.SourceMismatch(
-                    f"{where} sees a different source at {probe.describe()} (size and sampled content, or the "
-                    f"listing, differ: {hello.digest} here, {expected} on this host): every worker must read the "
-                    "same data at the same path (a shared filesystem); nothing was sent")
+                raise E.SourceMismatch(f"{where} sees a different source at {probe.describe()} "
+                                       f"({_difference(probe, hello.digest, expected)}): every worker must read the "
+                                       "same data at the same path (a shared filesystem); nothing was sent")
             if not hello.credentials:
                 raise E.AuthError(f"{where} finds no AWS credentials: give the workers their own (environment, "
                                   "profile, instance role), or pass this host's with --cluster-pass-credentials")

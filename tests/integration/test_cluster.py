@@ -8,6 +8,7 @@ processes themselves (``/proc/PID/io``'s ``rchar``: the part bodies they read), 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,51 @@ def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Serve
     read = {pid: after[pid] - before[pid] for pid in before}
     assert all(n >= 5 * MiB for n in read.values()), read
 
+
+
+# -- a worker that sees another file at the same path ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def odd_cluster(moto_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaskCluster, Path,
+                                                                                                    int]]:
+    """Two workers that see ``data/`` as it is, and one that sees ``other/`` mounted over it (its own mount
+    namespace): the same names and sizes, other bytes and times. Yields the cluster, ``data/`` and that worker's
+    pid."""
+    base = tmp_path_factory.mktemp("odd")
+    data, other = base / "data", base / "other"
+    for d, seed in ((data, 1), (other, 2)):
+        (d / "sub").mkdir(parents=True)
+        make_file(d / "big.bin", 12 * MiB, seed=seed)
+        make_file(d / "sub" / "small.txt", 1000, seed=seed)
+    os.utime(other / "sub" / "small.txt", ns=(1, 1))
+    c = start_cluster(base / "dask", worker_env(moto_server), workers=2, nthreads=2)
+    try:
+        odd = c.start_worker(worker_env(moto_server), private_mount=(other, data))
+        c.wait_workers(3)
+    except BaseException:
+        c.stop()
+        raise
+    yield c, data, odd.pid
+    c.stop()
+
+
+def nothing_on_the_store(s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    assert multipart_uploads(client, bucket) == []
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_worker_that_sees_another_source_stops_the_run_before_any_part(
+        odd_cluster: tuple[DaskCluster, Path, int], s3: S3Server, bucket: str, what: str) -> None:
+    cluster, data, odd_pid = odd_cluster
+    source, dest = (data / "big.bin", f"s3://{bucket}/big.bin") if what == "file" else (data, f"s3://{bucket}/d/")
+    done = run_cli("upload", str(source), dest, "--cluster", cluster.address, "--part-size", "5MiB",
+                   "--progress", "json", env=cli_env(s3), timeout=120)
+    assert done.returncode == 2, done.stderr + cluster.logs()
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"pid {odd_pid}" in line and "sees a different source" in line, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not [e for e in events(done.stdout) if e["event"] in ("started", "progress")]
+    nothing_on_the_store(s3, bucket)
