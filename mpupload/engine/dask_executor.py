@@ -189,8 +189,11 @@ class DaskExecutor:
             raise E.UsageError("--cluster needs a store that workers can rebuild (an S3 endpoint), not an "
                                "in-process one")
         if not log.isEnabledFor(logging.DEBUG):
-            # Dask's own warnings (reconnecting, a worker gone) would print around the one line the CLI prints
-            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+            # Dask's own warnings (reconnecting, a worker gone) would print around the one line the CLI prints; its
+            # logging set-up gives some of its loggers levels of their own
+            for name in ["distributed", *logging.root.manager.loggerDict]:
+                if name == "distributed" or name.startswith("distributed."):
+                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         self.spec = spec
         self.config = config
         self.flag = flag if flag is not None else CancelFlag()
@@ -214,11 +217,11 @@ class DaskExecutor:
         self._pending: deque[tuple[Job, bool]] = deque()
         self._done: queue.SimpleQueue[tuple[str, Any, BaseException | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._seq = 0
         self._generation = 0
         self._pushed: set[int] = set()
-        self._departed: list[str] = []
         self._members: set[str] | None = None
         self._lost = False
         self._closed = False
@@ -310,16 +313,10 @@ class DaskExecutor:
         self._check_alive()
         self._dispatch()
         out: list[ExecutorEvent] = []
-        if self._done.empty() and not self._departed:
+        if self._done.empty():
             wait([self._wake_r, *wake], max(0.0, timeout))
         with contextlib.suppress(BlockingIOError, OSError):
             os.read(self._wake_r, 4096)
-        with self._lock:
-            departed, self._departed = self._departed, []
-        for address in departed:
-            hello = self.hellos.get(address)
-            slot = self._allowed.index(address) if address in self._allowed else -1
-            out.append(WorkerLost(None, slot, hello.pid if hello else None, None))
         while True:
             try:
                 key, result, error = self._done.get_nowait()
@@ -457,9 +454,12 @@ class DaskExecutor:
             self.ledger.report(key, nonce, worker, count)
 
     def _worker_left(self, address: str) -> None:
+        """Its executions' bytes are taken back now; Dask runs its tasks again on the other workers (a task whose
+        workers keep dying comes back as KilledWorker: :class:`WorkerLost`, which the engine counts and bounds)."""
+        hello = self.hellos.get(address)
+        log.warning("the cluster's worker %s (pid %s) left: its tasks run again on the others", address,
+                    hello.pid if hello else "?")
         self.ledger.worker_left(address)
-        with self._lock:
-            self._departed.append(address)
 
     def _sync_flag(self) -> None:
         """Mirror the local cancel flag: set -> the current generation's event (by the watch thread, never
@@ -496,7 +496,6 @@ class DaskExecutor:
             except Exception:  # noqa: BLE001
                 continue
             for address in sorted(members - now):
-                log.warning("the cluster's worker %s left: its tasks run again elsewhere", address)
                 self._worker_left(address)
             self._members = members & now
             with contextlib.suppress(BlockingIOError, OSError):

@@ -8,16 +8,31 @@ processes themselves (``/proc/PID/io``'s ``rchar``: the part bodies they read), 
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cli import cli_env, events, make_file, multipart_uploads, run_cli, sha256_file, sha256_object
+from tests.support.cli import (
+    CliProcess,
+    cli_env,
+    events,
+    make_file,
+    multipart_uploads,
+    run_cli,
+    sha256_file,
+    sha256_object,
+    signal_group,
+    start_cli,
+)
 from tests.support.dask_cluster import DaskCluster, proc_io, start_cluster
-from tests.support.s3server import S3Server
+from tests.support.proxy import proxy_for
+from tests.support.s3server import S3Server, wait_until
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -143,3 +158,116 @@ def test_a_worker_that_sees_another_source_stops_the_run_before_any_part(
     assert "Traceback" not in done.stderr
     assert not [e for e in events(done.stdout) if e["event"] in ("started", "progress")]
     nothing_on_the_store(s3, bucket)
+
+
+# -- faults mid-run: a worker killed, Ctrl+C, the scheduler gone -------------------------------------------------------
+
+@pytest.fixture
+def slow(moto_server: S3Server, tmp_path: Path) -> Iterator[S3Server]:
+    """moto behind a proxy that lets each connection send about 3 MiB/s: a 5 MiB part takes seconds."""
+    proxy = proxy_for(moto_server, throttle_bps=3 * MiB)
+    yield proxy.s3server(moto_server)
+    proxy.stop()
+
+
+@pytest.fixture
+def own_cluster(slow: S3Server, tmp_path: Path) -> Iterator[DaskCluster]:
+    """A cluster of this test's own (it is going to be hurt)."""
+    c = start_cluster(tmp_path / "dask", worker_env(slow), workers=3, nthreads=2)
+    yield c
+    c.stop()
+
+
+def progressing(cli: CliProcess, at_least: int, timeout: float = 60) -> dict[str, Any]:
+    line = cli.wait_line(lambda l: l.startswith("{") and json.loads(l)["event"] == "progress"
+                         and json.loads(l)["bytes_done"] >= at_least, timeout)
+    return dict(json.loads(line))
+
+
+def idle(cluster: DaskCluster) -> bool:
+    from distributed import Client
+
+    with Client(cluster.address, timeout=10, set_as_default=False) as client:
+        return not any(client.processing().values())
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_killed_mid_part_its_parts_run_elsewhere(own_cluster: DaskCluster, slow: S3Server, s3: S3Server,
+                                                          bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 40 * MiB + 7, seed=9)
+    before = read_by_worker(own_cluster)
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=cli_env(slow))
+    try:
+        progressing(cli, MiB)
+        # a worker that is sending a part right now: it has read more than the probe's samples since the start
+        victim = next(w for w in own_cluster.workers
+                      if proc_io(w.pid)["rchar"] - before[w.pid] > MiB)
+        victim.popen.kill()
+        victim.popen.wait(10)
+        assert cli.wait(120) == 0, cli.stderr + own_cluster.logs()
+    finally:
+        cli.kill_group()
+    check_events(cli.stdout)
+    assert f"pid {victim.pid}) left" in cli.stderr, cli.stderr  # the coordinator saw it go
+    assert "Traceback" not in cli.stderr
+    assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_ctrl_c_mid_run_stops_every_host_and_leaves_nothing(own_cluster: DaskCluster, slow: S3Server, s3: S3Server,
+                                                            bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 60 * MiB, seed=3)
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=cli_env(slow))
+    try:
+        seen = progressing(cli, MiB)
+        # bytes before any part is done: they come from the workers' reports, not from results
+        assert seen["parts_done"] == 0, seen
+        sent = time.monotonic()
+        signal_group(cli, signal.SIGINT)
+        assert cli.wait(30) == 130, cli.stderr
+        took = time.monotonic() - sent
+    finally:
+        cli.kill_group()
+    assert took < 5.0, f"exited {took:.1f}s after SIGINT"
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "stopped" and final["aborted"] is True, final
+    assert cli.stderr.strip().splitlines()[-1].startswith("mpupload: stopped"), cli.stderr
+    # the workers stopped their parts within a chunk (they are idle), and nothing landed after the abort
+    wait_until(lambda: idle(own_cluster), 10, "the workers to stop")
+    nothing_on_the_store(s3, bucket)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_the_scheduler_gone_mid_run_keeps_the_upload_for_resume(own_cluster: DaskCluster, slow: S3Server,
+                                                                s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 60 * MiB, seed=5)
+    state = tmp_path / "state"
+    state.mkdir()
+    env = cli_env(slow, MPUPLOAD_STATE_DIR=str(state))
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=env)
+    try:
+        progressing(cli, MiB)
+        own_cluster.kill_scheduler()
+        assert cli.wait(30) == 1, cli.stderr
+    finally:
+        cli.kill_group()
+    last = cli.stderr.strip().splitlines()[-1]
+    assert "Dask scheduler" in last and "--resume" in last, cli.stderr
+    assert "Traceback" not in cli.stderr
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "failed" and "--resume" in final["resume_command"], final
+    uploads = multipart_uploads(s3.client(), bucket)
+    assert [u["UploadId"] for u in uploads] == [final["store_upload_id"]]
+    assert list(state.glob("*.json")), "the journal is kept"
+    # the printed command continues it (here without the cluster, which is gone)
+    resumed = run_cli("upload", str(src), f"s3://{bucket}/f.bin", "--part-size", "5MiB", "--resume", "--progress",
+                      "json", env=cli_env(s3, MPUPLOAD_STATE_DIR=str(state)), timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    started = next(e for e in events(resumed.stdout) if e["event"] == "started")
+    assert started["store_upload_id"] == final["store_upload_id"]
+    assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
