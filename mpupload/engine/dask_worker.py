@@ -160,7 +160,9 @@ class _Process:
     # -- resources -------------------------------------------------------------------------------------------------
     def store(self, config: WorkerConfig) -> Store:
         """This process's store for these settings (a Boto3Store builds its client once, then every task shares it)."""
-        key = getattr(config.store, "config", None) or config.store
+        settings = getattr(config.store, "config", None)
+        # passed credentials are not part of a StoreConfig's equality: they key the cache too
+        key = (settings, settings.credentials) if settings is not None else config.store
         with self.lock:
             store = self._stores.get(key)
             if store is None:

@@ -112,6 +112,43 @@ def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Serve
 
 
 
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+@pytest.mark.parametrize("size", [0, 300_000])
+def test_a_file_of_one_part_goes_up_from_a_worker_with_one_put(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                                              tmp_path: Path, size: int) -> None:
+    src = make_file(tmp_path / "small.bin", size, seed=size)
+    done = run_cli("upload", str(src), f"s3://{bucket}/small.bin", "--cluster", cluster.address, "--progress", "json",
+                   env=cli_env(s3), timeout=120)
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    evs = check_events(done.stdout)
+    assert evs[-1]["parts_total"] == 1 and evs[-1]["upload_id"] is None  # one PutObject, no multipart upload
+    assert sha256_object(s3.client(), bucket, "small.bin") == sha256_file(src)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_without_credentials_stops_the_run_before_it_starts(moto_server: S3Server, s3: S3Server,
+                                                                     bucket: str, tmp_path: Path) -> None:
+    """Workers use their own credential chain: one that finds none is named, exit 3, before anything is sent;
+    --cluster-pass-credentials gives it this host's."""
+    env = worker_env(moto_server)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(name)
+    c = start_cluster(tmp_path / "dask", env, workers=1, nthreads=2)
+    try:
+        src = make_file(tmp_path / "f.bin", 6 * MiB, seed=2)
+        done = run_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", c.address, "--part-size", "5MiB",
+                       env=cli_env(s3), timeout=120)
+        assert done.returncode == 3, done.stderr + c.logs()
+        assert f"pid {c.workers[0].pid}) finds no AWS credentials" in done.stderr, done.stderr
+        nothing_on_the_store(s3, bucket)
+        passed = run_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", c.address, "--part-size", "5MiB",
+                         "--cluster-pass-credentials", env=cli_env(s3), timeout=120)
+        assert passed.returncode == 0, passed.stderr + c.logs()
+        assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
+    finally:
+        c.stop()
+
+
 # -- a worker that sees another file at the same path ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
