@@ -256,6 +256,8 @@ class DaskExecutor:
         hellos: list[Hello] = []
         for future in futures:
             if future.status != "finished":
+                log.warning("a worker of the cluster did not check the source (%s): this run does not use it",
+                            future.status if future.done() else "no answer in time")
                 future.cancel()
                 continue
             hellos.append(future.result())

@@ -97,8 +97,8 @@ def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Serve
     for n in range(90):
         files[f"small/{n:03d}.txt"] = make_file(tree / "small" / f"{n:03d}.txt", 10_000 + n, seed=n)
     before = read_by_worker(cluster)
-    done = run_cli("upload", str(tree), f"s3://{bucket}/sets/", "--cluster", cluster.address, "--part-size", "5MiB",
-                   "--progress", "json", env=cli_env(s3), timeout=180)
+    done = run_cli("upload", str(tree), f"s3://{bucket}/sets/", "--part-size", "5MiB", "--progress", "json",
+                   env=cli_env(s3, MPUPLOAD_CLUSTER=cluster.address), timeout=180)  # the cluster from the environment
     assert done.returncode == 0, done.stderr + cluster.logs()
     after = read_by_worker(cluster)
     evs = check_events(done.stdout)

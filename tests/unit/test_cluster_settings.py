@@ -58,3 +58,46 @@ def test_pass_credentials_without_a_cluster_is_a_usage_error() -> None:
 
 def test_no_cluster_no_settings() -> None:
     assert cluster_settings(UploadOptions(), StoreConfig()) == (None, None)
+
+
+def _options(argv: list[str]) -> UploadOptions:
+    from mpupload.cli.main import build_parser
+    from mpupload.cli.upload import build_options
+
+    args = build_parser().parse_args(["upload", "f.bin", "s3://b/k", *argv])
+    return build_options(args, "b", "k")
+
+
+def test_the_cli_takes_the_cluster_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MPUPLOAD_CLUSTER", raising=False)
+    assert _options([]).cluster is None
+    assert _options(["--cluster", "tcp://a:8786"]).cluster == "tcp://a:8786"
+    monkeypatch.setenv("MPUPLOAD_CLUSTER", "tcp://env:8786")
+    assert _options([]).cluster == "tcp://env:8786"
+    options = _options(["--cluster", "tcp://a:8786", "--cluster-pass-credentials"])
+    assert options.cluster == "tcp://a:8786" and options.cluster_pass_credentials
+
+
+def test_without_the_extra_a_cluster_run_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mpupload.engine.dask_executor import ClusterSpec, DaskExecutor
+    from mpupload.storage.boto3_store import Boto3Store
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(E.UsageError, match=r"pip install 'mpupload\[cluster\]'"):
+        DaskExecutor(ClusterSpec("tcp://127.0.0.1:1"), WorkerConfig(Boto3Store(StoreConfig())))
+
+
+def test_a_scheduler_that_does_not_answer_is_cluster_unavailable() -> None:
+    import socket
+
+    from mpupload.engine.dask_executor import ClusterSpec, DaskExecutor
+    from mpupload.storage.boto3_store import Boto3Store
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(E.ClusterUnavailable, match=f"cannot connect to the Dask scheduler at tcp://127.0.0.1:{port}"):
+        DaskExecutor(ClusterSpec(f"tcp://127.0.0.1:{port}", connect_timeout_s=0.5),
+                     WorkerConfig(Boto3Store(StoreConfig())))
