@@ -32,7 +32,7 @@ from tests.support.cli import (
 )
 from tests.support.dask_cluster import DaskCluster, proc_io, start_cluster
 from tests.support.proxy import proxy_for
-from tests.support.s3server import S3Server, wait_until
+from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -221,11 +221,16 @@ def progressing(cli: CliProcess, at_least: int, timeout: float = 60) -> dict[str
     return dict(json.loads(line))
 
 
-def idle(cluster: DaskCluster) -> bool:
-    from distributed import Client
-
-    with Client(cluster.address, timeout=10, set_as_default=False) as client:
-        return not any(client.processing().values())
+def quiet_within(cluster: DaskCluster, timeout: float) -> bool:
+    """Whether, within ``timeout`` s, there is a whole second in which no worker reads more than 256 KiB."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = read_by_worker(cluster)
+        time.sleep(1.0)
+        after = read_by_worker(cluster)
+        if all(after[pid] - before[pid] < 256 * 1024 for pid in before):
+            return True
+    return False
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
@@ -253,13 +258,17 @@ def test_a_worker_killed_mid_part_its_parts_run_elsewhere(own_cluster: DaskClust
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
-def test_ctrl_c_mid_run_stops_every_host_and_leaves_nothing(own_cluster: DaskCluster, slow: S3Server, s3: S3Server,
-                                                            bucket: str, tmp_path: Path) -> None:
-    src = make_file(tmp_path / "f.bin", 60 * MiB, seed=3)
+def test_ctrl_c_mid_run_stops_every_host_within_a_chunk_and_leaves_nothing(
+        own_cluster: DaskCluster, slow: S3Server, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """64 MiB parts at 3 MiB/s each would take about 20 s: the workers are idle within seconds of the Ctrl+C
+    only because every body reader saw the cluster's cancel flag between chunks."""
+    src = tmp_path / "sparse.bin"
+    with open(src, "wb") as fh:
+        fh.truncate(400 * MiB + 1)
     cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
-                    "5MiB", "--progress", "json", env=cli_env(slow))
+                    "64MiB", "--progress", "json", env=cli_env(slow))
     try:
-        seen = progressing(cli, MiB)
+        seen = progressing(cli, 2 * MiB, timeout=90)
         # bytes before any part is done: they come from the workers' reports, not from results
         assert seen["parts_done"] == 0, seen
         sent = time.monotonic()
@@ -272,8 +281,8 @@ def test_ctrl_c_mid_run_stops_every_host_and_leaves_nothing(own_cluster: DaskClu
     final = events(cli.stdout)[-1]
     assert final["event"] == "stopped" and final["aborted"] is True, final
     assert cli.stderr.strip().splitlines()[-1].startswith("mpupload: stopped"), cli.stderr
-    # the workers stopped their parts within a chunk (they are idle), and nothing landed after the abort
-    wait_until(lambda: idle(own_cluster), 10, "the workers to stop")
+    # the workers stopped reading the file: their parts stopped (each would read 3 MiB/s for another 20 s)
+    assert quiet_within(own_cluster, 5.0), "the workers kept reading the source after the cancel"
     nothing_on_the_store(s3, bucket)
 
 
