@@ -80,8 +80,9 @@ def test_a_big_file_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Server
     assert sha256_object(s3.client(), bucket, "big.bin") == sha256_file(src)
     assert multipart_uploads(s3.client(), bucket) == []
     read = {pid: after[pid] - before[pid] for pid in before}
-    # each worker read at least one whole part of the file (a part is read to hash it, then to send it)
-    assert all(n >= 5 * MiB for n in read.values()), read
+    # each worker read at least one whole part of the file twice (to hash it, then to send it): more than the
+    # ~7 MiB a worker reads to build its first S3 client (botocore's models)
+    assert all(n >= 10 * MiB for n in read.values()), read
     assert sum(read.values()) >= 60 * MiB, read
 
 
@@ -108,7 +109,7 @@ def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Serve
         assert sha256_object(client, bucket, f"sets/{rel}") == sha256_file(path), rel
     assert multipart_uploads(client, bucket) == []
     read = {pid: after[pid] - before[pid] for pid in before}
-    assert all(n >= 5 * MiB for n in read.values()), read
+    assert all(n >= 10 * MiB for n in read.values()), read
 
 
 
