@@ -32,7 +32,8 @@ or late one is corrected by the next. The coordinator keeps, per task, the last 
 every 0.2 s into a local bool the body reader checks per chunk, so parts in flight stop within a chunk on every
 host; then the engine aborts the upload, repeating until ListParts is empty. A run that goes on after a failure
 (a directory run) lowers its flag: the executor then starts a new *generation* (a new event) instead of clearing
-the old one, so no task can see a stale "cancelled".
+the old one, so no task can see a stale "cancelled". An event once set stays set (Dask cannot say when every task
+that must see it has stopped): a cancelled run leaves that small object on the scheduler.
 
 **The scheduler lost** mid-run: :class:`~mpupload.errors.ClusterUnavailable` (exit 1); the multipart upload is
 kept, with its journal, for ``--resume``.
@@ -221,7 +222,10 @@ class DaskExecutor:
         os.set_blocking(self._wake_w, False)
         self._seq = 0
         self._generation = 0
+        #: generations whose cancel was asked for here, and those whose event is set on the scheduler
         self._pushed: set[int] = set()
+        self._sent: set[int] = set()
+        self._send_lock = threading.Lock()
         self._members: set[str] | None = None
         self._lost = False
         self._closed = False
@@ -275,6 +279,9 @@ class DaskExecutor:
                 raise E.SourceMismatch(f"{where} sees a different source at {probe.describe()} "
                                        f"({_difference(probe, hello.digest, expected)}): every worker must read the "
                                        "same data at the same path (a shared filesystem); nothing was sent")
+            if hello.client_error is not None:
+                raise E.UsageError(f"{where} cannot build its S3 client ({hello.client_error}): fix the workers' AWS "
+                                   "configuration (the profile, the CA bundle) and run the command again")
             if not hello.credentials:
                 raise E.AuthError(f"{where} finds no AWS credentials: give the workers their own (environment, "
                                   "profile, instance role), or pass this host's with --cluster-pass-credentials")
@@ -352,10 +359,10 @@ class DaskExecutor:
         if not self._lost:
             with contextlib.suppress(Exception):
                 self._client.unsubscribe_topic(REPORT_TOPIC)
-            distributed = _distributed()
-            for generation in sorted(self._pushed):  # a cleared event leaves nothing on the scheduler
-                with contextlib.suppress(Exception):
-                    distributed.Event(cancel_event_name(self.run_id, generation), client=self._client).clear()
+            # a cancel not yet sent is sent now. The events stay set: Dask cannot tell when the tasks that must see
+            # them have stopped (cancelling a future does not stop its task), so a cancelled run leaves its event
+            # (a few hundred bytes) on the scheduler
+            self._send_cancels()
         with contextlib.suppress(Exception):
             self._client.close(timeout=timeout_s)
         for fd in (self._wake_r, self._wake_w):
@@ -473,20 +480,24 @@ class DaskExecutor:
         elif self._generation in self._pushed:
             self._generation += 1
 
+    def _send_cancels(self) -> None:
+        """Set the events of the generations cancelled here that are not set on the scheduler yet."""
+        distributed = _distributed()
+        with self._send_lock:
+            for generation in sorted(self._pushed - self._sent):
+                try:
+                    distributed.Event(cancel_event_name(self.run_id, generation), client=self._client).set()
+                    self._sent.add(generation)
+                except Exception:  # noqa: BLE001 - the scheduler is gone: the main thread says so
+                    log.debug("could not set the cluster's cancel event", exc_info=True)
+
     def _watch_loop(self) -> None:
         """Sets the run's cancel events, and polls the scheduler's workers (a worker that left)."""
-        distributed = _distributed()
-        sent: set[int] = set()
         next_poll = time.monotonic() + MEMBERSHIP_S
         while not self._stop.is_set():
             self._push_wanted.wait(max(0.0, next_poll - time.monotonic()))
             self._push_wanted.clear()
-            for generation in sorted(self._pushed - sent):
-                try:
-                    distributed.Event(cancel_event_name(self.run_id, generation), client=self._client).set()
-                    sent.add(generation)
-                except Exception:  # noqa: BLE001 - the scheduler is gone: the main thread says so
-                    log.debug("could not set the cluster's cancel event", exc_info=True)
+            self._send_cancels()
             if self._stop.is_set() or time.monotonic() < next_poll:
                 continue
             next_poll = time.monotonic() + MEMBERSHIP_S

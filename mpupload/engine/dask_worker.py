@@ -75,8 +75,10 @@ class Hello:
     version: str
     #: this worker's digest of the source (None: no source to check, or ``error``)
     digest: str | None = None
-    #: why the source (or the store client) could not be checked here
+    #: why the source could not be read here
     error: str | None = None
+    #: why this worker could not build its store client (a profile missing here, a bad CA bundle path ...)
+    client_error: str | None = None
     #: whether the store client finds credentials on this worker (its own chain, or passed ones)
     credentials: bool = True
 
@@ -304,11 +306,13 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
         except OSError as exc:
             error = f"cannot read {probe.describe()}: {exc.strerror or exc}"
     credentials = True
+    client_error = None
     config = getattr(spec.config.store, "config", None)
-    if config is not None and error is None:
+    if config is not None:
         try:
             credentials = config.resolved_credentials() is not None
             _process().store(spec.config)
         except Exception as exc:  # noqa: BLE001 - a profile missing here, a bad CA bundle path ...
-            error = f"cannot build its S3 client: {exc}"
-    return Hello(**hello, digest=digest, error=error, credentials=credentials)  # type: ignore[arg-type]
+            client_error = f"{type(exc).__name__}: {exc}"
+    return Hello(**hello, digest=digest, error=error, client_error=client_error,  # type: ignore[arg-type]
+                 credentials=credentials)
