@@ -8,7 +8,8 @@ coordinator) and imports ``distributed`` only inside its functions.
   its host, pid, threads, mpupload version, and whether its credential chain finds credentials;
 * :func:`run_task` runs one job (a part, a whole object, a batch of small files) with
   :func:`~.worker.run_job`, as a local worker process does, with this process's store client (one per store
-  settings, built on first use) and an open-file cache per thread;
+  settings, built on first use); the source file is opened per task (a worker outlives runs: a descriptor kept
+  open would read a replaced file's old bytes);
 * every task execution counts its bytes in a :class:`TaskCounter` of its own; the process's **reporter** thread
   sends the absolute count of every running execution every :data:`REPORT_S` seconds with the worker's
   ``log_event`` on the topic :data:`REPORT_TOPIC` (``{"run", "worker", "counts": [[task key, execution nonce,
@@ -154,7 +155,6 @@ class _Process:
         self.lock = threading.Lock()
         self.runs: dict[str, _Run] = {}
         self._stores: dict[Any, Store] = {}
-        self._local = threading.local()
         self._put_pools: dict[int, ThreadPoolExecutor] = {}
         self._worker: Any = None
         self._threads_started = False
@@ -171,12 +171,6 @@ class _Process:
                 store = self._stores[key] = config.store
         store.connect()
         return store
-
-    def files(self) -> OpenFiles:
-        files: OpenFiles | None = getattr(self._local, "files", None)
-        if files is None:
-            files = self._local.files = OpenFiles(keep=4)
-        return files
 
     def put_pool(self, threads: int) -> ThreadPoolExecutor | None:
         if threads <= 1:
@@ -280,13 +274,17 @@ def run_task(spec: RunSpec, job: Job, key: str, generation: int) -> JobResult:
     state = _process()
     run, flag, nonce, counter = state.begin(get_worker(), spec.run_id, generation, key)
     final = 0
+    # the task's own open file, closed at its end: a worker outlives runs, and a descriptor kept open would read the
+    # old file after it was replaced at the same path
+    files = OpenFiles(keep=1)
     try:
         store = state.store(spec.config)
-        result = run_job(store, state.files(), spec.config, job, counter, 0, flag,  # type: ignore[arg-type]
+        result = run_job(store, files, spec.config, job, counter, 0, flag,  # type: ignore[arg-type]
                          threads=state.put_pool(spec.config.put_threads))
         final = result.size if result.ok else 0
         return result
     finally:
+        files.close()
         state.end(run, key, nonce, final)
 
 

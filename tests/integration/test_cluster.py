@@ -115,6 +115,20 @@ def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Serve
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_file_replaced_at_the_same_path_is_read_anew_by_long_lived_workers(
+        cluster: DaskCluster, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """Workers outlive runs: the second run of the same path must send the new file, not bytes of the old one
+    through a descriptor kept open."""
+    src = tmp_path / "same.bin"
+    for seed in (1, 2):
+        make_file(tmp_path / "next.bin", 20 * MiB, seed=seed)
+        os.replace(tmp_path / "next.bin", src)  # a new file (inode) at the same path, the same size
+        done = run_cli("upload", str(src), f"s3://{bucket}/same.bin", "--cluster", cluster.address, "--part-size",
+                       "5MiB", "--progress", "none", env=cli_env(s3), timeout=120)
+        assert done.returncode == 0, done.stderr + cluster.logs()
+        assert sha256_object(s3.client(), bucket, "same.bin") == sha256_file(src), f"run {seed}"
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
 @pytest.mark.parametrize("size", [0, 300_000])
 def test_a_file_of_one_part_goes_up_from_a_worker_with_one_put(cluster: DaskCluster, s3: S3Server, bucket: str,
                                                               tmp_path: Path, size: int) -> None:
