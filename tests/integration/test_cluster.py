@@ -335,3 +335,23 @@ def test_the_scheduler_gone_mid_run_keeps_the_upload_for_resume(own_cluster: Das
     assert started["store_upload_id"] == final["store_upload_id"]
     assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
     assert multipart_uploads(s3.client(), bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_every_worker_gone_mid_run_keeps_the_upload_for_resume(own_cluster: DaskCluster, slow: S3Server,
+                                                               s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 40 * MiB, seed=8)
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=cli_env(slow))
+    try:
+        progressing(cli, MiB)
+        for worker in own_cluster.workers:
+            worker.popen.kill()
+        assert cli.wait(30) == 1, cli.stderr
+    finally:
+        cli.kill_group()
+    last = cli.stderr.strip().splitlines()[-1]
+    assert "that checked the source has left" in last and "--resume" in last, cli.stderr
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "failed" and final["bytes_done"] <= final["total_bytes"], final
+    assert [u["UploadId"] for u in multipart_uploads(s3.client(), bucket)] == [final["store_upload_id"]]
