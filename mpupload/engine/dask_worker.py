@@ -186,24 +186,26 @@ class _Process:
         import distributed
 
         dd: Any = distributed
-
-        fresh: PolledFlag | None = None
         with self.lock:
             self._worker = worker
             run = self.runs.get(run_id)
             if run is None:
                 run = self.runs[run_id] = _Run(run_id, worker.address)
             flag = run.flags.get(generation)
-            if flag is None:
-                fresh = PolledFlag(dd.Event(cancel_event_name(run_id, generation), client=dd.get_client()))
-                flag = run.flags[generation] = fresh
+        fresh = False
+        if flag is None:  # the worker's client is made once per process, outside the lock
+            made = PolledFlag(dd.Event(cancel_event_name(run_id, generation), client=dd.get_client()))
+            with self.lock:
+                flag = run.flags.setdefault(generation, made)
+            fresh = flag is made
+        with self.lock:
             nonce = uuid.uuid4().hex[:12]
             counter = TaskCounter()
             run.running[key] = (nonce, counter)
             run.last_active = time.monotonic()
             start = not self._threads_started
             self._threads_started = True
-        if fresh is not None or time.monotonic() - flag.refreshed > 2 * CANCEL_POLL_S:
+        if fresh or time.monotonic() - flag.refreshed > 2 * CANCEL_POLL_S:
             flag.refresh()  # a task that starts after a cancel does not send a chunk
         if start:
             for target, name in ((self._report_loop, "mpupload-reporter"), (self._cancel_loop, "mpupload-cancel")):
