@@ -52,6 +52,7 @@ import queue
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,7 +203,13 @@ class DaskExecutor:
         self.run = RunSpec(self.run_id, config)
         self.address = spec.address
         try:
-            self._client = distributed.Client(spec.address, timeout=spec.connect_timeout_s, set_as_default=False)
+            with warnings.catch_warnings(record=True) as caught:  # Dask's version table: one line of ours instead
+                warnings.simplefilter("always")
+                self._client = distributed.Client(spec.address, timeout=spec.connect_timeout_s, set_as_default=False)
+            for warning in caught:
+                first = str(warning.message).strip().splitlines()[0] if str(warning.message).strip() else ""
+                log.warning("Dask: %s (--debug shows more)", first)
+                log.debug("Dask: %s", warning.message)
         except (OSError, TimeoutError) as exc:
             raise E.ClusterUnavailable(f"cannot connect to the Dask scheduler at {spec.address} ({exc}): check the "
                                        "address and that the scheduler is running") from None
