@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -327,12 +328,17 @@ def test_the_scheduler_gone_mid_run_keeps_the_upload_for_resume(own_cluster: Das
     uploads = multipart_uploads(s3.client(), bucket)
     assert [u["UploadId"] for u in uploads] == [final["store_upload_id"]]
     assert list(state.glob("*.json")), "the journal is kept"
-    # the printed command continues it (here without the cluster, which is gone)
-    resumed = run_cli("upload", str(src), f"s3://{bucket}/f.bin", "--part-size", "5MiB", "--resume", "--progress",
-                      "json", env=cli_env(s3, MPUPLOAD_STATE_DIR=str(state)), timeout=120)
+    # the printed command continues it, on a cluster that is back (a new scheduler, new workers)
+    again = start_cluster(tmp_path / "dask-again", worker_env(s3), workers=2, nthreads=2)
+    try:
+        command = shlex.split(final["resume_command"])[1:]
+        command[command.index("--cluster") + 1] = again.address
+        resumed = run_cli(*command, env=cli_env(s3, MPUPLOAD_STATE_DIR=str(state)), timeout=120)
+    finally:
+        again.stop()
     assert resumed.returncode == 0, resumed.stderr
     started = next(e for e in events(resumed.stdout) if e["event"] == "started")
-    assert started["store_upload_id"] == final["store_upload_id"]
+    assert started["store_upload_id"] == final["store_upload_id"] and started["workers"] == 2, started
     assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
     assert multipart_uploads(s3.client(), bucket) == []
 
