@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import errors as E
 from . import journal as journal_mod
@@ -34,6 +34,9 @@ from .source_check import FileSample
 from .storage import Store, StoreConfig
 from .storage.boto3_store import Boto3Store
 from .storage.config import effective_endpoint
+
+if TYPE_CHECKING:
+    from .engine.dask_executor import ClusterSpec
 
 __all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan", "upload_directory",
            "prepare_dataset", "PreparedDataset"]
@@ -65,7 +68,7 @@ def check_source(path: str) -> Source:
     return Source.from_path(path)
 
 
-def cluster_settings(options: UploadOptions, store: StoreConfig | Store) -> tuple[Any, Store | None]:
+def cluster_settings(options: UploadOptions, store: StoreConfig | Store) -> tuple[ClusterSpec | None, Store | None]:
     """A cluster run's :class:`~.engine.dask_executor.ClusterSpec` and the store its workers get: this process's
     settings with the endpoint and region resolved here (every worker must talk to the same store), and this
     process's credentials only with ``--cluster-pass-credentials``. ``(None, None)``: not a cluster run."""
@@ -188,6 +191,7 @@ def prepare_upload(
     plan = make_plan(source.size, dataclasses.replace(options, workers=None) if options.cluster else options)
     if before_store is not None:
         before_store(source, plan)
+    cluster, cluster_store = cluster_settings(options, store)  # (before the journal's lock is taken)
     token = cancel or CancelToken()
     journal_path = None
     lock: JournalLock | None = None
@@ -200,7 +204,6 @@ def prepare_upload(
             log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
                         "interrupted, --resume finds it on the store instead", exc.strerror or exc)
     the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
-    cluster, cluster_store = cluster_settings(options, store)
     executors = Executors(the_store, plan.workers, start_method=options.start_method, cluster=cluster,
                           cluster_store=cluster_store)
     # Ctrl+C sets the workers' shared flag at once: parts in flight, and the hashing of stored parts, stop within
