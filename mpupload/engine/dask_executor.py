@@ -424,6 +424,10 @@ class DaskExecutor:
         if isinstance(error, distributed.KilledWorker):
             log.warning("Dask gave up on a task whose workers kept dying: %s", error)
             return WorkerLost(task.job, -1, None, None)
+        if isinstance(error, TimeoutError):  # its result could not be fetched (its worker hangs): run it again
+            with contextlib.suppress(Exception):
+                task.future.cancel()
+            return WorkerLost(task.job, -1, None, None)
         if self._lost or self._client.status != "running":
             self._lost = True
             return None
