@@ -153,6 +153,7 @@ class _Process:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.connect_lock = threading.Lock()
         self.runs: dict[str, _Run] = {}
         self._stores: dict[Any, Store] = {}
         self._put_pools: dict[int, ThreadPoolExecutor] = {}
@@ -169,7 +170,8 @@ class _Process:
             store = self._stores.get(key)
             if store is None:
                 store = self._stores[key] = config.store
-        store.connect()
+        with self.connect_lock:  # a boto3 session makes one client at a time (it is not thread-safe)
+            store.connect()
         return store
 
     def put_pool(self, threads: int) -> ThreadPoolExecutor | None:
@@ -310,7 +312,8 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
     config = getattr(spec.config.store, "config", None)
     if config is not None:
         try:
-            credentials = config.resolved_credentials() is not None
+            with _process().connect_lock:
+                credentials = config.resolved_credentials() is not None
             _process().store(spec.config)
         except Exception as exc:  # noqa: BLE001 - a profile missing here, a bad CA bundle path ...
             client_error = f"{type(exc).__name__}: {exc}"
