@@ -105,6 +105,12 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted upload of this file to this key: only missing parts are sent; "
                         "Ctrl+C then keeps the upload (unless --abort-on-interrupt)")
+    t.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="run the parts and files on this Dask cluster's workers (default: MPUPLOAD_CLUSTER; they "
+                        "read SOURCE at the same path: a shared filesystem; needs mpupload[cluster])")
+    t.add_argument("--cluster-pass-credentials", action="store_true",
+                   help="send this host's AWS credentials to the cluster's workers with every task (default: the "
+                        "workers use their own credential chain; see docs/cluster.md for the risk)")
     t.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
                    help="retry a request when no byte moves for this long (default: 10 s sending, 120 s for "
                         "the answer)")
@@ -191,6 +197,8 @@ def build_options(args: argparse.Namespace, bucket: str = "", key: str = "") -> 
         no_overwrite=args.no_overwrite,
         resume=args.resume,
         resume_command=resume_command(args, sys.argv[1:]),
+        cluster=args.cluster or os.environ.get("MPUPLOAD_CLUSTER") or None,
+        cluster_pass_credentials=args.cluster_pass_credentials,
         cleanup_command=cleanup_command(args, bucket, key) if bucket else None,
     )
 

@@ -255,6 +255,7 @@ class ObjectUpload:
             "checksum_algorithm": algorithm.value if algorithm else ("md5" if md5 else None),
             "multipart": self.plan.multipart,
             "store_upload_id": self.upload_id,
+            **self.executors.started_fields(),
         }
 
     def _access(self) -> ObjectAccess:
