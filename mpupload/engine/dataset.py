@@ -595,11 +595,13 @@ class DatasetUpload:
         jobs: list[PartJob] = []
         size = 0
         batch_id = 0
+        remote = self.executors.cluster is not None  # another host may number the same file's inode differently
         for i in self._small:
+            inode_here = -1 if remote else p.inode[i]
             args = tuple(object_args(opts, p.rels[i]).items())
             target = PartTarget(p.path(i), self.bucket, self.key_of(i), None, algorithm, md5, etag_is_md5=etag_is_md5,
                                 object_args=args, object_id=i + 1, checksum_metadata=algorithm is not None,
-                                fingerprint=(p.size[i], p.mtime[i], p.inode[i]))
+                                fingerprint=(p.size[i], p.mtime[i], inode_here))
             jobs.append(PartJob(target, Part(1, 0, p.size[i])))
             size += p.size[i]
             if len(jobs) >= d.batch_files or size >= d.batch_bytes:

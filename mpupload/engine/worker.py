@@ -92,7 +92,8 @@ class PartTarget:
     #: PutObject only: also store the file's checksum as user metadata (``mpupload-<algorithm>``)
     checksum_metadata: bool = False
     #: PutObject only: the file's (size, mtime_ns, inode) when it was planned; a file that differs after the PUT
-    #: fails the job with SourceChanged (it changed while it was read)
+    #: fails the job with SourceChanged (it changed while it was read). An inode of -1 is not compared: a cluster
+    #: worker reads the file on another host, where a shared filesystem may number inodes differently
     fingerprint: tuple[int, int, int] | None = None
 
 
@@ -461,7 +462,10 @@ def _check_unchanged(fd: int, target: PartTarget) -> None:
         now = os.stat(target.path)
     except OSError as exc:
         raise E.SourceChanged(f"{target.path} disappeared while it was uploaded ({exc.strerror or exc})") from None
-    if (st.st_size, st.st_mtime_ns, st.st_ino) != target.fingerprint or now.st_ino != st.st_ino:
+    assert target.fingerprint is not None
+    size, mtime_ns, inode = target.fingerprint
+    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or (inode >= 0 and st.st_ino != inode) \
+            or now.st_ino != st.st_ino:
         raise E.SourceChanged(f"{target.path} changed while it was uploaded: the object at s3://{target.bucket}/"
                               f"{target.key} may hold a mix of versions; upload it again once the file is final")
 

@@ -139,3 +139,32 @@ def test_digest_range_is_not_progress(data_file: tuple[int, bytes]) -> None:
     flag.set()
     with pytest.raises(Cancelled):
         digest_range(fd, 0, 10, [new_hasher(Algorithm.MD5)], cancel=flag)
+
+
+def test_a_whole_objects_fingerprint_compares_the_inode_unless_it_is_minus_one(tmp_path: Path) -> None:
+    """A cluster worker reads on another host: there the inode of the same file may differ, so the coordinator
+    sends -1 and only size and mtime are compared; a local run compares the inode too."""
+    import os
+
+    from mpupload.engine.worker import PartTarget, _check_unchanged
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100)
+    st = os.stat(path)
+
+    def check(fingerprint: tuple[int, int, int]) -> None:
+        target = PartTarget(str(path), "b", "k", None, None, False, fingerprint=fingerprint)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _check_unchanged(fd, target)
+        finally:
+            os.close(fd)
+
+    check((st.st_size, st.st_mtime_ns, st.st_ino))
+    check((st.st_size, st.st_mtime_ns, -1))
+    with pytest.raises(SourceChanged):
+        check((st.st_size, st.st_mtime_ns, st.st_ino + 1))
+    with pytest.raises(SourceChanged):
+        check((st.st_size, st.st_mtime_ns + 1, -1))
+    with pytest.raises(SourceChanged):
+        check((st.st_size + 1, st.st_mtime_ns, -1))
