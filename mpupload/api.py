@@ -63,6 +63,17 @@ def check_source(path: str) -> Source:
     return Source.from_path(path)
 
 
+def check_options(options: UploadOptions) -> None:
+    """Options that are wrong whatever the file: a :class:`UsageError` before anything else."""
+    if options.max_bandwidth is not None:
+        from .engine.throttle import check_rate
+
+        try:
+            check_rate(options.max_bandwidth)
+        except ValueError as exc:
+            raise E.UsageError(f"--max-bandwidth: {exc}") from None
+
+
 def make_plan(size: int, options: UploadOptions) -> UploadPlan:
     import psutil
 
@@ -157,6 +168,7 @@ def prepare_upload(
     options = options or UploadOptions()
     if not bucket or not key:
         raise E.UsageError("bucket and key are required: s3://BUCKET/KEY")
+    check_options(options)
     source = check_source(path)
     plan = make_plan(source.size, options)
     if before_store is not None:
@@ -173,7 +185,8 @@ def prepare_upload(
             log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
                         "interrupted, --resume finds it on the store instead", exc.strerror or exc)
     the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
-    executors = Executors(the_store, plan.workers, start_method=options.start_method)
+    executors = Executors(the_store, plan.workers, start_method=options.start_method,
+                          max_bandwidth=options.max_bandwidth)
     # Ctrl+C sets the workers' shared flag at once: parts in flight, and the hashing of stored parts, stop within
     # a chunk
     token.link(executors.flag)
@@ -275,6 +288,7 @@ def prepare_dataset(
                            f"(s3://{bucket}/{prefix}/)")
     if dataset.put_threads < 1 or dataset.put_threads > 64:
         raise E.UsageError("--put-threads must be 1 to 64")
+    check_options(options)
     check_sources(sources)
     if isinstance(store, StoreConfig) or store is None:
         config = store or StoreConfig()
@@ -294,7 +308,8 @@ def prepare_dataset(
                         "check every file against the store", exc.strerror or exc)
     the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
     workers = options.workers or DEFAULT_WORKERS
-    executors = Executors(the_store, workers, start_method=options.start_method, put_threads=dataset.put_threads)
+    executors = Executors(the_store, workers, start_method=options.start_method, put_threads=dataset.put_threads,
+                          max_bandwidth=options.max_bandwidth)
     token.link(executors.flag)
     upload = DatasetUpload(sources, bucket, prefix, store=the_store, options=options, dataset=dataset, cancel=token,
                            executors=executors, journal_path=journal_path, warn=warn)

@@ -5,14 +5,20 @@ PutObject goes to a thread of this process (:class:`~.executor.ThreadExecutor`).
 one the plan needs as early as possible (the workers build their clients while this process talks to the store);
 the other is started only if it is ever needed (a resume turns a one-part plan into a multipart upload).
 Every executor shares the run's cancel flag, which the CLI's Ctrl+C sets.
+
+A run with a bandwidth cap (``max_bandwidth``) makes the counters of both executors at once, before any worker
+starts, and one :class:`~.throttle.Throttle` that reads them all: it travels to every sender in the
+:class:`~.worker.WorkerConfig`, so the cap holds for the whole run (see :mod:`.throttle`). Without a cap nothing
+changes: each executor makes its own counter, and the config carries no throttle.
 """
 
 from __future__ import annotations
 
 from ..storage.port import Store
-from .counter import CancelFlag
+from .counter import ByteCounter, CancelFlag
 from .executor import Executor, ThreadExecutor
 from .pool import LocalProcessExecutor
+from .throttle import Throttle
 from .worker import WorkerConfig
 
 __all__ = ["Executors", "SHUTDOWN_JOIN_S"]
@@ -23,9 +29,16 @@ SHUTDOWN_JOIN_S = 2.0
 
 class Executors:
     def __init__(self, store: Store, workers: int, *, flag: CancelFlag | None = None,
-                 start_method: str | None = None, put_threads: int = 1) -> None:
+                 start_method: str | None = None, put_threads: int = 1, max_bandwidth: int | None = None) -> None:
+        #: the counters of the parts' executor and the PutObject thread, made now when the run is capped
+        self._parts_counter: ByteCounter | None = None
+        self._put_counter: ByteCounter | None = None
+        throttle = None
+        if max_bandwidth is not None:
+            self._parts_counter, self._put_counter = ByteCounter(workers), ByteCounter(1)
+            throttle = Throttle(max_bandwidth, (self._parts_counter, self._put_counter))
         # a Boto3Store crosses to the workers as its config
-        self.config = WorkerConfig(store, put_threads=put_threads)
+        self.config = WorkerConfig(store, put_threads=put_threads, throttle=throttle)
         self.workers = workers
         self.flag = flag if flag is not None else CancelFlag()
         self.start_method = start_method
@@ -43,17 +56,22 @@ class Executors:
             self._check_open()
             if getattr(self.config.store, "crosses_processes", False):
                 self._parts = LocalProcessExecutor(self.config, self.workers, cancel=self.flag,
-                                                   start_method=self.start_method)
+                                                   start_method=self.start_method, counter=self._parts_counter)
             else:
-                self._parts = ThreadExecutor(self.config, self.workers, cancel=self.flag)
+                self._parts = ThreadExecutor(self.config, self.workers, cancel=self.flag, counter=self._parts_counter)
         return self._parts
 
     def for_put(self) -> Executor:
         """A thread of this process (started now if it was not)."""
         if self._put is None:
             self._check_open()
-            self._put = ThreadExecutor(self.config, 1, cancel=self.flag)
+            self._put = ThreadExecutor(self.config, 1, cancel=self.flag, counter=self._put_counter)
         return self._put
+
+    @property
+    def max_bandwidth(self) -> int | None:
+        """The run's cap in bytes per second (``None``: none)."""
+        return self.config.throttle.rate if self.config.throttle is not None else None
 
     def _check_open(self) -> None:
         if self._closed:
