@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import errors as E
 from . import journal as journal_mod
@@ -27,11 +28,15 @@ from .engine.executors import Executors
 from .engine.object_upload import ObjectUpload
 from .journal import JournalLock
 from .options import UploadOptions, UploadResult
-from .plan import DEFAULT_WORKERS, PlanError, UploadPlan, plan_upload
+from .plan import DEFAULT_WORKERS, MAX_WORKERS, PlanError, UploadPlan, plan_upload
 from .source import Source
+from .source_check import FileSample
 from .storage import Store, StoreConfig
 from .storage.boto3_store import Boto3Store
 from .storage.config import effective_endpoint
+
+if TYPE_CHECKING:
+    from .engine.dask_executor import ClusterSpec
 
 __all__ = ["upload_file", "prepare_upload", "PreparedUpload", "check_source", "make_plan", "upload_directory",
            "prepare_dataset", "PreparedDataset"]
@@ -72,6 +77,33 @@ def check_options(options: UploadOptions) -> None:
             check_rate(options.max_bandwidth)
         except ValueError as exc:
             raise E.UsageError(f"--max-bandwidth: {exc}") from None
+        if options.cluster:
+            raise E.UsageError("--max-bandwidth caps local runs only: a cluster run (--cluster) cannot be capped yet; "
+                               "leave out one of them")
+
+
+def cluster_settings(options: UploadOptions, store: StoreConfig | Store) -> tuple[ClusterSpec | None, Store | None]:
+    """A cluster run's :class:`~.engine.dask_executor.ClusterSpec` and the store its workers get: this process's
+    settings with the endpoint and region resolved here (every worker must talk to the same store), and this
+    process's credentials only with ``--cluster-pass-credentials``. ``(None, None)``: not a cluster run."""
+    if not options.cluster:
+        if options.cluster_pass_credentials:
+            raise E.UsageError("--cluster-pass-credentials goes with --cluster")
+        return None, None
+    from .engine.dask_executor import ClusterSpec
+
+    if isinstance(store, Boto3Store):
+        store = store.config
+    if not isinstance(store, StoreConfig):
+        raise E.UsageError("--cluster needs an S3 store that the workers can reach (not an in-process store)")
+    config = dataclasses.replace(store, endpoint_url=effective_endpoint(store.endpoint_url),
+                                 region=store.resolved_region())
+    if options.cluster_pass_credentials:
+        credentials = config.resolved_credentials()
+        if credentials is None:
+            raise E.AuthError("--cluster-pass-credentials: this host has no AWS credentials to pass")
+        config = dataclasses.replace(config, credentials=credentials)
+    return ClusterSpec(options.cluster, concurrency=options.workers), Boto3Store(config)
 
 
 def make_plan(size: int, options: UploadOptions) -> UploadPlan:
@@ -170,9 +202,11 @@ def prepare_upload(
         raise E.UsageError("bucket and key are required: s3://BUCKET/KEY")
     check_options(options)
     source = check_source(path)
-    plan = make_plan(source.size, options)
+    # on a cluster, --workers is how many tasks run at once there, not worker processes here
+    plan = make_plan(source.size, dataclasses.replace(options, workers=None) if options.cluster else options)
     if before_store is not None:
         before_store(source, plan)
+    cluster, cluster_store = cluster_settings(options, store)  # (before the journal's lock is taken)
     token = cancel or CancelToken()
     journal_path = None
     lock: JournalLock | None = None
@@ -185,8 +219,8 @@ def prepare_upload(
             log.warning("cannot use the state directory for the resume journal (%s): the upload goes on; if it is "
                         "interrupted, --resume finds it on the store instead", exc.strerror or exc)
     the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
-    executors = Executors(the_store, plan.workers, start_method=options.start_method,
-                          max_bandwidth=options.max_bandwidth)
+    executors = Executors(the_store, plan.workers, start_method=options.start_method, cluster=cluster,
+                          cluster_store=cluster_store, max_bandwidth=options.max_bandwidth)
     # Ctrl+C sets the workers' shared flag at once: parts in flight, and the hashing of stored parts, stop within
     # a chunk
     token.link(executors.flag)
@@ -194,6 +228,8 @@ def prepare_upload(
                           executors=executors, journal_path=journal_path)
     prepared = PreparedUpload(upload, executors, lock, token, owns_token=cancel is None)
     try:
+        # a cluster's workers check the file first: one that sees another file stops the run before anything
+        executors.check_source(FileSample(source.path))
         upload.prepare()
     except BaseException:
         prepared.close()
@@ -307,9 +343,12 @@ def prepare_dataset(
             log.warning("cannot use the state directory for the run's journal (%s): the run goes on; --resume will "
                         "check every file against the store", exc.strerror or exc)
     the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
+    cluster, cluster_store = cluster_settings(options, store)
     workers = options.workers or DEFAULT_WORKERS
+    if cluster is not None:  # what a large file's plan takes; the cluster's own concurrency is its threads
+        workers = min(workers, MAX_WORKERS)
     executors = Executors(the_store, workers, start_method=options.start_method, put_threads=dataset.put_threads,
-                          max_bandwidth=options.max_bandwidth)
+                          cluster=cluster, cluster_store=cluster_store, max_bandwidth=options.max_bandwidth)
     token.link(executors.flag)
     upload = DatasetUpload(sources, bucket, prefix, store=the_store, options=options, dataset=dataset, cancel=token,
                            executors=executors, journal_path=journal_path, warn=warn)

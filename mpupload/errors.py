@@ -8,7 +8,8 @@
     │   ├── BucketNotFound      (2)   the bucket does not exist
     │   ├── ObjectExists        (2)   --no-overwrite and the key already exists
     │   ├── SourceChanged       (2)   the file changed, or vanished, while it was uploaded
-    │   └── SourceUnreadable    (2)   the file cannot be opened or read (permissions, I/O error)
+    │   ├── SourceUnreadable    (2)   the file cannot be opened or read (permissions, I/O error)
+    │   └── SourceMismatch      (2)   a cluster worker sees a different source at the same path
     ├── AuthError               (3)   the store rejected the credentials or denied access
     ├── UploadFailed            (1)   the store is unreachable, retries ran out, the store refused data
     │   ├── StoreUnreachable    (1)   a network fault (retried)
@@ -17,6 +18,7 @@
     │   │                             expired): nothing is kept, nothing can be resumed
     │   ├── IntegrityError      (1)   the stored object does not equal the file
     │   ├── WorkerCrashed       (1)   worker processes kept dying
+    │   ├── ClusterUnavailable  (1)   the Dask scheduler cannot be reached, or was lost mid-run (kept)
     │   └── FilesFailed         (1)   a directory run ended with some files failed (the others are stored)
     └── Cancelled             (130)   Ctrl+C, SIGTERM, or a stop request
 
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MpuploadError", "UsageError", "BucketNotFound", "ObjectExists", "SourceChanged", "SourceUnreadable", "AuthError",
     "UploadFailed", "StoreUnreachable", "PartCorrupted", "UploadGone", "IntegrityError", "WorkerCrashed",
-    "FilesFailed", "Cancelled",
+    "FilesFailed", "Cancelled", "SourceMismatch", "ClusterUnavailable",
 ]
 
 
@@ -104,6 +106,11 @@ class SourceUnreadable(UsageError):
     """The source file exists but cannot be read: no permission, or the disk returned an error."""
 
 
+class SourceMismatch(UsageError):
+    """A cluster worker (``--cluster``) sees another file, or another tree, at the source's path than this process
+    does (no shared filesystem, a stale mount): nothing was sent. The message names the worker."""
+
+
 def source_error(path: object, exc: OSError, *, bucket: str | None = None, key: str | None = None,
                  upload_id: str | None = None, part_number: int | None = None) -> UsageError:
     """The error for a source file that could not be opened: gone (:class:`SourceChanged`) or unreadable."""
@@ -151,6 +158,11 @@ class IntegrityError(UploadFailed):
 
 class WorkerCrashed(UploadFailed):
     pass
+
+
+class ClusterUnavailable(UploadFailed):
+    """The Dask scheduler of ``--cluster`` cannot be reached, has no workers, or was lost during the run: the
+    multipart upload is kept, so ``--resume`` continues it once the cluster is back."""
 
 
 class FilesFailed(UploadFailed):

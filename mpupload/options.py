@@ -56,6 +56,11 @@ class UploadOptions:
     #: the command that aborts one multipart upload of this destination, with ``{upload_id}`` in it; reported for
     #: every upload left on the store (None: an ``aws s3api abort-multipart-upload`` command)
     cleanup_command: str | None = None
+    #: run the parts and small files on this Dask cluster's workers (``--cluster tcp://HOST:8786``); None: locally
+    cluster: str | None = None
+    #: hand this process's credentials to the cluster's workers with every task (``--cluster-pass-credentials``);
+    #: otherwise the workers use their own credential chain and nothing secret travels
+    cluster_pass_credentials: bool = False
 
     @property
     def keeps_on_interrupt(self) -> bool:

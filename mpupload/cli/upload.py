@@ -107,7 +107,13 @@ def add_parser(sub: Any) -> None:
                         "Ctrl+C then keeps the upload (unless --abort-on-interrupt)")
     t.add_argument("--max-bandwidth", metavar="RATE",
                    help="cap the whole run (every worker together) at this rate, e.g. 200MiB/s, 50MB/s, 800KiB/s "
-                        "(/s optional; a plain number is bytes/s; at least 64KiB/s; default: no cap)")
+                        "(/s optional; a plain number is bytes/s; at least 64KiB/s; local runs only; default: no cap)")
+    t.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="run the parts and files on this Dask cluster's workers (default: MPUPLOAD_CLUSTER; they "
+                        "read SOURCE at the same path: a shared filesystem; needs mpupload[cluster])")
+    t.add_argument("--cluster-pass-credentials", action="store_true",
+                   help="send this host's AWS credentials to the cluster's workers with every task (default: the "
+                        "workers use their own credential chain; see docs/cluster.md for the risk)")
     t.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
                    help="retry a request when no byte moves for this long (default: 10 s sending, 120 s for "
                         "the answer)")
@@ -201,6 +207,8 @@ def build_options(args: argparse.Namespace, bucket: str = "", key: str = "") -> 
         no_overwrite=args.no_overwrite,
         resume=args.resume,
         resume_command=resume_command(args, sys.argv[1:]),
+        cluster=args.cluster or os.environ.get("MPUPLOAD_CLUSTER") or None,
+        cluster_pass_credentials=args.cluster_pass_credentials,
         cleanup_command=cleanup_command(args, bucket, key) if bucket else None,
     )
 

@@ -47,6 +47,7 @@ from ..journal import JournalLock
 from ..options import ChecksumMode, UploadOptions
 from ..plan import DEFAULT_PART_SIZE, Part, PlanError, plan_upload
 from ..source import Source
+from ..source_check import ListingDigest, TreeListing
 from ..storage.config import effective_endpoint
 from ..storage.errors import error_code
 from ..storage.port import Store
@@ -245,17 +246,20 @@ class DatasetUpload:
         self._prepared = True
         self.store.connect()
         self.executors.for_parts()
-        check_bucket(self.store, self.bucket)
+        check_bucket(self.store, self.bucket, prefix=self.prefix)
         roots: dict[str, int] = {}
         self.plan = _Plan([])
         problems: list[TreeProblem] = []
+        listing = ListingDigest()  # what a cluster's workers must see too
         for entry in walk(self.sources, self.dataset.filters, follow_symlinks=self.dataset.follow_symlinks,
                           warn=self._warn):
             if self.cancel.cancelled:
                 raise E.Cancelled(self.cancel.reason or "interrupted")
             if isinstance(entry, TreeProblem):
+                listing.problem(entry.rel)
                 problems.append(entry)
                 continue
+            listing.add(entry.rel, entry.size, entry.mtime_ns)
             root = entry.path[: len(entry.path) - len(entry.rel)].rstrip(os.sep) or os.sep
             if root not in roots:
                 roots[root] = len(self.plan.roots)
@@ -266,6 +270,10 @@ class DatasetUpload:
                                                                    "limit of 1024 bytes"))
                 continue
             self.plan.add(roots[root], entry)
+        filters = self.dataset.filters
+        self.executors.check_source(TreeListing(tuple(self.sources), tuple(
+            (rule.include, rule.pattern) for rule in (filters.rules if filters is not None else ())),
+            self.dataset.follow_symlinks), listing.hexdigest())
         self.files_total = len(self.plan) + len(problems)
         self.bytes_total = sum(self.plan.size)
         for problem in problems:
@@ -423,7 +431,7 @@ class DatasetUpload:
         started: dict[str, Any] = {"bytes_total": self.bytes_total, "prefix": self.prefix, "sources": self.sources,
                                    "put_threads": self.dataset.put_threads, "workers": self.executors.workers,
                                    "multipart": bool(self._large), "resumed_bytes": self._skipped_bytes,
-                                   "resumed_parts": len(self._skipped)}
+                                   "resumed_parts": len(self._skipped), **self.executors.started_fields()}
         if self.executors.max_bandwidth is not None:
             started["max_bandwidth_bps"] = self.executors.max_bandwidth
         agg.started(started)
@@ -561,7 +569,7 @@ class DatasetUpload:
             if not self.cancel.cancelled:
                 self.executors.flag.clear()  # an earlier file's failure set it
             result = upload.run(sub)
-        except E.Cancelled:
+        except (E.Cancelled, E.ClusterUnavailable):
             raise
         except E.MpuploadError as exc:
             if not self.cancel.cancelled:

@@ -111,19 +111,38 @@ def object_args(o: UploadOptions, path: str) -> dict[str, Any]:
     return args
 
 
-def check_bucket(store: Store, bucket: str, key: str | None = None) -> None:
+#: error codes that mean the request's credentials are wrong, whatever the caller may do (not a missing permission)
+BAD_CREDENTIAL_CODES = frozenset({"SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken",
+                                  "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId"})
+
+
+def check_bucket(store: Store, bucket: str, key: str | None = None, *, prefix: str | None = None) -> None:
     """Fail before the start on what the first request would only reveal later: a missing bucket, no credentials,
-    an unreachable store. 403 says nothing (no s3:ListBucket): go ahead."""
+    an unreachable store.
+
+    A 403 to HeadBucket has no body, so it cannot say why: wrong credentials, or credentials without
+    s3:ListBucket (which may still write). One ListObjectsV2 (of ``prefix``, else of the key) then reads the
+    error code: wrong credentials end the run here with exit 3; AccessDenied, or any other answer, goes ahead."""
     try:
         store.head_bucket(bucket)
     except Exception as exc:  # noqa: BLE001
         code = error_code(exc)
         if code in ("403", "AccessDenied", "Forbidden"):
+            _why_forbidden(store, bucket, key, key if prefix is None else prefix)
             return
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise E.BucketNotFound(f"bucket {bucket!r} does not exist: create it first or check the name",
                                    bucket=bucket, key=key) from exc
         raise classify(exc, bucket=bucket, key=key, endpoint=store.endpoint_url) from exc
+
+
+def _why_forbidden(store: Store, bucket: str, key: str | None, prefix: str | None) -> None:
+    """Raise :class:`~mpupload.errors.AuthError` if the store says the credentials are wrong; else return."""
+    try:
+        store.list_objects_page(bucket, prefix or "")
+    except Exception as exc:  # noqa: BLE001 - only a credentials verdict ends the run; anything else goes ahead
+        if error_code(exc) in BAD_CREDENTIAL_CODES:
+            raise classify(exc, bucket=bucket, key=key, endpoint=store.endpoint_url) from exc
 
 
 def checksum_algorithm(options: UploadOptions) -> Algorithm | None:
@@ -236,6 +255,7 @@ class ObjectUpload:
             "checksum_algorithm": algorithm.value if algorithm else ("md5" if md5 else None),
             "multipart": self.plan.multipart,
             "store_upload_id": self.upload_id,
+            **self.executors.started_fields(),
         }
         if self.executors.max_bandwidth is not None:
             extra["max_bandwidth_bps"] = self.executors.max_bandwidth

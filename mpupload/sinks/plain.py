@@ -56,6 +56,12 @@ def _position(snapshot: Snapshot) -> str:
             f"{format_bytes(snapshot.total_bytes)})")
 
 
+def _on_hosts(extra: dict[str, Any]) -> str:
+    """`` on 3 hosts`` for a run from several hosts (a cluster run); nothing for one."""
+    hosts = int(extra.get("hosts") or 1)
+    return f" on {hosts} hosts" if hosts > 1 else ""
+
+
 def started_line(snapshot: Snapshot) -> str:
     """``'upload: s3://b/k  1.2 GiB in 19 parts of 64.0 MiB, 4 workers'`` (+ what a resume reuses)."""
     extra = snapshot.extra
@@ -68,7 +74,7 @@ def started_line(snapshot: Snapshot) -> str:
         line += f" of {format_bytes(part_size)}"
     workers = extra.get("workers")
     if workers:
-        line += f", {_plural(int(workers), 'worker')}"
+        line += f", {_plural(int(workers), 'worker')}{_on_hosts(extra)}"
     resumed_bytes = int(extra.get("resumed_bytes") or 0)
     if resumed_bytes > 0:
         resumed_parts = int(extra.get("resumed_parts") or 0)
@@ -170,7 +176,7 @@ def dataset_started_line(snapshot: Snapshot) -> str:
     line += "counting files" if total is None else _plural(total, "file")
     line += f", {format_bytes(int(extra.get('bytes_total') or snapshot.total_bytes))}"
     if extra.get("workers"):
-        line += f", {_plural(int(extra['workers']), 'worker')}"
+        line += f", {_plural(int(extra['workers']), 'worker')}{_on_hosts(extra)}"
     if extra.get("put_threads"):
         line += f", {_plural(int(extra['put_threads']), 'put thread')}"
     return line + _cap(extra)

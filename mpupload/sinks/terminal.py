@@ -175,6 +175,8 @@ def status_text(snapshot: Snapshot, started: dict[str, Any]) -> str:
     items = [f"upload id {snapshot.upload_id or '-'}"]
     if started.get("workers"):
         items.append(f"workers {started['workers']}")
+    if int(started.get("hosts") or 1) > 1:
+        items.append(f"hosts {started['hosts']}")
     if started.get("part_size"):
         items.append(f"part {format_bytes(started['part_size'])}")
     if started.get("checksum"):

@@ -15,7 +15,7 @@ Standard AWS configuration keeps working: environment credentials, ``--profile``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,6 +62,24 @@ class StoreConfig:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
     max_pool_connections: int = 4
+    #: explicit credentials ``(access key id, secret access key, session token or None)``, used instead of the
+    #: credential chain: only a cluster run with ``--cluster-pass-credentials`` sets them (they then travel to the
+    #: workers); never shown by ``repr`` and not part of equality
+    credentials: tuple[str, str, str | None] | None = field(default=None, repr=False, compare=False)
+
+    def resolved_region(self) -> str | None:
+        """The region this process's configuration gives (``--region``, ``AWS_REGION``, the profile), if any."""
+        return self.region or _session(self.profile).region_name
+
+    def resolved_credentials(self) -> tuple[str, str, str | None] | None:
+        """The credentials this process's credential chain finds (``None``: none), to hand to cluster workers."""
+        if self.credentials is not None:
+            return self.credentials
+        found = _session(self.profile).get_credentials()
+        if found is None:
+            return None
+        frozen = found.get_frozen_credentials()
+        return (frozen.access_key, frozen.secret_key, frozen.token)
 
     def short_lived(self) -> StoreConfig:
         """Settings for cleanup calls (abort) that must finish quickly even when the store is unwell."""
@@ -99,4 +117,7 @@ class StoreConfig:
             kwargs["endpoint_url"] = self.endpoint_url
         if self.verify is not None:
             kwargs["verify"] = self.verify
+        if self.credentials is not None:
+            kwargs.update(aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1],
+                          aws_session_token=self.credentials[2])
         return session.client("s3", **kwargs)

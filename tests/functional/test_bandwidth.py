@@ -108,6 +108,20 @@ def test_the_started_event_has_no_cap_field_without_a_cap(tmp_path: Path) -> Non
     assert "max_bandwidth_bps" not in rec.snapshots[0].extra
 
 
+def test_a_cap_on_a_cluster_run_is_refused_before_the_store(tmp_path: Path) -> None:
+    """The cap reads this host's counters: a cluster run cannot be capped yet, and says so instead of ignoring it."""
+    store = MemoryStore(BUCKET)
+    (tmp_path / "f.bin").write_bytes(b"x" * 1000)
+    options = UploadOptions(max_bandwidth=8 * MiB, cluster="tcp://127.0.0.1:9")
+    with pytest.raises(E.UsageError, match="--max-bandwidth caps local runs only"):
+        upload_file(str(tmp_path / "f.bin"), BUCKET, "k", store=store, options=options)
+    with pytest.raises(E.UsageError, match="--max-bandwidth caps local runs only"):
+        upload_directory([str(tmp_path)], BUCKET, "p/", store=store, options=options)
+    assert sum(store.calls.values()) == 0
+    with pytest.raises(ValueError):
+        Executors(store, 2, cluster=object(), max_bandwidth=8 * MiB)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("rate", [0, -1, 1000])
 def test_a_bad_cap_is_refused_before_the_store(tmp_path: Path, rate: int) -> None:
     store = MemoryStore(BUCKET)

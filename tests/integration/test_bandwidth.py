@@ -184,7 +184,7 @@ def test_ctrl_c_stops_a_throttled_upload_promptly(s3: S3Server, bucket: str, tmp
 
 
 BAD = [("zero", "0"), ("negative", "-5MiB/s"), ("garbage", "fast"), ("below the lowest cap", "10KiB/s"),
-       ("bits", "10mbps")]
+       ("bits", "10mbps"), ("with --cluster", "8MiB/s --cluster tcp://127.0.0.1:9")]
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
@@ -194,7 +194,8 @@ def test_a_bad_cap_is_one_line_and_exit_2_before_the_store(s3: S3Server, bucket:
     src = tmp_path / "f.bin"
     src.write_bytes(b"x" * (6 * MiB))
     for args in ([str(src), f"s3://{bucket}/k", "--part-size", "5MiB"], [str(tmp_path), f"s3://{bucket}/p/"]):
-        proc = run_cli("upload", *args, f"--max-bandwidth={rate}", env=cli_env(s3))
+        rate_arg, *more = rate.split()
+        proc = run_cli("upload", *args, f"--max-bandwidth={rate_arg}", *more, env=cli_env(s3))
         assert proc.returncode == 2, (proc.stdout, proc.stderr)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

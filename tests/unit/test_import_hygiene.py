@@ -21,7 +21,10 @@ ENGINE_MODULES = sorted(f"mpupload.engine.{m.name}" for m in pkgutil.iter_module
 #: never loaded by ``import mpupload``: the engine, the S3 SDK, the terminal UI, HTTP clients, the server's
 #: password hashing, the sinks
 HEAVY = ["mpupload.engine", "mpupload.api", "mpupload.sinks", "mpupload.storage", "mpupload.client",
-         "boto3", "botocore", "awscrt", "enlighten", "blessed", "requests", "urllib3", "argon2", "psutil"]
+         "boto3", "botocore", "awscrt", "enlighten", "blessed", "requests", "urllib3", "argon2", "psutil", "dask",
+         "distributed"]
+#: the cluster extra: loaded only once a run is given --cluster
+DASK = ["dask", "distributed"]
 UI = ["mpupload.sinks", "enlighten", "blessed"]
 FRAMEWORKS = ["requests", "fastapi", "starlette", "strawberry", "sqlalchemy", "click"]
 CORE = ["errors", "plan", "stats", "units", "wire", "options", "checksums", "journal"]
@@ -109,7 +112,7 @@ def test_the_cli_parses_without_loading_the_engine(argv: list[str]) -> None:
     """)
     modules = loaded_after(code)
     assert present(modules, ["boto3", "botocore", "mpupload.engine.object_upload", "mpupload.api", "enlighten",
-                             "requests", "awscrt", "argon2"]) == []
+                             "requests", "awscrt", "argon2", *DASK]) == []
     if argv in (["--version"], ["--help"]):  # no command module at all
         assert present(modules, ["mpupload.cli.upload", "mpupload.cli.cleanup", "mpupload.cli.listing",
                                  "mpupload.sinks", "mpupload.engine", "mpupload.storage"]) == []
@@ -139,4 +142,13 @@ def test_an_upload_without_a_server_or_a_bar_loads_no_http_client_or_ui() -> Non
     """)
     modules = loaded_after(code)
     assert "mpupload.api" in modules
-    assert present(modules, UI[1:] + ["requests", "mpupload.client.http", "mpupload.sinks.terminal"]) == []
+    assert present(modules, UI[1:] + ["requests", "mpupload.client.http", "mpupload.sinks.terminal", *DASK]) == []
+
+
+def test_the_engine_loads_dask_only_for_a_cluster_run() -> None:
+    """Every engine module (the cluster executor and its worker side among them) imports without Dask; a local
+    run's whole set-up does not load it either."""
+    assert "mpupload.engine.dask_executor" in ENGINE_MODULES and "mpupload.engine.dask_worker" in ENGINE_MODULES
+    code = "\n".join(f"import {module}" for module in ENGINE_MODULES) + "\nimport mpupload.api, mpupload.cli.upload"
+    assert present(loaded_after(code), DASK) == []
+    assert present(loaded_after("import distributed"), DASK) == DASK  # the check can fail

@@ -149,6 +149,16 @@ def test_plain_started_line_mentions_resumed_bytes() -> None:
                                  " 1 worker, resuming: 448.0 MiB in 7 parts already stored\n")
 
 
+def test_a_run_from_several_hosts_says_how_many() -> None:
+    stream = io.StringIO()
+    PlainSink(stream).emit(started(workers=12, hosts=3))
+    PlainSink(stream).emit(started(workers=4, hosts=1))
+    assert stream.getvalue().splitlines() == [
+        "upload: s3://bucket/data/train.bin  1.2 GiB in 19 parts of 64.0 MiB, 12 workers on 3 hosts",
+        "upload: s3://bucket/data/train.bin  1.2 GiB in 19 parts of 64.0 MiB, 4 workers"]
+    assert "workers 12  hosts 3" in status_text(started(workers=12, hosts=3), {"workers": 12, "hosts": 3})
+
+
 @pytest.mark.parametrize(("final", "expected"), [
     (snap(Event.STOPPED, 456 * MiB, elapsed=5.0, aborted=True),
      ("stopped: s3://bucket/data/train.bin at 37.5% (456.0 MiB of 1.2 GiB) after 0:05;"

@@ -202,14 +202,26 @@ async function signIn(event) {
 }
 
 async function signOut() {
+  // the token is forgotten here at once; "Signed out." is said only once the server has revoked it
   const token = state.token;
-  showSignIn("Signed out.", "info");
-  if (token) {
-    try {
-      await fetch("/api/v1/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
-    } catch {
-      // the token is forgotten here either way
-    }
+  showSignIn(token ? "Signing out…" : "Signed out.", "info");
+  if (!token) return;
+  const generation = state.generation;
+  let revoked = false;
+  try {
+    const response = await fetch("/api/v1/auth/logout", {
+      method: "POST", headers: { Authorization: `Bearer ${token}` },
+    });
+    revoked = response.ok || response.status === 401;  // 401: the token was already dead
+  } catch {
+    revoked = false;
+  }
+  if (generation !== state.generation) return;  // signed in again meanwhile: leave that message alone
+  if (revoked) {
+    setMessage($("signin-message"), "Signed out.", "info");
+  } else {
+    setMessage($("signin-message"),
+      "Signed out on this page, but the server could not be told: the session ends when it expires.");
   }
 }
 

@@ -1,0 +1,363 @@
+"""Cluster runs (issue 14): the real CLI as coordinator, a real ``dask scheduler`` and three ``dask worker``
+processes (tests/support/dask_cluster.py), moto's S3 server.
+
+The workers get the S3 server's keys in their own environment (their credential chain) but not its endpoint:
+the coordinator resolves that and sends it with the tasks. That every worker sent bytes is read from the worker
+processes themselves (``/proc/PID/io``'s ``rchar``: the part bodies they read), not from mpupload's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.support.cli import (
+    CliProcess,
+    cli_env,
+    events,
+    make_file,
+    multipart_uploads,
+    run_cli,
+    sha256_file,
+    sha256_object,
+    signal_group,
+    start_cli,
+)
+from tests.support.dask_cluster import DaskCluster, proc_io, start_cluster
+from tests.support.proxy import proxy_for
+from tests.support.s3server import S3Server
+
+pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
+
+
+def worker_env(server: S3Server) -> dict[str, str]:
+    """A worker's own environment: the store's keys, not its endpoint (that comes from the coordinator)."""
+    env = cli_env(server)
+    env.pop("AWS_ENDPOINT_URL", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(moto_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    c = start_cluster(tmp_path_factory.mktemp("dask"), worker_env(moto_server), workers=3, nthreads=2)
+    yield c
+    c.stop()
+
+
+def read_by_worker(cluster: DaskCluster) -> dict[int, int]:
+    return {w.pid: proc_io(cluster.worker_pid(w))["rchar"] for w in cluster.workers}
+
+
+def check_events(stdout: str, *, workers: int = 3) -> list[dict[str, Any]]:
+    evs = events(stdout)
+    started = next(e for e in evs if e["event"] == "started")
+    assert started["workers"] == workers and started["hosts"] == 1, started
+    for e in evs:
+        assert 0 <= e["bytes_done"] <= e["total_bytes"], e
+    assert evs[-1]["event"] == "completed", evs[-1]
+    assert evs[-1]["bytes_done"] == evs[-1]["total_bytes"]
+    return evs
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_big_file_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                              tmp_path: Path) -> None:
+    src = make_file(tmp_path / "big.bin", 60 * MiB + 123, seed=14)
+    before = read_by_worker(cluster)
+    done = run_cli("upload", str(src), f"s3://{bucket}/big.bin", "--cluster", cluster.address, "--part-size", "5MiB",
+                   "--progress", "json", env=cli_env(s3), timeout=180)
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    after = read_by_worker(cluster)
+    check_events(done.stdout)
+    assert sha256_object(s3.client(), bucket, "big.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
+    read = {pid: after[pid] - before[pid] for pid in before}
+    # each worker read at least one whole part of the file twice (to hash it, then to send it): more than the
+    # ~7 MiB a worker reads to build its first S3 client (botocore's models)
+    assert all(n >= 10 * MiB for n in read.values()), read
+    assert sum(read.values()) >= 60 * MiB, read
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                               tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    files: dict[str, Path] = {}
+    (tree / "large").mkdir(parents=True)
+    (tree / "small").mkdir()
+    for n in range(3):
+        files[f"large/{n}.bin"] = make_file(tree / "large" / f"{n}.bin", 25 * MiB + n, seed=100 + n)
+    for n in range(90):
+        files[f"small/{n:03d}.txt"] = make_file(tree / "small" / f"{n:03d}.txt", 10_000 + n, seed=n)
+    before = read_by_worker(cluster)
+    done = run_cli("upload", str(tree), f"s3://{bucket}/sets/", "--part-size", "5MiB", "--progress", "json",
+                   env=cli_env(s3, MPUPLOAD_CLUSTER=cluster.address), timeout=180)  # the cluster from the environment
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    after = read_by_worker(cluster)
+    evs = check_events(done.stdout)
+    assert evs[-1]["files_done"] == len(files)
+    client = s3.client()
+    for rel, path in files.items():
+        assert sha256_object(client, bucket, f"sets/{rel}") == sha256_file(path), rel
+    assert multipart_uploads(client, bucket) == []
+    read = {pid: after[pid] - before[pid] for pid in before}
+    assert all(n >= 10 * MiB for n in read.values()), read
+
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_file_replaced_at_the_same_path_is_read_anew_by_long_lived_workers(
+        cluster: DaskCluster, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """Workers outlive runs: the second run of the same path must send the new file, not bytes of the old one
+    through a descriptor kept open."""
+    src = tmp_path / "same.bin"
+    for seed in (1, 2):
+        make_file(tmp_path / "next.bin", 20 * MiB, seed=seed)
+        os.replace(tmp_path / "next.bin", src)  # a new file (inode) at the same path, the same size
+        done = run_cli("upload", str(src), f"s3://{bucket}/same.bin", "--cluster", cluster.address, "--part-size",
+                       "5MiB", "--progress", "none", env=cli_env(s3), timeout=120)
+        assert done.returncode == 0, done.stderr + cluster.logs()
+        assert sha256_object(s3.client(), bucket, "same.bin") == sha256_file(src), f"run {seed}"
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+@pytest.mark.parametrize("size", [0, 300_000])
+def test_a_file_of_one_part_goes_up_from_a_worker_with_one_put(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                                              tmp_path: Path, size: int) -> None:
+    src = make_file(tmp_path / "small.bin", size, seed=size)
+    done = run_cli("upload", str(src), f"s3://{bucket}/small.bin", "--cluster", cluster.address, "--progress", "json",
+                   env=cli_env(s3), timeout=120)
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    evs = check_events(done.stdout)
+    assert evs[-1]["parts_total"] == 1 and evs[-1]["upload_id"] is None  # one PutObject, no multipart upload
+    assert sha256_object(s3.client(), bucket, "small.bin") == sha256_file(src)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_without_credentials_stops_the_run_before_it_starts(moto_server: S3Server, s3: S3Server,
+                                                                     bucket: str, tmp_path: Path) -> None:
+    """Workers use their own credential chain: one that finds none is named, exit 3, before anything is sent;
+    --cluster-pass-credentials gives it this host's."""
+    env = worker_env(moto_server)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(name)
+    c = start_cluster(tmp_path / "dask", env, workers=1, nthreads=2)
+    try:
+        src = make_file(tmp_path / "f.bin", 6 * MiB, seed=2)
+        done = run_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", c.address, "--part-size", "5MiB",
+                       env=cli_env(s3), timeout=120)
+        assert done.returncode == 3, done.stderr + c.logs()
+        assert f"pid {c.workers[0].pid}) finds no AWS credentials" in done.stderr, done.stderr
+        nothing_on_the_store(s3, bucket)
+        passed = run_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", c.address, "--part-size", "5MiB",
+                         "--cluster-pass-credentials", env=cli_env(s3), timeout=120)
+        assert passed.returncode == 0, passed.stderr + c.logs()
+        assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
+    finally:
+        c.stop()
+
+
+# -- a worker that sees another file at the same path ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def odd_cluster(moto_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaskCluster, Path,
+                                                                                                    int]]:
+    """Two workers that see ``data/`` as it is, and one that sees ``other/`` mounted over it (its own mount
+    namespace): the same names and sizes, other bytes and times. Yields the cluster, ``data/`` and that worker's
+    pid."""
+    if os.geteuid() != 0:  # a mount namespace with a bind mount needs root (CI runs as root)
+        (pytest.fail if IN_CI else pytest.skip)("a private mount for one worker needs root")
+    base = tmp_path_factory.mktemp("odd")
+    data, other = base / "data", base / "other"
+    for d, seed in ((data, 1), (other, 2)):
+        (d / "sub").mkdir(parents=True)
+        make_file(d / "big.bin", 12 * MiB, seed=seed)
+        make_file(d / "sub" / "small.txt", 1000, seed=seed)
+    os.utime(other / "sub" / "small.txt", ns=(1, 1))
+    c = start_cluster(base / "dask", worker_env(moto_server), workers=2, nthreads=2)
+    try:
+        odd = c.start_worker(worker_env(moto_server), private_mount=(other, data))
+        c.wait_workers(3)
+    except BaseException:
+        c.stop()
+        raise
+    yield c, data, odd.pid
+    c.stop()
+
+
+def nothing_on_the_store(s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    assert multipart_uploads(client, bucket) == []
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_worker_that_sees_another_source_stops_the_run_before_any_part(
+        odd_cluster: tuple[DaskCluster, Path, int], s3: S3Server, bucket: str, what: str) -> None:
+    cluster, data, odd_pid = odd_cluster
+    source, dest = (data / "big.bin", f"s3://{bucket}/big.bin") if what == "file" else (data, f"s3://{bucket}/d/")
+    done = run_cli("upload", str(source), dest, "--cluster", cluster.address, "--part-size", "5MiB",
+                   "--progress", "json", env=cli_env(s3), timeout=120)
+    assert done.returncode == 2, done.stderr + cluster.logs()
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"pid {odd_pid}" in line and "sees a different source" in line, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not [e for e in events(done.stdout) if e["event"] in ("started", "progress")]
+    nothing_on_the_store(s3, bucket)
+
+
+# -- faults mid-run: a worker killed, Ctrl+C, the scheduler gone -------------------------------------------------------
+
+@pytest.fixture
+def slow(moto_server: S3Server, tmp_path: Path) -> Iterator[S3Server]:
+    """moto behind a proxy that lets each connection send about 3 MiB/s: a 5 MiB part takes seconds."""
+    proxy = proxy_for(moto_server, throttle_bps=3 * MiB)
+    yield proxy.s3server(moto_server)
+    proxy.stop()
+
+
+@pytest.fixture
+def own_cluster(slow: S3Server, tmp_path: Path) -> Iterator[DaskCluster]:
+    """A cluster of this test's own (it is going to be hurt)."""
+    c = start_cluster(tmp_path / "dask", worker_env(slow), workers=3, nthreads=2)
+    yield c
+    c.stop()
+
+
+def progressing(cli: CliProcess, at_least: int, timeout: float = 60) -> dict[str, Any]:
+    line = cli.wait_line(lambda l: l.startswith("{") and json.loads(l)["event"] == "progress"
+                         and json.loads(l)["bytes_done"] >= at_least, timeout)
+    return dict(json.loads(line))
+
+
+def quiet_within(cluster: DaskCluster, timeout: float) -> bool:
+    """Whether, within ``timeout`` s, there is a whole second in which no worker reads more than 256 KiB."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = read_by_worker(cluster)
+        time.sleep(1.0)
+        after = read_by_worker(cluster)
+        if all(after[pid] - before[pid] < 256 * 1024 for pid in before):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_killed_mid_part_its_parts_run_elsewhere(own_cluster: DaskCluster, slow: S3Server, s3: S3Server,
+                                                          bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 40 * MiB + 7, seed=9)
+    before = read_by_worker(own_cluster)
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=cli_env(slow))
+    try:
+        progressing(cli, MiB)
+        # a worker that is sending a part right now: it has read more than the probe's samples since the start
+        victim = next(w for w in own_cluster.workers
+                      if proc_io(w.pid)["rchar"] - before[w.pid] > MiB)
+        victim.popen.kill()
+        victim.popen.wait(10)
+        assert cli.wait(120) == 0, cli.stderr + own_cluster.logs()
+    finally:
+        cli.kill_group()
+    check_events(cli.stdout)
+    assert f"pid {victim.pid}) left" in cli.stderr, cli.stderr  # the coordinator saw it go
+    assert "Traceback" not in cli.stderr
+    assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_ctrl_c_mid_run_stops_every_host_within_a_chunk_and_leaves_nothing(
+        own_cluster: DaskCluster, slow: S3Server, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """64 MiB parts at 3 MiB/s each would take about 20 s: the workers are idle within seconds of the Ctrl+C
+    only because every body reader saw the cluster's cancel flag between chunks."""
+    src = tmp_path / "sparse.bin"
+    with open(src, "wb") as fh:
+        fh.truncate(400 * MiB + 1)
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "64MiB", "--progress", "json", env=cli_env(slow))
+    try:
+        seen = progressing(cli, 2 * MiB, timeout=90)
+        # bytes before any part is done: they come from the workers' reports, not from results
+        assert seen["parts_done"] == 0, seen
+        sent = time.monotonic()
+        signal_group(cli, signal.SIGINT)
+        assert cli.wait(30) == 130, cli.stderr
+        took = time.monotonic() - sent
+    finally:
+        cli.kill_group()
+    assert took < 5.0, f"exited {took:.1f}s after SIGINT"
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "stopped" and final["aborted"] is True, final
+    assert cli.stderr.strip().splitlines()[-1].startswith("mpupload: stopped"), cli.stderr
+    # the workers stopped reading the file: their parts stopped (each would read 3 MiB/s for another 20 s)
+    assert quiet_within(own_cluster, 5.0), "the workers kept reading the source after the cancel"
+    nothing_on_the_store(s3, bucket)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_the_scheduler_gone_mid_run_keeps_the_upload_for_resume(own_cluster: DaskCluster, slow: S3Server,
+                                                                s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 60 * MiB, seed=5)
+    state = tmp_path / "state"
+    state.mkdir()
+    env = cli_env(slow, MPUPLOAD_STATE_DIR=str(state))
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=env)
+    try:
+        progressing(cli, MiB)
+        own_cluster.kill_scheduler()
+        assert cli.wait(30) == 1, cli.stderr
+    finally:
+        cli.kill_group()
+    last = cli.stderr.strip().splitlines()[-1]
+    assert "Dask scheduler" in last and "--resume" in last, cli.stderr
+    assert "Traceback" not in cli.stderr
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "failed" and "--resume" in final["resume_command"], final
+    uploads = multipart_uploads(s3.client(), bucket)
+    assert [u["UploadId"] for u in uploads] == [final["store_upload_id"]]
+    assert list(state.glob("*.json")), "the journal is kept"
+    # the printed command continues it, on a cluster that is back (a new scheduler, new workers)
+    again = start_cluster(tmp_path / "dask-again", worker_env(s3), workers=2, nthreads=2)
+    try:
+        command = shlex.split(final["resume_command"])[1:]
+        command[command.index("--cluster") + 1] = again.address
+        resumed = run_cli(*command, env=cli_env(s3, MPUPLOAD_STATE_DIR=str(state)), timeout=120)
+    finally:
+        again.stop()
+    assert resumed.returncode == 0, resumed.stderr
+    started = next(e for e in events(resumed.stdout) if e["event"] == "started")
+    assert started["store_upload_id"] == final["store_upload_id"] and started["workers"] == 2, started
+    assert sha256_object(s3.client(), bucket, "f.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_every_worker_gone_mid_run_keeps_the_upload_for_resume(own_cluster: DaskCluster, slow: S3Server,
+                                                               s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 40 * MiB, seed=8)
+    cli = start_cli("upload", str(src), f"s3://{bucket}/f.bin", "--cluster", own_cluster.address, "--part-size",
+                    "5MiB", "--progress", "json", env=cli_env(slow))
+    try:
+        progressing(cli, MiB)
+        for worker in own_cluster.workers:
+            worker.popen.kill()
+        assert cli.wait(30) == 1, cli.stderr
+    finally:
+        cli.kill_group()
+    last = cli.stderr.strip().splitlines()[-1]
+    assert "that checked the source has left" in last and "--resume" in last, cli.stderr
+    final = events(cli.stdout)[-1]
+    assert final["event"] == "failed" and final["bytes_done"] <= final["total_bytes"], final
+    assert [u["UploadId"] for u in multipart_uploads(s3.client(), bucket)] == [final["store_upload_id"]]
