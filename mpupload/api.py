@@ -68,6 +68,20 @@ def check_source(path: str) -> Source:
     return Source.from_path(path)
 
 
+def check_options(options: UploadOptions) -> None:
+    """Options that are wrong whatever the file: a :class:`UsageError` before anything else."""
+    if options.max_bandwidth is not None:
+        from .engine.throttle import check_rate
+
+        try:
+            check_rate(options.max_bandwidth)
+        except ValueError as exc:
+            raise E.UsageError(f"--max-bandwidth: {exc}") from None
+        if options.cluster:
+            raise E.UsageError("--max-bandwidth caps local runs only: a cluster run (--cluster) cannot be capped yet; "
+                               "leave out one of them")
+
+
 def cluster_settings(options: UploadOptions, store: StoreConfig | Store) -> tuple[ClusterSpec | None, Store | None]:
     """A cluster run's :class:`~.engine.dask_executor.ClusterSpec` and the store its workers get: this process's
     settings with the endpoint and region resolved here (every worker must talk to the same store), and this
@@ -186,6 +200,7 @@ def prepare_upload(
     options = options or UploadOptions()
     if not bucket or not key:
         raise E.UsageError("bucket and key are required: s3://BUCKET/KEY")
+    check_options(options)
     source = check_source(path)
     # on a cluster, --workers is how many tasks run at once there, not worker processes here
     plan = make_plan(source.size, dataclasses.replace(options, workers=None) if options.cluster else options)
@@ -205,7 +220,7 @@ def prepare_upload(
                         "interrupted, --resume finds it on the store instead", exc.strerror or exc)
     the_store: Store = Boto3Store(store) if isinstance(store, StoreConfig) else store
     executors = Executors(the_store, plan.workers, start_method=options.start_method, cluster=cluster,
-                          cluster_store=cluster_store)
+                          cluster_store=cluster_store, max_bandwidth=options.max_bandwidth)
     # Ctrl+C sets the workers' shared flag at once: parts in flight, and the hashing of stored parts, stop within
     # a chunk
     token.link(executors.flag)
@@ -309,6 +324,7 @@ def prepare_dataset(
                            f"(s3://{bucket}/{prefix}/)")
     if dataset.put_threads < 1 or dataset.put_threads > 64:
         raise E.UsageError("--put-threads must be 1 to 64")
+    check_options(options)
     check_sources(sources)
     if isinstance(store, StoreConfig) or store is None:
         config = store or StoreConfig()
@@ -332,7 +348,7 @@ def prepare_dataset(
     if cluster is not None:  # what a large file's plan takes; the cluster's own concurrency is its threads
         workers = min(workers, MAX_WORKERS)
     executors = Executors(the_store, workers, start_method=options.start_method, put_threads=dataset.put_threads,
-                          cluster=cluster, cluster_store=cluster_store)
+                          cluster=cluster, cluster_store=cluster_store, max_bandwidth=options.max_bandwidth)
     token.link(executors.flag)
     upload = DatasetUpload(sources, bucket, prefix, store=the_store, options=options, dataset=dataset, cancel=token,
                            executors=executors, journal_path=journal_path, warn=warn)

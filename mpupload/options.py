@@ -42,6 +42,9 @@ class UploadOptions:
     sse: str | None = None
     sse_kms_key_id: str | None = None
     no_overwrite: bool = False
+    #: cap the whole run at this many bytes per second, every worker and thread together (``--max-bandwidth``; at
+    #: least 64 KiB/s; None: no cap). See :mod:`mpupload.engine.throttle`
+    max_bandwidth: int | None = None
     #: multiprocessing start method for the workers: fork, forkserver or spawn (None: the platform's)
     start_method: str | None = None
     #: continue the interrupted upload of this file to this key (journal, else the store's newest one)

@@ -9,7 +9,7 @@ import math
 import re
 from fractions import Fraction
 
-__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_size", "format_bytes", "format_rate", "format_duration"]
+__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_size", "parse_rate", "format_bytes", "format_rate", "format_duration"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -43,6 +43,27 @@ def parse_size(text: str) -> int:
     if value.denominator != 1:
         raise ValueError(f"size {text!r} is not a whole number of bytes")
     return int(value)
+
+
+_PER_SECOND_RE = re.compile(r"\s*/\s*s(ec)?\s*$", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> int:
+    """Parse ``200MiB/s``, ``50MB/s``, ``1.5GiB/s``, ``800KiB`` or ``1048576`` into bytes per second.
+
+    The units are :func:`parse_size`'s (``MB`` powers of 1000, ``MiB`` of 1024); ``/s`` may be left out; a plain
+    number is bytes per second; a fraction of a byte per second is dropped. Raises ``ValueError`` with a message fit
+    for a user (the lowest cap a run accepts is checked elsewhere: :func:`mpupload.engine.throttle.check_rate`).
+    """
+    match = _SIZE_RE.match(_PER_SECOND_RE.sub("", text, count=1))
+    if not match:
+        raise ValueError(f"cannot read rate {text!r}: use a number with an optional unit, e.g. 200MiB/s or 50MB/s")
+    number, unit = match.groups()
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"unknown unit {unit!r} in {text!r}: use B, KiB, MiB, GiB (or KB, MB, GB) per second, "
+                         "e.g. 200MiB/s")
+    return int(Fraction(number) * factor)
 
 
 def format_bytes(n: float) -> str:

@@ -38,7 +38,8 @@ engine, in ``Snapshot.extra``):
 
 * ``started``: ``part_size`` (bytes), ``workers`` (worker processes; on a cluster run, its Dask workers),
   ``hosts`` (the hosts they run on: 1 for a local run), ``resumed_bytes`` (bytes), ``resumed_parts`` (0 on a
-  fresh upload), ``checksum_algorithm`` (or null), ``multipart`` (bool), ``store_upload_id``;
+  fresh upload), ``checksum_algorithm`` (or null), ``multipart`` (bool), ``store_upload_id``, and
+  ``max_bandwidth_bps`` (bytes per second) only when the run is capped (``--max-bandwidth``);
 * ``completed``: ``checksum``, ``etag``, ``location``, ``verified`` (an algorithm, ``md5``, ``read-back`` or
   ``size-only``), and when they apply ``version_id``, ``resumed_bytes``, ``resumed_parts``,
   ``store_upload_id``;
@@ -262,7 +263,7 @@ FILES_FIELDS = ("files_total", "files_done", "files_failed", "files_skipped")
 #: what each event may add to :data:`SNAPSHOT_FIELDS` (``Snapshot.extra``, built by the engine)
 EVENT_FIELDS: dict[Event, tuple[str, ...]] = {
     Event.STARTED: ("part_size", "workers", "hosts", "resumed_bytes", "resumed_parts", "checksum_algorithm",
-                    "multipart", "store_upload_id"),
+                    "multipart", "store_upload_id", "max_bandwidth_bps"),
     Event.PROGRESS: (),
     Event.COMPLETED: ("checksum", "etag", "location", "verified", "version_id", "resumed_bytes", "resumed_parts",
                       "store_upload_id"),

@@ -19,7 +19,7 @@ from ..options import ChecksumMode, UploadOptions, VerifyMode
 from ..plan import MAX_WORKERS
 from ..sinks.push import REPORT_INTERVAL_S
 from ..storage.config import effective_endpoint
-from ..units import parse_size
+from ..units import parse_rate, parse_size
 from ..wire import Status
 from .errors import EXIT_OK
 from .options import add_store_arguments, build_store
@@ -105,6 +105,9 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted upload of this file to this key: only missing parts are sent; "
                         "Ctrl+C then keeps the upload (unless --abort-on-interrupt)")
+    t.add_argument("--max-bandwidth", metavar="RATE",
+                   help="cap the whole run (every worker together) at this rate, e.g. 200MiB/s, 50MB/s, 800KiB/s "
+                        "(/s optional; a plain number is bytes/s; at least 64KiB/s; local runs only; default: no cap)")
     t.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="run the parts and files on this Dask cluster's workers (default: MPUPLOAD_CLUSTER; they "
                         "read SOURCE at the same path: a shared filesystem; needs mpupload[cluster])")
@@ -180,11 +183,18 @@ def build_options(args: argparse.Namespace, bucket: str = "", key: str = "") -> 
             part_size = parse_size(args.part_size)
         except ValueError as exc:
             raise E.UsageError(f"--part-size: {exc}") from None
+    max_bandwidth = None
+    if args.max_bandwidth is not None:
+        try:
+            max_bandwidth = parse_rate(args.max_bandwidth)
+        except ValueError as exc:
+            raise E.UsageError(f"--max-bandwidth: {exc}") from None
     if args.sse_kms_key_id and args.sse not in (None, "aws:kms", "aws:kms:dsse"):
         raise E.UsageError("--sse-kms-key-id needs --sse aws:kms (or no --sse)")
     return UploadOptions(
         part_size=part_size,
         workers=args.workers,
+        max_bandwidth=max_bandwidth,
         checksum=ChecksumMode(args.checksum),
         keep_on_interrupt=args.keep_on_interrupt,
         abort_on_interrupt=args.abort_on_interrupt,

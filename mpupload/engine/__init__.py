@@ -22,4 +22,6 @@ How it fits together::
 * Cancel: the parent sets a lock-free shared flag; each body reader checks it between chunks, so an in-flight part
   stops within one chunk; then one sentinel per worker and a bounded join.
 * A worker that dies is replaced and its part sent again, a bounded number of times.
+* A bandwidth cap (``--max-bandwidth``): every body reader asks the run's :class:`~.throttle.Throttle` before each
+  chunk — a token bucket over the same shared counters, no lock; without a cap the plain reader checks nothing.
 """

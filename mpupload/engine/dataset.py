@@ -428,10 +428,13 @@ class DatasetUpload:
         executor = self.executors.for_parts()
         self._sent_base = executor.bytes_sent()
         agg.files = self._counts()
-        agg.started({"bytes_total": self.bytes_total, "prefix": self.prefix, "sources": self.sources,
-                     "put_threads": self.dataset.put_threads, "workers": self.executors.workers,
-                     "multipart": bool(self._large), "resumed_bytes": self._skipped_bytes,
-                     "resumed_parts": len(self._skipped), **self.executors.started_fields()})
+        started: dict[str, Any] = {"bytes_total": self.bytes_total, "prefix": self.prefix, "sources": self.sources,
+                                   "put_threads": self.dataset.put_threads, "workers": self.executors.workers,
+                                   "multipart": bool(self._large), "resumed_bytes": self._skipped_bytes,
+                                   "resumed_parts": len(self._skipped), **self.executors.started_fields()}
+        if self.executors.max_bandwidth is not None:
+            started["max_bandwidth_bps"] = self.executors.max_bandwidth
+        agg.started(started)
         self._next_sync = time.monotonic() + JOURNAL_SYNC_S
         try:
             for failed in self.failed:

@@ -111,10 +111,12 @@ class ThreadExecutor(QueueingExecutor):
     so ``events`` waits on them and on the cancel token with one ``wait``.
     """
 
-    def __init__(self, config: WorkerConfig, threads: int = 1, *, cancel: CancelFlag | None = None) -> None:
+    def __init__(self, config: WorkerConfig, threads: int = 1, *, cancel: CancelFlag | None = None,
+                 counter: ByteCounter | None = None) -> None:
         self.workers = threads
         self.config = config
-        self.counter = ByteCounter(threads)
+        # a capped run makes its counters first: the throttle reads them all (one slot per thread)
+        self.counter = counter if counter is not None else ByteCounter(threads)
         self.flag = cancel if cancel is not None else CancelFlag()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self.pending: deque[Job] = deque()

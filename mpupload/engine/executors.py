@@ -9,6 +9,12 @@ Every executor shares the run's cancel flag, which the CLI's Ctrl+C sets.
 A cluster run (``cluster=``) has one executor for everything, :class:`~.dask_executor.DaskExecutor` (made, and
 ``distributed`` imported, on first use): parts, whole objects and batches all go to the cluster's workers, once
 they have checked the source (:meth:`Executors.check_source`).
+
+A local run with a bandwidth cap (``max_bandwidth``) makes the counters of both local executors at once, before any
+worker starts, and one :class:`~.throttle.Throttle` that reads them all: it travels to every sender in the
+:class:`~.worker.WorkerConfig`, so the cap holds for the whole run (see :mod:`.throttle`). Without a cap nothing
+changes: each executor makes its own counter, and the config carries no throttle. A cluster run has no cap (the
+caller refuses the combination).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..source_check import SourceProbe
 from ..storage.port import Store
-from .counter import CancelFlag
+from .counter import ByteCounter, CancelFlag
 from .executor import Executor, ThreadExecutor
 from .pool import LocalProcessExecutor
+from .throttle import Throttle
 from .worker import WorkerConfig
 
 if TYPE_CHECKING:
@@ -34,9 +41,18 @@ SHUTDOWN_JOIN_S = 2.0
 class Executors:
     def __init__(self, store: Store, workers: int, *, flag: CancelFlag | None = None,
                  start_method: str | None = None, put_threads: int = 1, cluster: ClusterSpec | None = None,
-                 cluster_store: Store | None = None) -> None:
+                 cluster_store: Store | None = None, max_bandwidth: int | None = None) -> None:
+        if cluster is not None and max_bandwidth is not None:
+            raise ValueError("a bandwidth cap is for local runs: a cluster run has none yet")
+        #: the counters of the parts' executor and the PutObject thread, made now when the run is capped
+        self._parts_counter: ByteCounter | None = None
+        self._put_counter: ByteCounter | None = None
+        throttle = None
+        if max_bandwidth is not None:
+            self._parts_counter, self._put_counter = ByteCounter(workers), ByteCounter(1)
+            throttle = Throttle(max_bandwidth, (self._parts_counter, self._put_counter))
         # a Boto3Store crosses to the workers as its config
-        self.config = WorkerConfig(store, put_threads=put_threads)
+        self.config = WorkerConfig(store, put_threads=put_threads, throttle=throttle)
         #: where a cluster run sends its jobs, and the store settings its workers get (resolved here: endpoint,
         #: region; credentials only with --cluster-pass-credentials)
         self.cluster = cluster
@@ -61,9 +77,9 @@ class Executors:
             self._check_open()
             if getattr(self.config.store, "crosses_processes", False):
                 self._parts = LocalProcessExecutor(self.config, self.workers, cancel=self.flag,
-                                                   start_method=self.start_method)
+                                                   start_method=self.start_method, counter=self._parts_counter)
             else:
-                self._parts = ThreadExecutor(self.config, self.workers, cancel=self.flag)
+                self._parts = ThreadExecutor(self.config, self.workers, cancel=self.flag, counter=self._parts_counter)
         return self._parts
 
     def for_put(self) -> Executor:
@@ -72,8 +88,13 @@ class Executors:
             return self.for_cluster()
         if self._put is None:
             self._check_open()
-            self._put = ThreadExecutor(self.config, 1, cancel=self.flag)
+            self._put = ThreadExecutor(self.config, 1, cancel=self.flag, counter=self._put_counter)
         return self._put
+
+    @property
+    def max_bandwidth(self) -> int | None:
+        """The run's cap in bytes per second (``None``: none)."""
+        return self.config.throttle.rate if self.config.throttle is not None else None
 
     def for_cluster(self) -> DaskExecutor:
         """The cluster's executor (connected now if it was not)."""

@@ -247,7 +247,7 @@ class ObjectUpload:
                        md5: bool = False) -> dict[str, Any]:
         if integrity is not None:
             algorithm, md5 = integrity.algorithm, integrity.content_md5
-        return {
+        extra: dict[str, Any] = {
             "part_size": self.plan.part_size if self.plan.multipart else self.source.size,
             "workers": self.plan.workers,
             "resumed_bytes": self.resumed_bytes,
@@ -257,6 +257,9 @@ class ObjectUpload:
             "store_upload_id": self.upload_id,
             **self.executors.started_fields(),
         }
+        if self.executors.max_bandwidth is not None:
+            extra["max_bandwidth_bps"] = self.executors.max_bandwidth
+        return extra
 
     def _access(self) -> ObjectAccess:
         return ObjectAccess(self.store, self.bucket, self.key, self.store.endpoint_url)

@@ -52,6 +52,7 @@ class LocalProcessExecutor(QueueingExecutor):
         *,
         cancel: CancelFlag | None = None,
         start_method: str | None = None,
+        counter: ByteCounter | None = None,
     ) -> None:
         method = start_method or os.environ.get("MPUPLOAD_START_METHOD") or None
         if method is not None and method not in START_METHODS:
@@ -59,7 +60,8 @@ class LocalProcessExecutor(QueueingExecutor):
         self._ctx: Any = multiprocessing.get_context(method)
         self.config = config
         self.workers = size
-        self.counter = ByteCounter(size)
+        # a capped run makes its counters first: the throttle reads them all (one slot per worker)
+        self.counter = counter if counter is not None else ByteCounter(size)
         self.flag = cancel if cancel is not None else CancelFlag()
         self.pending: deque[Job] = deque()
         self.handles: list[WorkerHandle] = []

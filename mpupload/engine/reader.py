@@ -13,6 +13,10 @@
 * raises :class:`~mpupload.errors.SourceChanged` when the file ends early (it shrank). A short read that is
   not the end of the file is legal (FUSE and network filesystems return them): the rest is read again.
 
+:class:`ThrottledPartReader` is the same reader under a bandwidth cap (``--max-bandwidth``): it reads smaller
+chunks and asks the run's :class:`~.throttle.Throttle` before each one. Without a cap the plain reader is used, so
+an uncapped run pays nothing per chunk.
+
 ``read(n)`` returns up to ``CHUNK`` bytes even when asked for fewer: http.client asks for 8-16 KiB at a
 time, and 64 times fewer Python-level round trips per MiB is most of the client's CPU budget. Every
 caller in the send path (http.client/urllib3 ``send``) accepts a longer block.
@@ -27,8 +31,9 @@ from ..checksums import Hasher
 from ..errors import Cancelled, SourceChanged
 from ..units import KiB
 from .counter import ByteCounter, CancelFlag
+from .throttle import Throttle
 
-__all__ = ["PartReader", "digest_range", "pread_exactly", "CHUNK"]
+__all__ = ["PartReader", "ThrottledPartReader", "digest_range", "pread_exactly", "CHUNK"]
 
 CHUNK = 1024 * KiB
 
@@ -111,6 +116,39 @@ class PartReader:
         self._counted += n
         if self._counter is not None:
             self._counter.add(self._slot, n)
+
+
+class ThrottledPartReader(PartReader):
+    """A :class:`PartReader` under the run's bandwidth cap: every chunk waits for its turn (a cancel stops the
+    wait within :data:`~.throttle.SLICE_S`). ``read(n)`` returns the throttle's chunk, whatever ``n`` (longer or
+    shorter blocks: every caller in the send path loops until the body is empty, see above); ``read()`` still
+    returns the whole rest, chunk by chunk."""
+
+    def __init__(self, fd: int, offset: int, length: int, *, throttle: Throttle, counter: ByteCounter | None = None,
+                 slot: int = 0, cancel: CancelFlag | None = None) -> None:
+        super().__init__(fd, offset, length, counter=counter, slot=slot, cancel=cancel,
+                         chunk=min(CHUNK, throttle.chunk))
+        self._throttle = throttle
+
+    def read(self, amt: int | None = -1) -> bytes:
+        if amt is None or amt < 0:
+            pieces = []
+            while piece := self._read_chunk(self._chunk):
+                pieces.append(piece)
+            return b"".join(pieces)
+        return self._read_chunk(self._chunk if amt else 0)
+
+    def _read_chunk(self, want: int) -> bytes:
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled("upload cancelled")
+        want = min(want, self._length - self._pos)
+        if want <= 0:
+            return b""
+        self._throttle.acquire(want, self._cancel)
+        data = pread_exactly(self._fd, want, self._offset + self._pos)
+        self._pos += len(data)
+        self._count(len(data))
+        return data
 
 
 def pread_exactly(fd: int, length: int, offset: int) -> bytes:

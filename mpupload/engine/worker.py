@@ -40,7 +40,8 @@ from ..storage.errors import gone_error, http_status, is_gone
 from ..storage.port import Checksum, Store
 from .counter import ByteCounter, CancelFlag
 from .probe import etag_is_md5_answer
-from .reader import PartReader, digest_range
+from .reader import PartReader, ThrottledPartReader, digest_range
+from .throttle import Throttle
 
 __all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "BatchJob", "BatchResult", "Job", "JobResult",
            "worker_main", "run_job", "run_batch", "upload_one_part", "die_with_parent", "OpenFiles",
@@ -66,6 +67,8 @@ class WorkerConfig:
     backoff_max_s: float = 20.0
     #: PutObjects a worker process sends at once for a :class:`BatchJob` (its threads share its client)
     put_threads: int = 1
+    #: the run's bandwidth cap (``--max-bandwidth``), shared by every sender; ``None``: no cap, no check
+    throttle: Throttle | None = None
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,11 @@ def upload_one_part(
                 raw = md5_hasher.digest()
                 md5_hex = raw.hex()
                 content_md5 = b64(raw)
-            reader = PartReader(fd, job.offset, job.length, counter=counter, slot=slot, cancel=cancel)
+            if config.throttle is None:
+                reader = PartReader(fd, job.offset, job.length, counter=counter, slot=slot, cancel=cancel)
+            else:
+                reader = ThrottledPartReader(fd, job.offset, job.length, throttle=config.throttle, counter=counter,
+                                             slot=slot, cancel=cancel)
             if put:
                 object_args = dict(target.object_args)
                 if target.checksum_metadata and checksum is not None and target.algorithm is not None:

@@ -67,7 +67,7 @@ def started_line(snapshot: Snapshot) -> str:
     extra = snapshot.extra
     size = format_bytes(snapshot.total_bytes)
     if extra.get("multipart") is False:
-        return f"upload: {_target(snapshot)}  {size} in a single PutObject"
+        return f"upload: {_target(snapshot)}  {size} in a single PutObject{_cap(extra)}"
     line = f"upload: {_target(snapshot)}  {size} in {_plural(snapshot.parts_total, 'part')}"
     part_size = extra.get("part_size")
     if part_size:
@@ -80,7 +80,13 @@ def started_line(snapshot: Snapshot) -> str:
         resumed_parts = int(extra.get("resumed_parts") or 0)
         line += (f", resuming: {format_bytes(resumed_bytes)} in {_plural(resumed_parts, 'part')}"
                  " already stored")
-    return line
+    return line + _cap(extra)
+
+
+def _cap(extra: dict[str, Any]) -> str:
+    """``', capped at 8.0 MiB/s'`` when the run has a bandwidth cap (``--max-bandwidth``), else nothing."""
+    cap = extra.get("max_bandwidth_bps")
+    return f", capped at {format_rate(float(cap))}" if cap else ""
 
 
 def progress_line(snapshot: Snapshot) -> str:
@@ -173,7 +179,7 @@ def dataset_started_line(snapshot: Snapshot) -> str:
         line += f", {_plural(int(extra['workers']), 'worker')}{_on_hosts(extra)}"
     if extra.get("put_threads"):
         line += f", {_plural(int(extra['put_threads']), 'put thread')}"
-    return line
+    return line + _cap(extra)
 
 
 def dataset_progress_line(snapshot: Snapshot) -> str:

@@ -185,6 +185,8 @@ def status_text(snapshot: Snapshot, started: dict[str, Any]) -> str:
         items.append(f"put threads {started['put_threads']}")
     if int(started.get("resumed_bytes") or 0) > 0:
         items.append(f"resumed {format_bytes(started['resumed_bytes'])}")
+    if started.get("max_bandwidth_bps"):
+        items.append(f"cap {format_rate(started['max_bandwidth_bps'])}")
     items.append(f"avg {format_rate(snapshot.avg_speed_bps)}")
     items.append(f"elapsed {format_duration(snapshot.elapsed_seconds)}")
     return "  ".join(items)
