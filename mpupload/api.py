@@ -77,9 +77,6 @@ def check_options(options: UploadOptions) -> None:
             check_rate(options.max_bandwidth)
         except ValueError as exc:
             raise E.UsageError(f"--max-bandwidth: {exc}") from None
-        if options.cluster:
-            raise E.UsageError("--max-bandwidth caps local runs only: a cluster run (--cluster) cannot be capped yet; "
-                               "leave out one of them")
 
 
 def cluster_settings(options: UploadOptions, store: StoreConfig | Store) -> tuple[ClusterSpec | None, Store | None]:

@@ -106,8 +106,9 @@ def add_parser(sub: Any) -> None:
                    help="continue an interrupted upload of this file to this key: only missing parts are sent; "
                         "Ctrl+C then keeps the upload (unless --abort-on-interrupt)")
     t.add_argument("--max-bandwidth", metavar="RATE",
-                   help="cap the whole run (every worker together) at this rate, e.g. 200MiB/s, 50MB/s, 800KiB/s "
-                        "(/s optional; a plain number is bytes/s; at least 64KiB/s; local runs only; default: no cap)")
+                   help="cap the whole run (every worker together, on a cluster every host) at this rate, e.g. "
+                        "200MiB/s, 50MB/s, 800KiB/s (/s optional; a plain number is bytes/s; at least 64KiB/s; "
+                        "default: no cap)")
     t.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="run the parts and files on this Dask cluster's workers (default: MPUPLOAD_CLUSTER; they "
                         "read SOURCE at the same path: a shared filesystem; needs mpupload[cluster])")

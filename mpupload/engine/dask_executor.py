@@ -35,6 +35,15 @@ host; then the engine aborts the upload, repeating until ListParts is empty. A r
 the old one, so no task can see a stale "cancelled". An event once set stays set (Dask cannot say when every task
 that must see it has stopped): a cancelled run leaves that small object on the scheduler.
 
+**A bandwidth cap** (``--max-bandwidth``) is split among the run's tasks in flight: each gets ``cap / in_flight``
+(in flight: submitted and not seen to end; at most the run's concurrency). The figure goes with every task it
+submits, and, when it changes, the watch thread publishes it with a sequence number in the run's
+``distributed.Variable``, which the workers poll every 0.5 s (:mod:`.dask_worker`: each worker process meters the
+run's senders there at that share times its running tasks). While every slot is busy the figure does not change;
+when fewer tasks are left than slots, the remaining tasks share the whole cap. The sum over the workers is at most
+the cap except while a lower figure is on its way to the workers (up to 0.5 s, after more tasks were submitted at
+once than were in flight).
+
 **The scheduler lost** mid-run: :class:`~mpupload.errors.ClusterUnavailable` (exit 1); the multipart upload is
 kept, with its journal, for ``--resume``.
 
@@ -62,7 +71,7 @@ from typing import Any
 from .. import errors as E
 from ..source_check import SourceProbe, TreeListing
 from .counter import CancelFlag
-from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_task, run_task
+from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_task, run_task, share_variable_name
 from .executor import ExecutorEvent, JobDone, WorkerLost
 from .worker import BatchJob, BatchResult, Job, PartJob, PartResult, WorkerConfig
 
@@ -185,7 +194,8 @@ def _distributed() -> Any:
 class DaskExecutor:
     """The :class:`~.executor.Executor` port over a Dask cluster (see the module docstring)."""
 
-    def __init__(self, spec: ClusterSpec, config: WorkerConfig, *, flag: CancelFlag | None = None) -> None:
+    def __init__(self, spec: ClusterSpec, config: WorkerConfig, *, flag: CancelFlag | None = None,
+                 max_bandwidth: int | None = None) -> None:
         distributed = _distributed()
         if not getattr(config.store, "crosses_processes", False):
             raise E.UsageError("--cluster needs a store that workers can rebuild (an S3 endpoint), not an "
@@ -200,7 +210,11 @@ class DaskExecutor:
         self.config = config
         self.flag = flag if flag is not None else CancelFlag()
         self.run_id = uuid.uuid4().hex[:16]
-        self.run = RunSpec(self.run_id, config)
+        self.run = RunSpec(self.run_id, config, max_bandwidth=max_bandwidth)
+        self.max_bandwidth = max_bandwidth
+        #: under a cap: the share per task in flight, its sequence number, and the last one the workers were sent
+        self._share: tuple[int, float] | None = None
+        self._share_sent: tuple[int, float] | None = None
         self.address = spec.address
         try:
             with warnings.catch_warnings(record=True) as caught:  # Dask's version table: one line of ours instead
@@ -370,6 +384,9 @@ class DaskExecutor:
             # them have stopped (cancelling a future does not stop its task), so a cancelled run leaves its event
             # (a few hundred bytes) on the scheduler
             self._send_cancels()
+            if self._share is not None:  # unlike an event, a variable can go: no task of the run needs it now
+                with contextlib.suppress(Exception):
+                    _distributed().Variable(share_variable_name(self.run_id), client=self._client).delete()
         with contextlib.suppress(Exception):
             self._client.close(timeout=timeout_s)
         for fd in (self._wake_r, self._wake_w):
@@ -386,18 +403,45 @@ class DaskExecutor:
     def _dispatch(self) -> None:
         if not self._allowed and self._pending:
             raise RuntimeError("DaskExecutor.check() must run before the first job")
+        if self.max_bandwidth is not None and not self._lost:
+            # the tasks in flight once this round is submitted: their share goes with each of them
+            self._set_share(min(self.workers, len(self._tasks) + len(self._pending)))
         while self._pending and len(self._tasks) < self.workers and not self._lost:
             job, first = self._pending.popleft()
             self._seq += 1
             kind = "batch" if isinstance(job, BatchJob) else "part"
             key = f"mpupload-{kind}-{self.run_id}-{self._seq}"
-            future = self._client.submit(run_task, self.run, job, key, self._generation, key=key, pure=False,
+            future = self._client.submit(run_task, self.run, job, key, self._generation, self._share, key=key,
+                                         pure=False,
                                          workers=list(self._allowed), allow_other_workers=False,
                                          priority=1 if first else 0, retries=0)
             self.ledger.begin(key, job.length)
             with self._lock:
                 self._tasks[key] = _Task(job, future)
             future.add_done_callback(lambda f, key=key: self._collect(key, f))
+
+    def _set_share(self, in_flight: int) -> None:
+        """The cap's share per task for ``in_flight`` tasks; a new figure is published by the watch thread."""
+        assert self.max_bandwidth is not None
+        if in_flight <= 0:
+            return  # nothing in flight: the last figure stands until there is
+        per_task = self.max_bandwidth / in_flight
+        if self._share is not None and self._share[1] == per_task:
+            return
+        self._share = ((self._share[0] + 1) if self._share is not None else 1, per_task)
+        self._push_wanted.set()
+
+    def _send_share(self) -> None:
+        """Publish the newest share if the workers have not been sent it (in the watch thread: never blocks the
+        main one)."""
+        share = self._share
+        if share is None or share == self._share_sent:
+            return
+        try:
+            _distributed().Variable(share_variable_name(self.run_id), client=self._client).set(share)
+            self._share_sent = share
+        except Exception:  # noqa: BLE001 - the scheduler is gone: the main thread says so
+            log.debug("could not publish the run's bandwidth share", exc_info=True)
 
     def _collect(self, key: str, future: Any) -> None:
         """A task ended (in Dask's callback thread): fetch its result here, so the main thread never waits on a
@@ -509,6 +553,7 @@ class DaskExecutor:
             self._push_wanted.wait(max(0.0, next_poll - time.monotonic()))
             self._push_wanted.clear()
             self._send_cancels()
+            self._send_share()
             if self._stop.is_set() or time.monotonic() < next_poll:
                 continue
             next_poll = time.monotonic() + MEMBERSHIP_S

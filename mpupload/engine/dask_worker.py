@@ -18,11 +18,17 @@ coordinator) and imports ``distributed`` only inside its functions.
 * the **cancel poller** thread keeps a local bool per (run, generation) (:class:`PolledFlag`) up to date from the
   run's ``distributed.Event`` every :data:`CANCEL_POLL_S` seconds; the body reader checks that bool per chunk, so
   a part in flight stops within a chunk on every host. A generation's event is only ever set, never cleared: the
-  coordinator starts a new generation (a new event) when its run goes on after a failure.
+  coordinator starts a new generation (a new event) when its run goes on after a failure;
+* under a bandwidth cap (``--max-bandwidth``) every task carries the coordinator's *share per task in flight*
+  (``(seq, bytes/s)``), which the coordinator also publishes in the run's ``distributed.Variable``
+  (:func:`share_variable_name`) when it changes; the same poller reads it every :data:`SHARE_POLL_S` seconds. The
+  process's senders of the run share one :class:`~.throttle.RateBucket` at that share times the run's tasks
+  running here, set again as tasks start and end; of two shares the one with the higher ``seq`` is the newer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -35,10 +41,11 @@ from typing import Any
 
 from ..source_check import SourceProbe
 from ..storage.port import Store
+from .throttle import RateBucket, chunk_for
 from .worker import Job, JobResult, OpenFiles, WorkerConfig, run_job
 
 __all__ = ["RunSpec", "Hello", "TaskCounter", "PolledFlag", "check_task", "run_task", "REPORT_TOPIC", "REPORT_S",
-           "CANCEL_POLL_S", "cancel_event_name"]
+           "CANCEL_POLL_S", "SHARE_POLL_S", "cancel_event_name", "share_variable_name", "RunShare"]
 
 log = logging.getLogger("mpupload")
 
@@ -48,12 +55,18 @@ REPORT_TOPIC = "mpupload-progress"
 REPORT_S = 0.25
 #: how often a worker process asks the scheduler whether its runs were cancelled
 CANCEL_POLL_S = 0.2
+#: how often a worker process asks for its capped runs' current share
+SHARE_POLL_S = 0.5
 #: a run that has had no task in a worker process for this long is forgotten there
 RUN_IDLE_S = 60.0
 
 
 def cancel_event_name(run_id: str, generation: int) -> str:
     return f"mpupload-cancel-{run_id}-{generation}"
+
+
+def share_variable_name(run_id: str) -> str:
+    return f"mpupload-share-{run_id}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ class RunSpec:
 
     run_id: str
     config: WorkerConfig
+    #: the run's cap in bytes per second (``--max-bandwidth``), split by the coordinator; None: no cap
+    max_bandwidth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,28 @@ class PolledFlag:
         pass
 
 
+class RunShare:
+    """A capped run's share in one worker process (pure; the caller holds the process's lock): the newest share per
+    task in flight, and the bucket its senders meter through at that share times its tasks running here."""
+
+    def __init__(self, seq: int, per_task: float) -> None:
+        self.seq = seq
+        self.per_task = per_task
+        self.bucket = RateBucket(per_task, chunk=chunk_for(max(1, int(per_task))))
+
+    def offer(self, seq: int, per_task: float) -> bool:
+        """A share from a task's payload or from the run's variable; kept if newer. Whether it was."""
+        if seq <= self.seq:
+            return False
+        self.seq, self.per_task = seq, per_task
+        return True
+
+    def apply(self, running: int) -> None:
+        """Set the bucket for ``running`` tasks of the run in this process (none: left as it is, unused)."""
+        if running > 0:
+            self.bucket.set_rate(self.per_task * running)
+
+
 class _Run:
     """One run as this worker process sees it: its running executions and its cancel flags."""
 
@@ -146,6 +183,10 @@ class _Run:
         self.ended: list[tuple[str, str, int]] = []
         self.flags: dict[int, PolledFlag] = {}
         self.last_active = time.monotonic()
+        #: under a cap: the run's share here, and the variable the coordinator publishes it in
+        self.share: RunShare | None = None
+        self.share_variable: Any = None
+        self.share_polled = 0.0
 
 
 class _Process:
@@ -184,7 +225,8 @@ class _Process:
             return pool
 
     # -- runs ------------------------------------------------------------------------------------------------------
-    def begin(self, worker: Any, run_id: str, generation: int, key: str) -> tuple[_Run, PolledFlag, str, TaskCounter]:
+    def begin(self, worker: Any, run_id: str, generation: int, key: str,
+              share: tuple[int, float] | None = None) -> tuple[_Run, PolledFlag, str, TaskCounter]:
         import distributed
 
         dd: Any = distributed
@@ -194,6 +236,12 @@ class _Process:
             if run is None:
                 run = self.runs[run_id] = _Run(run_id, worker.address)
             flag = run.flags.get(generation)
+            need_variable = share is not None and run.share_variable is None
+        if need_variable:
+            variable = dd.Variable(share_variable_name(run_id), client=dd.get_client())
+            with self.lock:
+                if run.share_variable is None:
+                    run.share_variable = variable
         fresh = False
         if flag is None:  # the worker's client is made once per process, outside the lock
             made = PolledFlag(dd.Event(cancel_event_name(run_id, generation), client=dd.get_client()))
@@ -205,6 +253,12 @@ class _Process:
             counter = TaskCounter()
             run.running[key] = (nonce, counter)
             run.last_active = time.monotonic()
+            if share is not None:
+                if run.share is None:
+                    run.share = RunShare(*share)
+                else:
+                    run.share.offer(*share)
+                run.share.apply(len(run.running))
             start = not self._threads_started
             self._threads_started = True
         if fresh or time.monotonic() - flag.refreshed > 2 * CANCEL_POLL_S:
@@ -218,6 +272,8 @@ class _Process:
         with self.lock:
             if run.running.get(key, (None,))[0] == nonce:
                 del run.running[key]
+                if run.share is not None:
+                    run.share.apply(len(run.running))
             run.ended.append((key, nonce, final))
             run.last_active = time.monotonic()
 
@@ -251,11 +307,29 @@ class _Process:
     def _cancel_loop(self) -> None:
         while True:
             time.sleep(CANCEL_POLL_S)
+            now = time.monotonic()
             with self.lock:
                 flags = [flag for run in self.runs.values() if run.running for flag in run.flags.values()
                          if not flag.is_set()]
+                capped = [run for run in self.runs.values() if run.running and run.share_variable is not None
+                          and now - run.share_polled >= SHARE_POLL_S]
+                for run in capped:
+                    run.share_polled = now
             for flag in flags:
                 flag.refresh()
+            for run in capped:
+                self.poll_share(run)
+
+    def poll_share(self, run: _Run) -> None:
+        """Read the run's published share (the coordinator sets it whenever its tasks in flight change)."""
+        try:
+            published = run.share_variable.get(timeout=SHARE_POLL_S)
+            seq, per_task = int(published[0]), float(published[1])
+        except Exception:  # noqa: BLE001 - not published yet, or the scheduler is unreachable: keep the last one
+            return
+        with self.lock:
+            if run.share is not None and run.share.offer(seq, per_task):
+                run.share.apply(len(run.running))
 
 
 _PROCESS: _Process | None = None
@@ -271,19 +345,24 @@ def _process() -> _Process:
         return _PROCESS
 
 
-def run_task(spec: RunSpec, job: Job, key: str, generation: int) -> JobResult:
-    """One job on this worker (the coordinator's task ``key``; ``generation`` names the run's cancel event)."""
+def run_task(spec: RunSpec, job: Job, key: str, generation: int, share: tuple[int, float] | None = None) -> JobResult:
+    """One job on this worker (the coordinator's task ``key``; ``generation`` names the run's cancel event;
+    ``share``: under a cap, the coordinator's ``(seq, bytes/s per task in flight)`` when it submitted the task)."""
     from distributed import get_worker
 
     state = _process()
-    run, flag, nonce, counter = state.begin(get_worker(), spec.run_id, generation, key)
+    run, flag, nonce, counter = state.begin(get_worker(), spec.run_id, generation, key,
+                                            share if spec.max_bandwidth is not None else None)
+    config = spec.config
+    if run.share is not None:
+        config = dataclasses.replace(config, throttle=run.share.bucket)
     final = 0
     # the task's own open file, closed at its end: a worker outlives runs, and a descriptor kept open would read the
     # old file after it was replaced at the same path
     files = OpenFiles(keep=1)
     try:
         store = state.store(spec.config)
-        result = run_job(store, files, spec.config, job, counter, 0, flag,  # type: ignore[arg-type]
+        result = run_job(store, files, config, job, counter, 0, flag,  # type: ignore[arg-type]
                          threads=state.put_pool(spec.config.put_threads))
         final = result.size if result.ok else 0
         return result

@@ -13,8 +13,8 @@ they have checked the source (:meth:`Executors.check_source`).
 A local run with a bandwidth cap (``max_bandwidth``) makes the counters of both local executors at once, before any
 worker starts, and one :class:`~.throttle.Throttle` that reads them all: it travels to every sender in the
 :class:`~.worker.WorkerConfig`, so the cap holds for the whole run (see :mod:`.throttle`). Without a cap nothing
-changes: each executor makes its own counter, and the config carries no throttle. A cluster run has no cap (the
-caller refuses the combination).
+changes: each executor makes its own counter, and the config carries no throttle. A capped cluster run hands its
+cap to the :class:`~.dask_executor.DaskExecutor`, which splits it among its tasks in flight (see :mod:`.throttle`).
 """
 
 from __future__ import annotations
@@ -42,13 +42,12 @@ class Executors:
     def __init__(self, store: Store, workers: int, *, flag: CancelFlag | None = None,
                  start_method: str | None = None, put_threads: int = 1, cluster: ClusterSpec | None = None,
                  cluster_store: Store | None = None, max_bandwidth: int | None = None) -> None:
-        if cluster is not None and max_bandwidth is not None:
-            raise ValueError("a bandwidth cap is for local runs: a cluster run has none yet")
+        self._max_bandwidth = max_bandwidth
         #: the counters of the parts' executor and the PutObject thread, made now when the run is capped
         self._parts_counter: ByteCounter | None = None
         self._put_counter: ByteCounter | None = None
         throttle = None
-        if max_bandwidth is not None:
+        if max_bandwidth is not None and cluster is None:
             self._parts_counter, self._put_counter = ByteCounter(workers), ByteCounter(1)
             throttle = Throttle(max_bandwidth, (self._parts_counter, self._put_counter))
         # a Boto3Store crosses to the workers as its config
@@ -94,7 +93,7 @@ class Executors:
     @property
     def max_bandwidth(self) -> int | None:
         """The run's cap in bytes per second (``None``: none)."""
-        return self.config.throttle.rate if self.config.throttle is not None else None
+        return self._max_bandwidth
 
     def for_cluster(self) -> DaskExecutor:
         """The cluster's executor (connected now if it was not)."""
@@ -103,7 +102,8 @@ class Executors:
             from .dask_executor import DaskExecutor
 
             assert self.cluster is not None
-            self._dask = DaskExecutor(self.cluster, self.cluster_config, flag=self.flag)
+            self._dask = DaskExecutor(self.cluster, self.cluster_config, flag=self.flag,
+                                      max_bandwidth=self._max_bandwidth)
         return self._dask
 
     def check_source(self, probe: SourceProbe, expected: str | None = None) -> None:

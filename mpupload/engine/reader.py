@@ -31,7 +31,7 @@ from ..checksums import Hasher
 from ..errors import Cancelled, SourceChanged
 from ..units import KiB
 from .counter import ByteCounter, CancelFlag
-from .throttle import Throttle
+from .throttle import Meter
 
 __all__ = ["PartReader", "ThrottledPartReader", "digest_range", "pread_exactly", "CHUNK"]
 
@@ -124,7 +124,7 @@ class ThrottledPartReader(PartReader):
     shorter blocks: every caller in the send path loops until the body is empty, see above); ``read()`` still
     returns the whole rest, chunk by chunk."""
 
-    def __init__(self, fd: int, offset: int, length: int, *, throttle: Throttle, counter: ByteCounter | None = None,
+    def __init__(self, fd: int, offset: int, length: int, *, throttle: Meter, counter: ByteCounter | None = None,
                  slot: int = 0, cancel: CancelFlag | None = None) -> None:
         super().__init__(fd, offset, length, counter=counter, slot=slot, cancel=cancel,
                          chunk=min(CHUNK, throttle.chunk))

@@ -34,8 +34,14 @@ socket; the kernel's send buffer smooths them on the wire.
 
 **Its limits.** A low cap shared by many senders leaves each connection idle between its chunks (``senders /
 64`` seconds): keep ``--workers`` and ``--put-threads`` small under a cap of a few hundred KiB/s, or a store may
-close connections it finds idle. Below :data:`MIN_RATE` the cap is refused. The cap is per host: it reads this
-host's counters (a cluster run needs a run-wide total of its own).
+close connections it finds idle. Below :data:`MIN_RATE` the cap is refused. The line reads this host's counters.
+
+**A cluster run** (``--cluster``) has no counters that every sender can read: its senders are threads of Dask worker
+processes on many hosts. The coordinator splits the cap among the run's *tasks in flight* (the parts and batches it
+has submitted and not seen end): each gets ``rate / in_flight``, a figure the coordinator sends with every task and
+publishes whenever it changes (see :mod:`.dask_executor`). Each worker process meters its own senders with a
+:class:`RateBucket` at that share times the run's tasks running there, so the run-wide sum is at most the cap, and a
+run's last few tasks get the whole cap between them rather than their first share.
 
 Without a cap there is no throttle at all: the plain :class:`~.reader.PartReader` checks nothing per chunk.
 """
@@ -44,15 +50,17 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing.sharedctypes
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import Cancelled
 from ..units import KiB, MiB, format_rate
 from .counter import ByteCounter, CancelFlag
 
-__all__ = ["Throttle", "check_rate", "burst_for", "chunk_for", "MIN_RATE", "BURST_S", "MIN_BURST", "SLICE_S"]
+__all__ = ["Meter", "Throttle", "RateBucket", "check_rate", "burst_for", "chunk_for", "MIN_RATE", "BURST_S",
+           "MIN_BURST", "SLICE_S"]
 
 #: the lowest cap accepted (bytes per second): below it a store's idle timeouts would end requests
 MIN_RATE = 64 * KiB
@@ -65,6 +73,16 @@ MAX_CHUNK = 1 * MiB
 CHUNKS_PER_S = 64
 #: the longest a throttled sender sleeps before it checks the cancel flag (and the line) again
 SLICE_S = 0.05
+
+
+class Meter(Protocol):
+    """What a throttled body reader asks before each chunk: :class:`Throttle` (a local run) or :class:`RateBucket`
+    (a cluster worker process)."""
+
+    @property
+    def chunk(self) -> int: ...
+
+    def acquire(self, n: int, cancel: CancelFlag | None = None) -> None: ...
 
 
 def check_rate(rate: int) -> int:
@@ -129,6 +147,64 @@ class Throttle:
             self._floor.value = floor = behind
         excess = sent + n - (self.rate * (now - floor) + self.burst)
         return excess / self.rate if excess > 0 else 0.0
+
+    def acquire(self, n: int, cancel: CancelFlag | None = None) -> None:
+        """Return once ``n`` bytes may go; :class:`~mpupload.errors.Cancelled` if ``cancel`` is set meanwhile."""
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("upload cancelled")
+            wait = self.delay(n)
+            if wait <= 0:
+                return
+            self._sleep(min(wait, SLICE_S))
+
+
+class RateBucket:
+    """A token bucket for the threads of one process whose rate can change while they send: a cluster worker
+    process's share of a run's cap (see the module docstring). Its depth is :func:`burst_for` of the current rate;
+    a request larger than that waits for a full bucket and leaves it in debt, so the average still holds.
+    ``clock`` and ``sleep`` are injectable for tests."""
+
+    def __init__(self, rate: float, *, chunk: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+        self._rate = max(1.0, float(rate))
+        self._tokens = float(burst_for(int(self._rate)))
+        self._last = clock()
+        #: the most a throttled reader takes at a time (fixed for the bucket's life: readers read it once)
+        self.chunk = chunk if chunk is not None else chunk_for(int(self._rate))
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def burst(self) -> int:
+        return burst_for(int(self._rate))
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self._rate)
+            self._last = now
+
+    def set_rate(self, rate: float) -> None:
+        """From now on, ``rate`` bytes per second (what was earned at the old rate is kept, up to the new depth)."""
+        with self._lock:
+            self._refill(self._clock())
+            self._rate = max(1.0, float(rate))
+            self._tokens = min(self._tokens, float(self.burst))
+
+    def delay(self, n: int) -> float:
+        """Take ``n`` bytes now and return 0, or return the seconds to wait before asking again."""
+        with self._lock:
+            self._refill(self._clock())
+            want = min(float(n), float(self.burst))
+            if self._tokens >= want:
+                self._tokens -= n
+                return 0.0
+            return (want - self._tokens) / self._rate
 
     def acquire(self, n: int, cancel: CancelFlag | None = None) -> None:
         """Return once ``n`` bytes may go; :class:`~mpupload.errors.Cancelled` if ``cancel`` is set meanwhile."""

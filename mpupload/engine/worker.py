@@ -41,7 +41,7 @@ from ..storage.port import Checksum, Store
 from .counter import ByteCounter, CancelFlag
 from .probe import etag_is_md5_answer
 from .reader import PartReader, ThrottledPartReader, digest_range
-from .throttle import Throttle
+from .throttle import Meter
 
 __all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "BatchJob", "BatchResult", "Job", "JobResult",
            "worker_main", "run_job", "run_batch", "upload_one_part", "die_with_parent", "OpenFiles",
@@ -68,7 +68,7 @@ class WorkerConfig:
     #: PutObjects a worker process sends at once for a :class:`BatchJob` (its threads share its client)
     put_threads: int = 1
     #: the run's bandwidth cap (``--max-bandwidth``), shared by every sender; ``None``: no cap, no check
-    throttle: Throttle | None = None
+    throttle: Meter | None = None
 
 
 @dataclass(frozen=True)

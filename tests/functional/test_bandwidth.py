@@ -108,18 +108,17 @@ def test_the_started_event_has_no_cap_field_without_a_cap(tmp_path: Path) -> Non
     assert "max_bandwidth_bps" not in rec.snapshots[0].extra
 
 
-def test_a_cap_on_a_cluster_run_is_refused_before_the_store(tmp_path: Path) -> None:
-    """The cap reads this host's counters: a cluster run cannot be capped yet, and says so instead of ignoring it."""
+def test_a_cap_on_a_cluster_run_goes_to_the_cluster_not_to_a_local_throttle() -> None:
+    """This host's counters see none of a cluster's bytes: a cluster run's cap is the cluster executor's to split
+    (no local throttle, no local counters made for it), and the started event still says the cap."""
     store = MemoryStore(BUCKET)
-    (tmp_path / "f.bin").write_bytes(b"x" * 1000)
-    options = UploadOptions(max_bandwidth=8 * MiB, cluster="tcp://127.0.0.1:9")
-    with pytest.raises(E.UsageError, match="--max-bandwidth caps local runs only"):
-        upload_file(str(tmp_path / "f.bin"), BUCKET, "k", store=store, options=options)
-    with pytest.raises(E.UsageError, match="--max-bandwidth caps local runs only"):
-        upload_directory([str(tmp_path)], BUCKET, "p/", store=store, options=options)
-    assert sum(store.calls.values()) == 0
-    with pytest.raises(ValueError):
-        Executors(store, 2, cluster=object(), max_bandwidth=8 * MiB)  # type: ignore[arg-type]
+    executors = Executors(store, 2, cluster=object(), max_bandwidth=8 * MiB)  # type: ignore[arg-type]
+    try:
+        assert executors.config.throttle is None
+        assert executors.max_bandwidth == 8 * MiB
+        assert executors._parts_counter is None and executors._put_counter is None
+    finally:
+        executors.shutdown()
 
 
 @pytest.mark.parametrize("rate", [0, -1, 1000])

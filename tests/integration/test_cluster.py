@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from mpupload.engine.dask_worker import REPORT_S
+from mpupload.engine.throttle import burst_for, chunk_for
 from tests.conftest import IN_CI
 from tests.support.cli import (
     CliProcess,
@@ -34,6 +36,7 @@ from tests.support.cli import (
 )
 from tests.support.dask_cluster import DaskCluster, proc_io, start_cluster
 from tests.support.proxy import proxy_for
+from tests.support.rates import check_cap
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
@@ -113,6 +116,82 @@ def test_a_directory_goes_up_from_every_worker(cluster: DaskCluster, s3: S3Serve
     read = {pid: after[pid] - before[pid] for pid in before}
     assert all(n >= 10 * MiB for n in read.values()), read
 
+
+
+def cluster_slack(cap: int, cluster: DaskCluster, senders: int) -> float:
+    """What an interval between two events may carry beyond ``cap`` on a cluster run: each worker process's bucket
+    may start full (its depth is at most the whole cap's), each sender may take one chunk of its share at the same
+    instant, and the coordinator's total lags each worker's counts by up to a report period at either end."""
+    return (len(cluster.workers) * burst_for(cap) + senders * chunk_for(cap // senders) + 2 * REPORT_S * cap)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_cap_holds_across_the_cluster_over_twenty_seconds(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                                           tmp_path: Path) -> None:
+    """20 parts over 3 workers x 2 threads at 8 MiB/s: each of the 6 tasks in flight gets a sixth of the cap, and
+    the last two parts share all of it; every worker sends, and the whole run holds the cap."""
+    cap = 8 * MiB
+    size = 20 * cap
+    src = make_file(tmp_path / "big.bin", size, seed=41)
+    before = read_by_worker(cluster)
+    t = time.monotonic()
+    done = run_cli("upload", str(src), f"s3://{bucket}/capped.bin", "--cluster", cluster.address, "--part-size",
+                   "8MiB", "--max-bandwidth", "8MiB/s", "--progress", "json", env=cli_env(s3), timeout=180)
+    wall = time.monotonic() - t
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    after = read_by_worker(cluster)
+    evs = check_events(done.stdout)
+    check_cap(evs, cap, 6, size, wall, what="one 160 MiB file over 3 workers x 2 threads, 8MiB/s",
+              slack=cluster_slack(cap, cluster, 6))
+    read = {pid: after[pid] - before[pid] for pid in before}
+    assert all(n >= 2 * 8 * MiB for n in read.values()), read
+    assert sha256_object(s3.client(), bucket, "capped.bin") == sha256_file(src)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_two_parts_on_six_slots_share_the_whole_cap(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                                    tmp_path: Path) -> None:
+    """Fewer tasks than the cluster's slots: the cap is split among the tasks in flight, not among the slots (two
+    parts at a sixth of the cap each would take three times as long)."""
+    cap = 4 * MiB
+    size = 2 * 16 * MiB
+    src = make_file(tmp_path / "two.bin", size, seed=42)
+    t = time.monotonic()
+    done = run_cli("upload", str(src), f"s3://{bucket}/two.bin", "--cluster", cluster.address, "--part-size",
+                   "16MiB", "--max-bandwidth", "4MiB/s", "--progress", "json", env=cli_env(s3), timeout=120)
+    wall = time.monotonic() - t
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    evs = check_events(done.stdout)
+    check_cap(evs, cap, 2, size, wall, what="two 16 MiB parts on 6 slots, 4MiB/s", low=0.6,
+              slack=cluster_slack(cap, cluster, 2))
+    assert sha256_object(s3.client(), bucket, "two.bin") == sha256_file(src)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_capped_directory_on_the_cluster_holds_the_cap(cluster: DaskCluster, s3: S3Server, bucket: str,
+                                                         tmp_path: Path) -> None:
+    """A large file's parts (botocore), then batches of small files (the lean PutObject, several threads per
+    worker process): every sender of every worker meters through its process's share."""
+    cap = 4 * MiB
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    make_file(tree / "large.bin", 16 * MiB, seed=1)
+    for n in range(160):
+        make_file(tree / f"small-{n:03d}.bin", 96 * 1024, seed=100 + n)
+    size = 16 * MiB + 160 * 96 * 1024
+    t = time.monotonic()
+    done = run_cli("upload", str(tree), f"s3://{bucket}/capped/", "--cluster", cluster.address, "--part-size",
+                   "5MiB", "--put-threads", "4", "--max-bandwidth", "4MiB/s", "--progress", "json",
+                   env=cli_env(s3), timeout=180)
+    wall = time.monotonic() - t
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    evs = check_events(done.stdout)
+    assert evs[-1]["files_done"] == 161
+    check_cap(evs, cap, 6 * 4, size, wall, what="a directory over the cluster: 16 MiB + 160 x 96 KiB, 4MiB/s",
+              low=0.5, slack=cluster_slack(cap, cluster, 6 * 4))
+    client = s3.client()
+    for name in ("large.bin", "small-000.bin", "small-159.bin"):
+        assert sha256_object(client, bucket, f"capped/{name}") == sha256_file(tree / name), name
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)

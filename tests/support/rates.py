@@ -58,12 +58,14 @@ def steady_rate(evs: list[dict[str, Any]]) -> float:
 
 
 def check_cap(evs: list[dict[str, Any]], cap: int, senders: int, size: int, wall: float, *, what: str,
-              low: float = 0.70) -> dict[str, float]:
+              low: float = 0.70, slack: float | None = None) -> dict[str, float]:
+    """``slack``: the bytes an interval may carry beyond the cap (default: one local bucket's, see above)."""
     started = evs[0]
     assert started["event"] == "started" and started["max_bandwidth_bps"] == cap
     assert evs[-1]["event"] == "completed", evs[-1]
     pts = points(evs)
-    slack = burst_for(cap) + senders * chunk_for(cap) + SKEW_S * cap
+    if slack is None:
+        slack = burst_for(cap) + senders * chunk_for(cap) + SKEW_S * cap
     excess = worst_excess(pts, cap)
     steady = steady_rate(evs)
     window = busiest_window(pts)
