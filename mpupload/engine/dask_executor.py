@@ -466,19 +466,21 @@ class DaskExecutor:
             return JobDone(task.job, result)
         distributed = _distributed()
         if isinstance(error, distributed.KilledWorker):
-            log.warning("Dask gave up on a task whose workers kept dying: %s", error)
-            return WorkerLost(task.job, -1, None, None)
+            log.debug("Dask gave up on a task: %s", error)
+            return WorkerLost(task.job, -1, None, None, reason="the cluster gave up on a task whose workers kept dying "
+                                                              f"({error})")
         if isinstance(error, TimeoutError):  # its result could not be fetched (its worker hangs): run it again
             with contextlib.suppress(Exception):
                 task.future.cancel()
-            return WorkerLost(task.job, -1, None, None)
+            return WorkerLost(task.job, -1, None, None, reason="a task's result did not come back from its worker in "
+                                                              f"{RESULT_TIMEOUT_S:.0f} s")
         if self._lost or self._client.status != "running":
             self._lost = True
             return None
         if type(error).__name__ in ("CancelledError", "FutureCancelledError"):
             if self.flag.is_set() or self._closed:
                 return self._cancelled(task.job)
-            return WorkerLost(task.job, -1, None, None)  # cancelled by the cluster: run it again
+            return WorkerLost(task.job, -1, None, None, reason="the cluster cancelled a task")  # run it again
         return JobDone(task.job, self._failed(task.job, f"the cluster could not run the job: {error!r}"))
 
     @staticmethod

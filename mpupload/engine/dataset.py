@@ -645,12 +645,10 @@ class DatasetUpload:
                 elif isinstance(event, WorkerLost):
                     if isinstance(event.job, BatchJob) and event.job.batch_id in outstanding:
                         deaths += 1
-                        log.warning("worker %d (pid %s) died with exit code %s; replacing it", event.slot, event.pid,
-                                    event.exitcode)
+                        log.warning("%s", event.describe())
                         if deaths > max(3, 2 * executor.workers):
-                            raise E.WorkerCrashed(f"worker processes died {deaths} times (last exit code "
-                                                  f"{event.exitcode}): check memory limits and the system log, "
-                                                  "then run the command again with --resume")
+                            raise E.WorkerCrashed(f"{event.too_many(deaths)}, then run the command again with "
+                                                  "--resume")
                         executor.submit(event.job, first=True)
                 elif isinstance(event, JobDone) and isinstance(event.result, BatchResult):
                     batch = outstanding.pop(event.result.batch_id, None)

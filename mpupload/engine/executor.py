@@ -52,6 +52,22 @@ class WorkerLost:
     slot: int
     pid: int | None
     exitcode: int | None
+    #: what happened, when it was not a local worker process that died (a cluster's task lost or given up on)
+    reason: str | None = None
+
+    def describe(self) -> str:
+        """The warning line for it."""
+        if self.reason is not None:
+            return f"{self.reason}; sending its job again"
+        return f"worker {self.slot} (pid {self.pid}) died with exit code {self.exitcode}; replacing it"
+
+    def too_many(self, deaths: int) -> str:
+        """What to say when the run gives up after ``deaths`` of these."""
+        if self.reason is not None:
+            return (f"the cluster lost jobs {deaths} times (last: {self.reason}): check the Dask workers' logs and "
+                    "their memory limits")
+        return (f"worker processes died {deaths} times (last exit code {self.exitcode}): check memory limits and the "
+                "system log")
 
 
 @dataclass(frozen=True)

@@ -532,12 +532,10 @@ class ObjectUpload:
                         if self._mine(event.job):
                             assert event.job is not None
                             executor.submit(event.job, first=True)
-                        log.warning("worker %d (pid %s) died with exit code %s; replacing it", event.slot, event.pid,
-                                    event.exitcode)
+                        log.warning("%s", event.describe())
                         if deaths > max_deaths:
                             raise E.WorkerCrashed(
-                                f"worker processes died {deaths} times (last exit code {event.exitcode}): "
-                                "check memory limits and the system log, then run the command again",
+                                f"{event.too_many(deaths)}, then run the command again",
                                 bucket=self.bucket, key=self.key, upload_id=self.upload_id)
                     elif self._mine(event.job):
                         self._part_done(event, done)

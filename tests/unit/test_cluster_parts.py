@@ -10,6 +10,7 @@ import pytest
 
 from mpupload.engine.dask_executor import ByteLedger
 from mpupload.engine.dask_worker import PolledFlag, TaskCounter
+from mpupload.engine.executor import WorkerLost
 from mpupload.engine.reader import PartReader
 from mpupload.errors import Cancelled
 from mpupload.source_check import SAMPLE_BYTES, FileSample, ListingDigest, TreeListing, sample_offsets
@@ -157,3 +158,15 @@ def test_a_tree_listing_equals_the_digest_the_coordinator_builds_during_its_walk
     assert TreeListing((str(tree),)).digest() != listing.hexdigest()  # the filters count
     (tree / "a" / "y.txt").write_bytes(b"other")
     assert probe.digest() != listing.hexdigest()
+
+
+def test_a_lost_cluster_job_is_told_as_what_happened_not_as_a_local_worker_death() -> None:
+    """A local worker process that died has a slot, a pid and an exit code; a cluster's lost job has none of them,
+    and its line says what the cluster did instead of 'worker -1 (pid None)'."""
+    local = WorkerLost(None, 2, 4242, -9)
+    assert local.describe() == "worker 2 (pid 4242) died with exit code -9; replacing it"
+    assert "exit code -9" in local.too_many(5) and "worker processes died 5 times" in local.too_many(5)
+    lost = WorkerLost(None, -1, None, None, reason="the cluster gave up on a task whose workers kept dying")
+    assert lost.describe() == "the cluster gave up on a task whose workers kept dying; sending its job again"
+    assert "None" not in lost.describe() + lost.too_many(7)
+    assert lost.too_many(7).startswith("the cluster lost jobs 7 times (last: the cluster gave up")
