@@ -74,16 +74,23 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
 class ListingDigest:
     """The digest of a walk's listing, built entry by entry (the coordinator feeds it during its own walk)."""
 
+    #: how many problems (entries the walk could not read) are kept to be named in a message
+    KEEP_PROBLEMS = 5
+
     def __init__(self) -> None:
         self._h = hashlib.sha256()
         self.files = 0
+        #: the first problems, as ``"rel: error"`` lines
+        self.problems: list[str] = []
 
     def add(self, rel: str, size: int, mtime_ns: int) -> None:
         self._h.update(f"{rel}\0{size}\0{mtime_ns}\n".encode("utf-8", "surrogateescape"))
         self.files += 1
 
-    def problem(self, rel: str) -> None:
+    def problem(self, rel: str, error: str = "") -> None:
         self._h.update(f"{rel}\0!\n".encode("utf-8", "surrogateescape"))
+        if len(self.problems) < self.KEEP_PROBLEMS:
+            self.problems.append(f"{rel}: {error}" if error else rel)
 
     def hexdigest(self) -> str:
         return f"{self.files}:{self._h.hexdigest()}"
@@ -102,16 +109,21 @@ class TreeListing:
         return ", ".join(self.sources)
 
     def digest(self) -> str:
+        return self.examine().hexdigest()
+
+    def examine(self) -> ListingDigest:
+        """The walk's listing digest, with the first entries it could not read (named when a worker differs: a
+        worker that runs as another user may not list what the coordinator lists)."""
         from .tree import FilterRule, Filters, TreeProblem, walk
 
         filters = Filters([FilterRule(include, pattern) for include, pattern in self.rules]) if self.rules else None
         listing = ListingDigest()
         for entry in walk(list(self.sources), filters, follow_symlinks=self.follow_symlinks):
             if isinstance(entry, TreeProblem):
-                listing.problem(entry.rel)
+                listing.problem(entry.rel, entry.error)
             else:
                 listing.add(entry.rel, entry.size, entry.mtime_ns)
-        return listing.hexdigest()
+        return listing
 
 
 SourceProbe = FileSample | TreeListing

@@ -170,14 +170,22 @@ class ByteLedger:
             return self._finished + sum(c.count for c in self._open.values())
 
 
-def _difference(probe: SourceProbe, theirs: str | None, ours: str | None) -> str:
-    """How a worker's digest differs from this host's, in words."""
+def _files(n: str) -> str:
+    return f"{n} file" if n == "1" else f"{n} files"
+
+
+def _difference(probe: SourceProbe, theirs: str | None, ours: str | None, problems: Sequence[str] = ()) -> str:
+    """How a worker's digest differs from this host's, in words (``problems``: what its walk could not read)."""
     their_n, _, _ = (theirs or "").partition(":")
     our_n, _, _ = (ours or "").partition(":")
     if isinstance(probe, TreeListing):
+        unread = ""
+        if problems:
+            unread = f"; it could not read {', '.join(problems)} (the workers must run as a user that can read " \
+                     "the whole tree)"
         if their_n != our_n:
-            return f"it lists {their_n} files, this host {our_n}"
-        return "the same number of files, but other names, sizes or modification times"
+            return f"it lists {_files(their_n)}, this host {_files(our_n)}{unread}"
+        return f"the same number of files, but other names, sizes or modification times{unread}"
     if their_n != our_n:
         return f"{their_n} bytes there, {our_n} here"
     return "the same size, other bytes where it was sampled"
@@ -297,9 +305,10 @@ class DaskExecutor:
                 raise E.SourceMismatch(f"{where} {hello.error}: every worker must read the source at the same path "
                                        "(a shared filesystem); nothing was sent")
             if probe is not None and hello.digest != expected:
-                raise E.SourceMismatch(f"{where} sees a different source at {probe.describe()} "
-                                       f"({_difference(probe, hello.digest, expected)}): every worker must read the "
-                                       "same data at the same path (a shared filesystem); nothing was sent")
+                difference = _difference(probe, hello.digest, expected, hello.problems)
+                raise E.SourceMismatch(f"{where} sees a different source at {probe.describe()} ({difference}): every "
+                                       "worker must read the same data at the same path (a shared filesystem); "
+                                       "nothing was sent")
             if hello.client_error is not None:
                 raise E.UsageError(f"{where} cannot build its S3 client ({hello.client_error}): fix the workers' AWS "
                                    "configuration (the profile, the CA bundle) and run the command again")

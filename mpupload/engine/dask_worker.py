@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..source_check import SourceProbe
+from ..source_check import SourceProbe, TreeListing
 from ..storage.port import Store
 from .throttle import RateBucket, chunk_for
 from .worker import Job, JobResult, OpenFiles, WorkerConfig, run_job
@@ -93,6 +93,8 @@ class Hello:
     digest: str | None = None
     #: why the source could not be read here
     error: str | None = None
+    #: a tree: the first entries this worker's walk could not read (``"rel: error"``)
+    problems: tuple[str, ...] = ()
     #: why this worker could not build its store client (a profile missing here, a bad CA bundle path ...)
     client_error: str | None = None
     #: whether the store client finds credentials on this worker (its own chain, or passed ones)
@@ -381,9 +383,14 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
     hello = dict(address=worker.address, host=socket.gethostname(), pid=os.getpid(), nthreads=worker.state.nthreads,
                  version=__version__)
     error = digest = None
+    problems: tuple[str, ...] = ()
     if probe is not None:
         try:
-            digest = probe.digest()
+            if isinstance(probe, TreeListing):
+                listing = probe.examine()
+                digest, problems = listing.hexdigest(), tuple(listing.problems)
+            else:
+                digest = probe.digest()
         except OSError as exc:
             error = f"cannot read {probe.describe()}: {exc.strerror or exc}"
     credentials = True
@@ -397,4 +404,4 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
         except Exception as exc:  # noqa: BLE001 - a profile missing here, a bad CA bundle path ...
             client_error = f"{type(exc).__name__}: {exc}"
     return Hello(**hello, digest=digest, error=error, client_error=client_error,  # type: ignore[arg-type]
-                 credentials=credentials)
+                 credentials=credentials, problems=problems)

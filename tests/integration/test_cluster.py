@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -292,6 +293,42 @@ def test_a_worker_that_sees_another_source_stops_the_run_before_any_part(
     assert f"pid {odd_pid}" in line and "sees a different source" in line, done.stderr
     assert "Traceback" not in done.stderr
     assert not [e for e in events(done.stdout) if e["event"] in ("started", "progress")]
+    nothing_on_the_store(s3, bucket)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_that_cannot_list_part_of_the_tree_is_named_with_what_it_could_not_read(
+        moto_server: S3Server, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """A worker that runs with less access than the coordinator (here: root without its file-permission override,
+    which is what another uid sees) cannot list a directory of another user's: the run stops before anything is
+    sent, and the line names the directory and the error instead of only a count of files."""
+    if os.geteuid() != 0:
+        (pytest.fail if IN_CI else pytest.skip)("dropping root's file-permission override needs root")
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed"
+    tree = tmp_path / "tree"
+    (tree / "open").mkdir(parents=True)
+    (tree / "locked").mkdir()
+    make_file(tree / "open" / "a.bin", 1000, seed=1)
+    make_file(tree / "locked" / "b.bin", 1000, seed=2)
+    os.chown(tree / "locked", 65534, 65534)
+    os.chmod(tree / "locked", 0o700)
+    os.chmod(tmp_path, 0o755)
+    c = start_cluster(tmp_path / "dask", worker_env(moto_server), workers=1, nthreads=1)
+    try:
+        odd = c.start_worker(worker_env(moto_server), nthreads=1, prefix=[
+            setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+            "-dac_override,-dac_read_search"])
+        c.wait_workers(2)
+        done = run_cli("upload", str(tree), f"s3://{bucket}/t/", "--cluster", c.address, "--progress", "json",
+                       env=cli_env(s3), timeout=120)
+        odd_pid = c.worker_pid(odd)
+    finally:
+        c.stop()
+    assert done.returncode == 2, done.stderr + c.logs()
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"pid {odd_pid}" in line and "it lists 1 file, this host 2 files" in line, line
+    assert "could not read locked/: cannot read the directory" in line and "Permission denied" in line, line
     nothing_on_the_store(s3, bucket)
 
 

@@ -53,9 +53,10 @@ class DaskCluster:
             return dict(client.nthreads())
 
     def start_worker(self, env: dict[str, str], *, private_mount: tuple[Path, Path] | None = None,
-                     nthreads: int = 2) -> DaskWorker:
+                     nthreads: int = 2, prefix: list[str] | None = None) -> DaskWorker:
         """One more worker; ``private_mount=(other, source)``: it runs in a mount namespace of its own where
-        ``other`` is bind-mounted over ``source`` (it sees another file at the same path; needs root)."""
+        ``other`` is bind-mounted over ``source`` (it sees another file at the same path; needs root); ``prefix``:
+        a command it runs under (``setpriv ...``)."""
         n = len(self.workers)
         log = self.workdir / f"worker-{n}.log"
         cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", "1", "--nthreads",
@@ -65,6 +66,8 @@ class DaskCluster:
             other, source = private_mount
             script = f"mount --bind {_quote(str(other))} {_quote(str(source))} && exec {' '.join(map(_quote, cmd))}"
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+        if prefix:
+            cmd = [*prefix, *cmd]
         with open(log, "wb") as out:
             popen = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=str(Path(__file__).resolve().parents[2]), preexec_fn=die_with_parent())
