@@ -9,8 +9,10 @@ when a :class:`DaskExecutor` is made, never by ``import mpupload``.
 digest of the source (:mod:`mpupload.source_check`: size and sampled hashes of a file, the listing of a tree) and
 says its mpupload version and whether it finds credentials. A different digest is
 :class:`~mpupload.errors.SourceMismatch` (exit 2) naming the worker; so is a source the worker cannot read. Jobs
-then go only to the workers that passed (``workers=`` restrictions): a worker that joins later is not used by
-this run.
+then go only to the workers that passed (``workers=`` restrictions). A worker that joins the cluster during the
+run (a job queue starts them as it can) is checked the same way by the watch thread when its membership poll sees
+it: if it passes it takes jobs from then on (and adds its threads to the run's concurrency, unless ``--workers``
+fixed it); if not, the run goes on without it, with a warning.
 
 **Progress** is byte-true across hosts. Each task execution counts its own bytes; every worker process sends the
 absolute counts of its running executions every 0.25 s (:data:`~.dask_worker.REPORT_S`) with
@@ -191,6 +193,31 @@ def _difference(probe: SourceProbe, theirs: str | None, ours: str | None, proble
     return "the same size, other bytes where it was sampled"
 
 
+def _refusal(hello: Hello, probe: SourceProbe | None, expected: str | None, *,
+             consequence: str = "nothing was sent") -> E.MpuploadError | None:
+    """Why this worker must not take the run's jobs (the error the run stops with), or None."""
+    from .. import __version__
+
+    where = f"the worker {hello.address} (host {hello.host}, pid {hello.pid})"
+    if hello.version != __version__:
+        return E.UsageError(f"{where} runs mpupload {hello.version}, this is {__version__}: install the same version "
+                            "on the coordinator and the workers")
+    if hello.error is not None:
+        return E.SourceMismatch(f"{where} {hello.error}: every worker must read the source at the same path (a shared "
+                                f"filesystem); {consequence}")
+    if probe is not None and hello.digest != expected:
+        difference = _difference(probe, hello.digest, expected, hello.problems)
+        return E.SourceMismatch(f"{where} sees a different source at {probe.describe()} ({difference}): every worker "
+                                f"must read the same data at the same path (a shared filesystem); {consequence}")
+    if hello.client_error is not None:
+        return E.UsageError(f"{where} cannot build its S3 client ({hello.client_error}): fix the workers' AWS "
+                            "configuration (the profile, the CA bundle) and run the command again")
+    if not hello.credentials:
+        return E.AuthError(f"{where} finds no AWS credentials: give the workers their own (environment, profile, "
+                           "instance role), or pass this host's with --cluster-pass-credentials")
+    return None
+
+
 def _distributed() -> Any:
     try:
         import distributed
@@ -256,6 +283,13 @@ class DaskExecutor:
         self._sent: set[int] = set()
         self._send_lock = threading.Lock()
         self._members: set[str] | None = None
+        #: what the workers were checked against, every address ever seen, and the checks of workers that joined
+        #: during the run (run by the watch thread)
+        self._probe: SourceProbe | None = None
+        self._expected: str | None = None
+        self._known: set[str] = set()
+        self._joining: dict[str, Any] = {}
+        self._late = 0
         self._lost = False
         self._closed = False
         self._stop = threading.Event()
@@ -294,27 +328,10 @@ class DaskExecutor:
                 future.cancel()
                 continue
             hellos.append(future.result())
-        from .. import __version__
-
         for hello in hellos:
-            where = f"the worker {hello.address} (host {hello.host}, pid {hello.pid})"
-            if hello.version != __version__:
-                raise E.UsageError(f"{where} runs mpupload {hello.version}, this is {__version__}: install the same "
-                                   "version on the coordinator and the workers")
-            if hello.error is not None:
-                raise E.SourceMismatch(f"{where} {hello.error}: every worker must read the source at the same path "
-                                       "(a shared filesystem); nothing was sent")
-            if probe is not None and hello.digest != expected:
-                difference = _difference(probe, hello.digest, expected, hello.problems)
-                raise E.SourceMismatch(f"{where} sees a different source at {probe.describe()} ({difference}): every "
-                                       "worker must read the same data at the same path (a shared filesystem); "
-                                       "nothing was sent")
-            if hello.client_error is not None:
-                raise E.UsageError(f"{where} cannot build its S3 client ({hello.client_error}): fix the workers' AWS "
-                                   "configuration (the profile, the CA bundle) and run the command again")
-            if not hello.credentials:
-                raise E.AuthError(f"{where} finds no AWS credentials: give the workers their own (environment, "
-                                  "profile, instance role), or pass this host's with --cluster-pass-credentials")
+            refusal = _refusal(hello, probe, expected)
+            if refusal is not None:
+                raise refusal
         if not hellos:
             raise E.ClusterUnavailable(f"no worker of the Dask cluster at {self.address} answered: check the "
                                        "workers' logs")
@@ -322,6 +339,8 @@ class DaskExecutor:
             self.hellos = {h.address: h for h in hellos}
             self._allowed = [h.address for h in hellos]
             self._members = set(self._allowed)
+            self._probe, self._expected = probe, expected
+            self._known = set(addresses)
         self.hosts = len({h.host for h in hellos})
         threads = sum(h.nthreads for h in hellos)
         self.workers = max(1, self.spec.concurrency or threads)
@@ -377,6 +396,9 @@ class DaskExecutor:
         self._pending.clear()
         with self._lock:
             futures = [t.future for t in self._tasks.values()]
+            joining = list(self._joining.values())
+        with contextlib.suppress(Exception):
+            self._client.cancel(joining)
         if not self._lost:
             with contextlib.suppress(Exception):
                 self._client.cancel([f for f in futures if f.status == "pending"], force=False)
@@ -583,3 +605,45 @@ class DaskExecutor:
                     os.write(self._wake_w, b"x")
             if not self._members and self._tasks:
                 log.warning("every worker that checked the source has left the cluster")
+            self._admit(now)
+
+    def _admit(self, now: set[str]) -> None:
+        """Workers that joined the cluster during the run (a job queue starts them as it can) are checked as the
+        first ones were; those that pass take jobs from then on, the others are left out with a warning."""
+        if self._closed or self.flag.is_set():
+            return
+        for address in sorted(now - self._known):
+            self._known.add(address)
+            self._late += 1
+            try:
+                self._joining[address] = self._client.submit(
+                    check_task, self.run, self._probe, key=f"mpupload-check-{self.run_id}-late-{self._late}",
+                    workers=[address], allow_other_workers=False, pure=False)
+            except Exception:  # noqa: BLE001 - the client is closing
+                return
+        for address, future in list(self._joining.items()):
+            if not future.done():
+                continue
+            del self._joining[address]
+            if address not in now:
+                continue  # it left again
+            if future.status != "finished":
+                log.warning("the worker %s joined the cluster but did not check the source (%s): this run does not "
+                            "use it", address, future.status)
+                continue
+            hello: Hello = future.result()
+            refusal = _refusal(hello, self._probe, self._expected, consequence="this run does not use it")
+            if refusal is not None:
+                log.warning("%s", refusal)
+                continue
+            with self._lock:
+                self.hellos[address] = hello
+                self._allowed = [*self._allowed, address]
+                self._members = (self._members or set()) | {address}
+                if self.spec.concurrency is None:
+                    self.workers += hello.nthreads
+                self.hosts = len({h.host for h in self.hellos.values()})
+            log.warning("the worker %s (host %s, pid %s) joined the cluster and sees the same source: it takes jobs "
+                        "from now on", address, hello.host, hello.pid)
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")

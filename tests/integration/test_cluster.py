@@ -393,6 +393,49 @@ def test_a_worker_killed_mid_part_its_parts_run_elsewhere(own_cluster: DaskClust
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_workers_that_join_mid_run_are_checked_then_take_jobs(slow: S3Server, s3: S3Server, bucket: str,
+                                                              tmp_path: Path) -> None:
+    """A job queue starts workers as it can: a run that began with one worker uses the two that join after it
+    started, once they have checked the source as the first one did; a third that joins seeing another file at the
+    same path is left out (the object would be wrong if it had sent a part)."""
+    if os.geteuid() != 0:  # the odd worker's private mount needs root (CI runs as root)
+        (pytest.fail if IN_CI else pytest.skip)("a private mount for one worker needs root")
+    data, other = tmp_path / "data", tmp_path / "other"
+    data.mkdir()
+    other.mkdir()
+    src = make_file(data / "f.bin", 90 * MiB + 5, seed=19)
+    make_file(other / "f.bin", 90 * MiB + 5, seed=20)
+    c = start_cluster(tmp_path / "dask", worker_env(slow), workers=1, nthreads=2)
+    try:
+        cli = start_cli("upload", str(src), f"s3://{bucket}/late.bin", "--cluster", c.address, "--part-size",
+                        "5MiB", "--progress", "json", env=cli_env(slow))
+        try:
+            progressing(cli, MiB)
+            late = [c.start_worker(worker_env(slow), nthreads=2) for _ in range(2)]
+            odd = c.start_worker(worker_env(slow), nthreads=2, private_mount=(other, data))
+            c.wait_workers(4)
+            before = {w.pid: proc_io(c.worker_pid(w))["rchar"] for w in late}
+            assert cli.wait(180) == 0, cli.stderr + c.logs()
+            after = {w.pid: proc_io(c.worker_pid(w))["rchar"] for w in late}
+            odd_pid = c.worker_pid(odd)
+        finally:
+            cli.kill_group()
+    finally:
+        c.stop()
+    evs = check_events(cli.stdout, workers=1)  # the started event says who was there at the start
+    assert evs[-1]["bytes_done"] == 90 * MiB + 5
+    assert cli.stderr.count("joined the cluster and sees the same source") == 2, cli.stderr
+    odd_lines = [line for line in cli.stderr.splitlines() if f"pid {odd_pid})" in line]
+    assert len(odd_lines) == 1 and "sees a different source" in odd_lines[0], cli.stderr
+    assert "this run does not use it" in odd_lines[0], odd_lines
+    # each late worker read at least one whole part (to hash it, then to send it) after it joined
+    read = {pid: after[pid] - before[pid] for pid in before}
+    assert all(n >= 5 * MiB for n in read.values()), read
+    assert sha256_object(s3.client(), bucket, "late.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
 def test_ctrl_c_mid_run_stops_every_host_within_a_chunk_and_leaves_nothing(
         own_cluster: DaskCluster, slow: S3Server, s3: S3Server, bucket: str, tmp_path: Path) -> None:
     """64 MiB parts at 3 MiB/s each would take about 20 s: the workers are idle within seconds of the Ctrl+C
