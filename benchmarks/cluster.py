@@ -491,6 +491,10 @@ def measure_cli(argv: list[str], env: dict[str, str], timeout: float, workdir: P
         try:
             reader.join()  # EOF: the CLI closed its stdout (it exited)
             _, status, ru = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl+C or SIGTERM of the runner: the CLI (its own session) goes too
+            _killpg(proc.pid)
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         wall = time.monotonic() - started
@@ -623,9 +627,34 @@ def summarize(uploads: list[Upload], size: int) -> dict[str, Any]:
     return out
 
 
+def coordinator_model(rows: dict[str, Any]) -> dict[str, Any] | None:
+    """Least squares of the coordinator's CPU during the transfer over the cluster runs, as
+    ``cpu = per_part × parts + per_worker_s × (workers × transfer seconds)``: the cost of a part (submit, result,
+    journal) and of a worker-second (its progress events: 4 per second per worker process, through the scheduler).
+    It needs runs with different part counts (``--alt-part-size``)."""
+    pts = [(float(r["parts_total"]), float(r["hosts"]) * r["transfer_s"], r["coordinator_transfer_cpu_s"])
+           for name, row in rows.items() if name.startswith("cluster-") for r in row["runs"]
+           if r["ok"] and r["parts_total"] and r["transfer_s"] and r["coordinator_transfer_cpu_s"] is not None]
+    if len({p for p, _, _ in pts}) < 2:
+        return None
+    sxx = sum(p * p for p, _, _ in pts)
+    sxy = sum(p * w for p, w, _ in pts)
+    syy = sum(w * w for _, w, _ in pts)
+    sxc = sum(p * c for p, _, c in pts)
+    syc = sum(w * c for _, w, c in pts)
+    det = sxx * syy - sxy * sxy
+    if abs(det) < 1e-9:
+        return None
+    per_part = (sxc * syy - syc * sxy) / det
+    per_ws = (syc * sxx - sxc * sxy) / det
+    return {"per_part_ms": per_part * 1000, "per_worker_second_ms": per_ws * 1000, "points": len(pts),
+            "fit": "cpu_transfer_s = per_part × parts + per_worker_second × hosts × transfer_s"}
+
+
 def evaluate(server: dict[str, Any], nominal: float) -> None:
     """Ratios and targets of the cluster rows, against the per-host rate measured in one shaped namespace."""
     rows = server["rows"]
+    server["coordinator_model"] = coordinator_model(rows)
     per_host = ((rows.get("local-ns") or {}).get("median") or {}).get("transfer_mib_s")
     server["per_host_mib_s"] = per_host
     server["per_host_source"] = "local executor inside one shaped namespace (transfer MiB/s)"
@@ -664,6 +693,7 @@ def run_benchmark(args: argparse.Namespace, topo: Topology, tmp: Path) -> dict[s
             "size_bytes": size, "hosts": hosts, "runs": args.runs, "servers": args.servers, "quick": args.quick,
             "rate_bytes_s": args.rate, "rate_mib_s": args.rate / MIB, "tbf_burst_bytes": args.burst,
             "tbf_latency": TBF_LATENCY, "nthreads_per_worker": NTHREADS, "part_size": args.part_size,
+            "alt_part_size": args.alt_part_size,
             "prefix": topo.prefix, "network": str(topo.net), "local_root": not args.no_local_root,
         },
         "servers": {},
@@ -681,6 +711,8 @@ def run_benchmark(args: argparse.Namespace, topo: Topology, tmp: Path) -> dict[s
         for kind in args.servers:
             uploads: dict[str, list[Upload]] = {}
             order = (["local-root"] if not args.no_local_root else []) + ["local-ns"] + [f"cluster-{n}" for n in hosts]
+            if args.alt_part_size:  # the largest cluster again with other parts: the coordinator's cost per part
+                order.append(f"cluster-{hosts[-1]}-parts{args.alt_part_size}")
             for run in range(1, args.runs + 1):
                 for row in order:
                     wd = tmp / f"{kind}-{row}-{run}"
@@ -689,10 +721,11 @@ def run_benchmark(args: argparse.Namespace, topo: Topology, tmp: Path) -> dict[s
                     with root_server(kind, wd, topo.service_ip) as server:
                         if row.startswith("cluster-"):
                             n = int(row.split("-")[1])
+                            part_size = row.split("-parts")[1] if "-parts" in row else args.part_size
                             cluster.start_workers(n)
                             try:
                                 up = run_upload(row, n, run, server, topo, cluster, None, file, size,
-                                                args.part_size, timeout, wd, cluster.pids())
+                                                part_size, timeout, wd, cluster.pids())
                             finally:
                                 cluster.stop_workers()
                         else:
@@ -725,7 +758,8 @@ ROW_LABELS = {"local-root": "local executor, root namespace (unshaped)",
 def row_label(name: str) -> str:
     if name.startswith("cluster-"):
         n = int(name.split("-")[1])
-        return f"cluster, {n} host{'s' if n > 1 else ''}"
+        parts = f", {name.split('-parts')[1]} parts" if "-parts" in name else ""
+        return f"cluster, {n} host{'s' if n > 1 else ''}{parts}"
     return ROW_LABELS.get(name, name)
 
 
@@ -786,6 +820,12 @@ def render(doc: dict[str, Any]) -> str:
     ]
     for kind, s in doc["servers"].items():
         out += [""] + server_table(kind, s, c["size_bytes"])
+        model = s.get("coordinator_model")
+        if model:
+            out += ["", (f"Coordinator CPU during the transfer, fitted over the {model['points']} cluster runs as "
+                         f"*per part × parts + per worker-second × hosts × transfer s*: "
+                         f"{model['per_part_ms']:.1f} ms per part, {model['per_worker_second_ms']:.1f} ms per "
+                         "worker-second.")]
     lines = []
     for kind, s in doc["servers"].items():
         for name, row in s["rows"].items():
@@ -856,6 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=bench.parse_size, default=None,
                         help="tbf burst (default: 10 ms at the rate, at least 256 KiB)")
     parser.add_argument("--part-size", default="16MiB", help="--part-size of every upload (default 16MiB)")
+    parser.add_argument("--alt-part-size", default="64MiB",
+                        help="the largest cluster once more with this part size (default 64MiB; '' skips it)")
     parser.add_argument("--servers", default=None, help="comma list of discard,moto (default both; --quick discard)")
     parser.add_argument("--runs", type=int, default=1, help="runs per row")
     parser.add_argument("--no-local-root", action="store_true", help="skip the unshaped local run")
