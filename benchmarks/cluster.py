@@ -764,8 +764,12 @@ def row_label(name: str) -> str:
 
 
 def server_table(kind: str, s: dict[str, Any], size: int) -> list[str]:
+    loads = [r["loadavg_1m"] for row in s["rows"].values() for r in row["runs"] if r.get("loadavg_1m") is not None]
+    load = (f"; 1-min load average {min(loads):.1f}–{max(loads):.1f} at the uploads' starts (this benchmark's own "
+            "processes included)") if loads else ""
     out = [f"**{s['label']}** — per-host rate {_num(s.get('per_host_mib_s'), 1)} MiB/s "
-           f"(measured: the local executor inside one shaped namespace; shaped at {s['nominal_mib_s']:g} MiB/s)",
+           f"(measured: the local executor inside one shaped namespace; shaped at {s['nominal_mib_s']:g} MiB/s)"
+           f"{load}",
            "",
            "| run | hosts seen | transfer MiB/s | × N × per-host | × N × shaped rate | wall s | MiB/s (wall) | "
            "coordinator CPU-s/GiB, transfer | CLI CPU-s/GiB, whole command | workers CPU-s/GiB | scheduler CPU-s | "
