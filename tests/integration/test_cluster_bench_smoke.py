@@ -12,9 +12,11 @@ other smoke benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,15 @@ def _leftovers(prefix: str) -> list[str]:
     left = [line for line in netns.splitlines() if line.startswith(prefix + "-")]
     left += [m.group(1) for m in re.finditer(r"^\d+: ([^:@]+)", links, re.M) if m.group(1).startswith(link_prefix)]
     return left
+
+
+def _remove(prefix: str) -> None:
+    """Delete a killed run's namespaces and links."""
+    for name in _leftovers(prefix):
+        if name.startswith(prefix + "-"):
+            subprocess.run(["ip", "netns", "del", name.split()[0]], check=False, capture_output=True)
+        else:
+            subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
 
 
 def _wait_nothing_left(prefix: str, timeout: float = 10.0) -> list[str]:
@@ -110,3 +121,58 @@ def test_cluster_bench_smoke_runs_every_row_and_leaves_nothing(tmp_path: Path) -
     text = readme.read_text()
     assert text.startswith("before\n<!-- cluster:start -->\n") and text.endswith("<!-- cluster:end -->\nafter\n")
     assert "| cluster, 2 hosts | 2 |" in text and "old" not in text
+
+
+@pytest.mark.timeout(120)
+def test_cluster_bench_removes_everything_when_terminated_mid_upload(tmp_path: Path) -> None:
+    """SIGTERM while an upload runs inside a namespace: the runner stops the CLI and the servers, deletes the
+    namespaces, links and address it made, and exits 143."""
+    import psutil
+
+    if os.geteuid() != 0:
+        (pytest.fail if IN_CI else pytest.skip)("network namespaces need root (CI runs as root)")
+    log = tmp_path / "runner.log"
+    with open(log, "wb") as err:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cluster", "--quick", "--hosts", "1", "--size", "32MiB",
+             "--part-size", "8MiB", "--rate", "2MiB", "--no-local-root", "--out", str(tmp_path / "c.json"),
+             "--tmpdir", str(tmp_path)],
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    prefix = f"mpub-{runner.pid}"
+    try:
+        own_netns = os.readlink("/proc/self/ns/net")
+
+        def uploading_cli() -> psutil.Process | None:
+            """The CLI uploading from inside a namespace (``ip netns exec`` has exec'd it: its network namespace
+            is not ours)."""
+            for child in psutil.Process(runner.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error, OSError):
+                    cmd = child.cmdline()
+                    if ("mpupload" in cmd and "upload" in cmd
+                            and os.readlink(f"/proc/{child.pid}/ns/net") != own_netns):
+                        return child
+            return None
+
+        deadline = time.monotonic() + 60
+        cli = None
+        while cli is None:  # the one-host local run has started inside namespace 1 (16 s at 2 MiB/s)
+            assert runner.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no upload started in a namespace:\n{log.read_text()}"
+            cli = uploading_cli()
+            time.sleep(0.1)
+        assert _leftovers(prefix), "the namespace should exist while the upload runs"
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=60) == 143, log.read_text()
+    finally:
+        if runner.poll() is None:  # killed, it cannot clean up: remove what it made here
+            runner.kill()
+            runner.wait()
+            _remove(prefix)
+            service = re.search(r"service address ([0-9.]+),", log.read_text())
+            if service:
+                subprocess.run(["ip", "addr", "del", f"{service.group(1)}/32", "dev", "lo"], check=False,
+                               capture_output=True)
+    assert _wait_nothing_left(prefix) == [], log.read_text()
+    assert not cli.is_running() or cli.status() == psutil.STATUS_ZOMBIE
+    assert "removed every namespace, link and address" in log.read_text()
+    assert not (tmp_path / "c.json").exists()  # nothing is published from an interrupted run
