@@ -820,7 +820,7 @@ def render(doc: dict[str, Any]) -> str:
          "included; on the local rows the whole process tree, its worker processes included); the workers' and "
          "the scheduler's CPU are read apart from `/proc`; *sent per host* is what each namespace's veth carried "
          "(headers included). Method: "
-         "[benchmarks/README.md](benchmarks/README.md#cluster-benchmarksclusterpy)."),
+         "[benchmarks/README.md](benchmarks/README.md#cluster-hosts-simulated-with-network-namespaces-benchmarksclusterpy)."),
     ]
     for kind, s in doc["servers"].items():
         out += [""] + server_table(kind, s, c["size_bytes"])
