@@ -36,7 +36,7 @@ run: venv
 # Every peer on a 1 GiB file (discard endpoint and moto); the fastest peers on a 4 GiB file (discard); every
 # peer on a 100 MiB file (discard: start-up cost). mpupload's peak RSS is recorded in every run. Directory uploads:
 # every peer on three generated trees (discard: 3 runs; moto: 1) and the 100,000-file start-up check. rclone is a
-# Debian package: system-deps installs it.
+# Debian package: system-deps installs it. The cluster benchmark (network namespaces: run as root) simulates 1-3 hosts.
 bench: venv system-deps
 	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/1gib.json
 	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd,awscrt,boto3-tuned \
@@ -51,6 +51,7 @@ bench: venv system-deps
 	$(PY) -m benchmarks.ingest --backend both --generators 1 --out benchmarks/results/ingest.json
 	$(PY) -m benchmarks.ingest --backend postgresql --replicas 2 --broker-url redis://127.0.0.1:6379/0 \
 		--generators 1 --out benchmarks/results/ingest-replicas.json
+	$(PY) -m benchmarks.cluster --runs 2 --out benchmarks/results/cluster.json --readme README.md
 
 bench-smoke: venv system-deps
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json

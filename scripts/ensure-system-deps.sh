@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs when they are missing (Ceph RADOS Gateway: one mon,
 # one OSD, one radosgw started by the tests themselves, no systemd; Chromium for the dashboard's browser
-# tests; rclone, a peer of the directory benchmark, benchmarks/datasets.py). Idempotent and quiet when satisfied.
+# tests; rclone, a peer of the directory benchmark, benchmarks/datasets.py; iproute2's ip and tc, which the
+# cluster benchmark, benchmarks/cluster.py, uses for its network namespaces). Idempotent and quiet when satisfied.
 set -euo pipefail
 need=()
 command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
@@ -12,6 +13,7 @@ command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
 command -v ceph-authtool >/dev/null 2>&1 || need+=(ceph-common)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
