@@ -329,6 +329,10 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
             child.wait()
 
 
+def _terminated(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM while the demo starts its servers: stop them all, as Ctrl+C does
+
+
 def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     part_size = parse_size(args.part_size)
@@ -349,6 +353,7 @@ def run(args: argparse.Namespace) -> int:
     s3: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
     cluster: LocalCluster | None = None
+    previous_term = signal.signal(signal.SIGTERM, _terminated)
     try:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
                "AWS_DEFAULT_REGION": "us-east-1", "MPUPLOAD_CONFIG_DIR": os.path.join(workdir, "config"),
@@ -424,6 +429,10 @@ def run(args: argparse.Namespace) -> int:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return EXIT_OK
     finally:
+        # the clean-up runs to its end: a second Ctrl+C (or a SIGTERM) must not leave a server or worker behind
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if cluster is not None:
             cluster.stop()
         _stop(api)
