@@ -22,6 +22,7 @@ PID with everything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -37,7 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import errors as E
@@ -117,12 +118,29 @@ def _wait_up(proc: subprocess.Popen[bytes], url: str, what: str, log: str) -> No
             time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl+C and SIGTERM wait until the block is done: a process started in it is recorded before the
+    interruption that stops it arrives."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _unblock_signals() -> None:
+    """In the child, before it runs its program: it does not inherit the signals :func:`_signals_held` holds
+    (the demo starts its processes before any thread of its own, so this runs safely between fork and exec)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _spawn(args: list[str], log_path: str, env: dict[str, str] | None = None,
            cwd: str | None = None) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         # its own session: Ctrl+C in this terminal reaches the upload, not the servers (stopped by PID)
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=cwd)
+                                start_new_session=True, env=env, cwd=cwd, preexec_fn=_unblock_signals)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -184,7 +202,8 @@ class LocalCluster:
         # the scheduler's HTTP server listens on loopback, on a free port (and serves no dashboard without bokeh)
         cmd = self._dask("scheduler") + ["--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
                                          "--dashboard" if dashboard else "--no-dashboard"]
-        self.scheduler = _spawn(cmd, log, self.env, cwd=self.workdir)
+        with _signals_held():
+            self.scheduler = _spawn(cmd, log, self.env, cwd=self.workdir)
         while True:
             with open(log, "rb") as fh:
                 text = fh.read().decode(errors="replace")
@@ -202,8 +221,9 @@ class LocalCluster:
                                           "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host",
                                           "127.0.0.1", "--name", f"demo-{i}", "--local-directory",
                                           os.path.join(self.workdir, "dask")]
-            self.workers.append(_spawn(cmd, os.path.join(self.workdir, f"dask-worker-{i}.log"), self.env,
-                                       cwd=self.workdir))
+            with _signals_held():
+                self.workers.append(_spawn(cmd, os.path.join(self.workdir, f"dask-worker-{i}.log"), self.env,
+                                           cwd=self.workdir))
 
     def wait(self, deadline: float) -> None:
         """Until the scheduler sees every worker (a worker that exits, or the deadline, is an error)."""
@@ -371,10 +391,12 @@ def run(args: argparse.Namespace) -> int:
                                capture_output=True, env=env)
         if added.returncode != 0:
             raise E.UploadFailed(f"could not create the demo user: {added.stderr.strip()}")
-        s3 = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                    os.path.join(workdir, "moto.log"))
-        api = _spawn([sys.executable, "-m", "mpupload", "serve", "--port", str(api_port), "--database-url",
-                      database], os.path.join(workdir, "server.log"), env)
+        with _signals_held():
+            s3 = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                        os.path.join(workdir, "moto.log"))
+        with _signals_held():
+            api = _spawn([sys.executable, "-m", "mpupload", "serve", "--port", str(api_port), "--database-url",
+                          database], os.path.join(workdir, "server.log"), env)
         deadline = time.monotonic() + START_DEADLINE_S
         if args.cluster:
             # the workers' own credential chain: the demo S3 server's keys in their environment; the endpoint

@@ -72,6 +72,13 @@ def gone(pid: int) -> bool:
         return True
 
 
+def blocked_signals(pid: int) -> set[int]:
+    """The signals a process blocks (a SIGTERM it blocks would not stop it)."""
+    with open(f"/proc/{pid}/status") as fh:
+        mask = int(next(line for line in fh if line.startswith("SigBlk:")).split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
 def assert_nothing_left(pids: list[int], tag: str) -> None:
     assert [pid for pid in pids if not gone(pid)] == []
     no_tagged_process(tag)
@@ -102,6 +109,7 @@ def test_demo_cluster_ctrl_c_during_the_upload_stops_every_dask_process(tag: str
         proc.wait_line(lambda line: line.startswith("upload: s3://demo/"), 120, stream="stderr")
         pids = dask_pids(proc.stderr)
         assert all(not gone(pid) for pid in pids)  # the cluster was up while the upload ran
+        assert [pid for pid in pids if blocked_signals(pid) & {signal.SIGINT, signal.SIGTERM}] == []
         signal_group(proc.popen)  # as a terminal's Ctrl+C does
         rc = proc.wait(60)
     finally:
