@@ -15,7 +15,7 @@ it: if it passes it takes jobs from then on (and adds its threads to the run's c
 fixed it); if not, the run goes on without it, with a warning.
 
 **Progress** is byte-true across hosts. Each task execution counts its own bytes; every worker process sends the
-absolute counts of its running executions every 0.25 s (:data:`~.dask_worker.REPORT_S`) with
+absolute counts of its running executions every 0.4 s (:data:`~.dask_worker.REPORT_S`) with
 ``Worker.log_event`` on one topic, which this process subscribes to (``Client.subscribe_topic``). Why this
 channel: it rides the worker's existing batched stream to the scheduler and the client's stream from it (ordered
 per worker, no extra connection, nothing stored but a bounded per-topic log), and a report is absolute, so a lost
@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
@@ -73,7 +74,7 @@ from typing import Any
 from .. import errors as E
 from ..source_check import SourceProbe, TreeListing
 from .counter import CancelFlag
-from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_task, run_task, share_variable_name
+from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_task, run_packed, share_variable_name
 from .executor import ExecutorEvent, JobDone, WorkerLost
 from .worker import BatchJob, BatchResult, Job, PartJob, PartResult, WorkerConfig
 
@@ -270,6 +271,8 @@ class DaskExecutor:
         self._allowed: list[str] = []
         self._lock = threading.Lock()
         self._tasks: dict[str, _Task] = {}
+        #: results that came on the report topic (pickled), until their task's future says it finished
+        self._results: dict[str, bytes] = {}
         self.ledger = ByteLedger()
         self._pending: deque[tuple[Job, bool]] = deque()
         self._done: queue.SimpleQueue[tuple[str, Any, BaseException | None]] = queue.SimpleQueue()
@@ -442,8 +445,8 @@ class DaskExecutor:
             self._seq += 1
             kind = "batch" if isinstance(job, BatchJob) else "part"
             key = f"mpupload-{kind}-{self.run_id}-{self._seq}"
-            future = self._client.submit(run_task, self.run, job, key, self._generation, self._share, key=key,
-                                         pure=False,
+            packed = pickle.dumps((self.run, job, key, self._generation, self._share), pickle.HIGHEST_PROTOCOL)
+            future = self._client.submit(run_packed, packed, key=key, pure=False,
                                          workers=list(self._allowed), allow_other_workers=False,
                                          priority=1 if first else 0, retries=0)
             self.ledger.begin(key, job.length)
@@ -475,14 +478,23 @@ class DaskExecutor:
             log.debug("could not publish the run's bandwidth share", exc_info=True)
 
     def _collect(self, key: str, future: Any) -> None:
-        """A task ended (in Dask's callback thread): fetch its result here, so the main thread never waits on a
-        worker."""
+        """A task ended (in Dask's callback thread). Its result came on the report topic before Dask said it
+        finished (the worker sends it first, on the same stream); else, or if the task failed, it is fetched here,
+        so the main thread never waits on a worker."""
         result: Any = None
         error: BaseException | None = None
-        try:
-            result = future.result(timeout=RESULT_TIMEOUT_S)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            error = exc
+        with self._lock:
+            sent = self._results.pop(key, None)
+        if sent is not None and future.status == "finished":
+            try:
+                result = pickle.loads(sent)
+            except Exception:  # noqa: BLE001 - fetch it instead
+                sent = None
+        if sent is None or future.status != "finished":
+            try:
+                result = future.result(timeout=RESULT_TIMEOUT_S)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                error = exc
         self._done.put((key, result, error))
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
@@ -490,6 +502,7 @@ class DaskExecutor:
     def _finish(self, key: str, result: Any, error: BaseException | None) -> ExecutorEvent | None:
         with self._lock:
             task = self._tasks.pop(key, None)
+            self._results.pop(key, None)
         if task is None:
             return None
         self.ledger.end(key, int(result.size) if error is None and result is not None and result.ok else 0)
@@ -549,6 +562,12 @@ class DaskExecutor:
         worker = message.get("worker")
         for key, nonce, count in message.get("counts", ()):
             self.ledger.report(key, nonce, worker, count)
+        results = message.get("results")
+        if results:
+            with self._lock:
+                for key, _nonce, blob in results:
+                    if key in self._tasks:  # any execution's result is the job's: it ran to its end
+                        self._results[key] = blob
 
     def _worker_left(self, address: str) -> None:
         """Its executions' bytes are taken back now; Dask runs its tasks again on the other workers (a task whose

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -44,7 +45,8 @@ from ..storage.port import Store
 from .throttle import RateBucket, chunk_for
 from .worker import Job, JobResult, OpenFiles, WorkerConfig, run_job
 
-__all__ = ["RunSpec", "Hello", "TaskCounter", "PolledFlag", "check_task", "run_task", "REPORT_TOPIC", "REPORT_S",
+__all__ = ["RunSpec", "Hello", "TaskCounter", "PolledFlag", "check_task", "run_task", "run_packed", "REPORT_TOPIC",
+           "REPORT_S",
            "CANCEL_POLL_S", "SHARE_POLL_S", "cancel_event_name", "share_variable_name", "RunShare"]
 
 log = logging.getLogger("mpupload")
@@ -52,7 +54,7 @@ log = logging.getLogger("mpupload")
 #: the one topic every worker reports on (the scheduler keeps a bounded log per topic: one topic, not one per run)
 REPORT_TOPIC = "mpupload-progress"
 #: how often a worker process sends the counts of its running tasks
-REPORT_S = 0.25
+REPORT_S = 0.4
 #: how often a worker process asks the scheduler whether its runs were cancelled
 CANCEL_POLL_S = 0.2
 #: how often a worker process asks for its capped runs' current share
@@ -270,6 +272,19 @@ class _Process:
                 threading.Thread(target=target, name=name, daemon=True).start()
         return run, flag, nonce, counter
 
+    def send_result(self, run: _Run, key: str, nonce: str, result: JobResult) -> None:
+        """The job's result at once, on the report topic: the coordinator takes it from there instead of fetching
+        the task's result from this worker (a round trip through the scheduler per task). The task still returns
+        it, for a coordinator that missed this message."""
+        worker = self._worker
+        if worker is None:
+            return
+        try:
+            worker.log_event(REPORT_TOPIC, {"run": run.run_id, "worker": run.address,
+                                            "results": [[key, nonce, pickle.dumps(result)]]})
+        except Exception:  # noqa: BLE001 - the worker is closing: the coordinator fetches the result
+            log.debug("could not send a result", exc_info=True)
+
     def end(self, run: _Run, key: str, nonce: str, final: int) -> None:
         with self.lock:
             if run.running.get(key, (None,))[0] == nonce:
@@ -367,10 +382,19 @@ def run_task(spec: RunSpec, job: Job, key: str, generation: int, share: tuple[in
         result = run_job(store, files, config, job, counter, 0, flag,  # type: ignore[arg-type]
                          threads=state.put_pool(spec.config.put_threads))
         final = result.size if result.ok else 0
+        state.send_result(run, key, nonce, result)
         return result
     finally:
         files.close()
         state.end(run, key, nonce, final)
+
+
+def run_packed(packed: bytes) -> JobResult:
+    """:func:`run_task` with its arguments pickled by the coordinator into one ``bytes``: Dask then neither walks
+    the arguments (to size them) nor serializes their parts one by one, which cost the coordinator about a
+    millisecond per task."""
+    spec, job, key, generation, share = pickle.loads(packed)
+    return run_task(spec, job, key, generation, share)
 
 
 def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
