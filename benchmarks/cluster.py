@@ -33,7 +33,7 @@ instrument: it drops the bodies; then moto, a real store that may itself be the 
 * ``cluster N`` for each N of ``--hosts``: the CLI in the root namespace with ``--cluster`` on the scheduler,
   N workers started for it (in namespaces 1..N), stopped after it.
 
-Every upload is ``mpupload upload FILE s3://bench/KEY --endpoint-url URL --part-size 16MiB --progress json
+Every upload is ``mpupload upload FILE s3://bench/KEY --endpoint-url URL --part-size 64MiB --progress json
 --no-report`` (``--cluster`` on the cluster rows); its object's size is checked with HeadObject afterwards.
 Figures per upload: the transfer (the ``started`` event's timestamp to the ``completed`` event's) and its
 MiB/s, the whole command's wall time, the coordinator's CPU (user+sys from ``os.wait4`` of the CLI: the
@@ -899,9 +899,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="egress rate of each simulated host per second (default 30MiB)")
     parser.add_argument("--burst", type=bench.parse_size, default=None,
                         help="tbf burst (default: 10 ms at the rate, at least 256 KiB)")
-    parser.add_argument("--part-size", default="16MiB", help="--part-size of every upload (default 16MiB)")
-    parser.add_argument("--alt-part-size", default="64MiB",
-                        help="the largest cluster once more with this part size (default 64MiB; '' skips it)")
+    parser.add_argument("--part-size", default="64MiB",
+                        help="--part-size of every upload (default 64MiB, mpupload's own default)")
+    parser.add_argument("--alt-part-size", default="16MiB",
+                        help="the largest cluster once more with this part size (default 16MiB; '' skips it)")
     parser.add_argument("--servers", default=None, help="comma list of discard,moto (default both; --quick discard)")
     parser.add_argument("--runs", type=int, default=1, help="runs per row")
     parser.add_argument("--no-local-root", action="store_true", help="skip the unshaped local run")
