@@ -165,12 +165,15 @@ class PartDone:
     number: int
     etag: str = ""
     checksum: str | None = None
+    content_md5: str | None = None
 
     def __post_init__(self) -> None:
         check_int("number", self.number, MAX_PARTS)
         check_text("etag", self.etag, max_bytes=1024)
         if self.checksum is not None:
             check_text("checksum", self.checksum, max_bytes=64)
+        if self.content_md5 is not None:
+            _digest("content_md5", self.content_md5, Algorithm.MD5)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, HTTPException
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ...checksums import Algorithm, composite_checksum, unb64
+from ...checksums import Algorithm, composite_checksum, multipart_etag, unb64
 from ...storage.errors import error_code, http_status
 from ...storage.port import CHECKSUM_FIELDS, Checksum, CompletedPart, Store
 from .. import broker as B
@@ -175,10 +175,14 @@ def _algorithm(upload: Upload) -> Algorithm | None:
     return None if name == "none" else Algorithm(name)
 
 
-def _object_checksum(head: dict[str, Any], algorithm: Algorithm | None) -> str | None:
+def _object_checksum(head: dict[str, Any], algorithm: Algorithm | None, parts: int | None) -> str | None:
+    """The object checksum HeadObject reports, when it is one we can compare: a multipart object's composite ends
+    with ``-N`` (moto's lacks it, and is computed otherwise: not comparable); a single object's has no ``-``."""
     field = CHECKSUM_FIELDS.get(algorithm) if algorithm is not None else None
-    value = head.get(field) if field else None
-    return str(value) if value else None
+    value = str(head.get(field) or "") if field else ""
+    if not value or (parts is not None and not value.endswith(f"-{parts}")) or (parts is None and "-" in value):
+        return None
+    return value
 
 
 @router.post("/uploads/{upload_id}/complete")
@@ -190,12 +194,17 @@ async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state
     upload = await _brokered(session, user, upload_id, active=True)
     key, algorithm = upload.storage_key or upload.key, _algorithm(upload)
     expected_checksum: str | None = None
+    md5s = [unb64(p.content_md5) for p in sorted(body.parts, key=lambda p: p.number) if p.content_md5]
+    expected_etag = None
     if upload.store_upload_id:
         expected_checksum = await _complete_multipart(store, bucket, key, upload, body, algorithm)
+        if md5s and len(md5s) == upload.parts_total:
+            expected_etag = multipart_etag(md5s)
     elif body.parts:
         if len(body.parts) != 1 or body.parts[0].number != 1:
             raise HTTPException(422, "a single-PutObject upload has one part, number 1")
         expected_checksum = body.parts[0].checksum
+        expected_etag = md5s[0].hex() if md5s else None
     try:
         head = await asyncio.to_thread(store.head_object, bucket, key, checksum_mode=algorithm is not None)
     except Exception as exc:
@@ -204,7 +213,7 @@ async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state
         raise HTTPException(502, f"the storage refused HeadObject ({error_code(exc)}): try again") from None
     size = int(head.get("ContentLength", -1))
     etag = str(head.get("ETag", "")).strip('"')
-    stored_checksum = _object_checksum(head, algorithm)
+    stored_checksum = _object_checksum(head, algorithm, upload.parts_total if upload.store_upload_id else None)
     if size != upload.total_bytes:
         await _finish(session, state, upload, S.FAILED, error=f"the stored object is {size} bytes, not "
                                                               f"{upload.total_bytes}")
@@ -214,7 +223,12 @@ async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state
                                                               f"expected {expected_checksum}")
         raise HTTPException(409, f"the stored object's {algorithm} is {stored_checksum}, expected "
                                  f"{expected_checksum}")
-    verified = algorithm.value if (stored_checksum and expected_checksum and algorithm is not None) else "size-only"
+    if stored_checksum and expected_checksum and algorithm is not None:
+        verified = algorithm.value
+    elif expected_etag is not None and etag == expected_etag:
+        verified = "md5"  # the store's ETag is the MD5 (of the part MD5s) of what the client hashed
+    else:
+        verified = "size-only"
     await _finish(session, state, upload, S.COMPLETED, checksum=stored_checksum or expected_checksum, etag=etag,
                   verified=verified)
     return _record(upload, state)
@@ -245,6 +259,9 @@ async def _complete_multipart(store: Store, bucket: str, key: str, upload: Uploa
                                      f"{planned}: send it again")
         if part.etag and part.etag.strip('"') != held.etag:
             raise HTTPException(409, f"part {number}'s ETag is {held.etag} on the storage, not {part.etag}")
+        if part.content_md5 and unb64(part.content_md5).hex() != held.etag:
+            raise HTTPException(409, f"part {number} on the storage is not the body whose MD5 you sent (its ETag is "
+                                     f"{held.etag}): send it again")
         checksum = part.checksum or held.checksum
         if algorithm is not None:
             if held.checksum and part.checksum and held.checksum != part.checksum:
