@@ -69,7 +69,8 @@ def put(signed: dict[str, Any], data: bytes) -> httpx.Response:
 def served(s3: S3Server, bucket: str, tmp_path: Path) -> Iterator[tuple[Api, S3Server, str]]:
     env = {**s3.env(), "MPUPLOAD_STORAGE": f"s3://{bucket}/{PREFIX}",
            "MPUPLOAD_STORAGE_ENDPOINT_URL": s3.endpoint_url, "MPUPLOAD_STORAGE_REGION": s3.region,
-           "MPUPLOAD_STORAGE_CONTENT_MD5": "1", "MPUPLOAD_SIGN_EXPIRES": str(EXPIRES_S)}
+           "MPUPLOAD_STORAGE_CONTENT_MD5": "1", "MPUPLOAD_SIGN_EXPIRES": str(EXPIRES_S),
+           "MPUPLOAD_SIGN_MAX_PER_MINUTE": "30"}
     api = Api(tmp_path, env=env).prepare("alice", "bob")
     try:
         yield api, s3, bucket
@@ -189,6 +190,15 @@ def test_brokered_single_put_abort_and_bad_keys(served: tuple[Api, S3Server, str
     assert bad.status_code == 422 and "5242880" in bad.text
     bad = alice.post(f"/uploads/{plan['id']}/parts/sign", {"parts": [{"number": 1, "size": 5 * MiB}]})
     assert bad.status_code == 422 and "checksum" in bad.text
+
+    # signing is rate-limited per user (30 part URLs a minute here): then 429 with Retry-After
+    limited = None
+    for _ in range(40):
+        answer = alice.sign(plan["id"], [(1, bytes(5 * MiB))])
+        if answer.status_code != 200:
+            limited = answer
+            break
+    assert limited is not None and limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert alice.post(f"/uploads/{plan['id']}/abort", {}).status_code == 200
 
 
