@@ -82,6 +82,10 @@ def confine_key(prefix: str, username: str, key: str) -> str:
         key.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError("key is not valid Unicode (a lone surrogate)") from None
+    if "/" in username or username in (".", "..") or not username.strip():
+        raise InputError(f"the user name {username[:40]!r} cannot be a folder of the storage: ask the server's "
+                         "operator for an account without '/'")
+    check_key_segments(username, what="the user name")
     check_key_segments(key)
     full = "/".join(part for part in (prefix, username, key) if part)
     size = len(full.encode("utf-8"))

@@ -114,3 +114,9 @@ def test_sign_limiter() -> None:
     assert limiter.take(2, 100) is None  # per user
     now[0] = 180.0
     assert limiter.take(1, 100) is None  # a new minute
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "", " ", "a\x01"])
+def test_user_names_that_cannot_be_a_folder(name: str) -> None:
+    with pytest.raises(InputError):
+        B.confine_key("pfx", name, "k")
