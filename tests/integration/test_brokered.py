@@ -15,6 +15,7 @@ import pytest
 from mpupload.checksums import Algorithm, b64, new_hasher
 from tests.conftest import SERVERS
 from tests.integration.api_support import Api, until
+from tests.server.support import cli
 from tests.support.s3server import S3Server
 
 MiB = 1024 * 1024
@@ -200,6 +201,24 @@ def test_brokered_single_put_abort_and_bad_keys(served: tuple[Api, S3Server, str
             break
     assert limited is not None and limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert alice.post(f"/uploads/{plan['id']}/abort", {}).status_code == 200
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_brokered_quota(served: tuple[Api, S3Server, str]) -> None:
+    """In flight plus stored brokered bytes stay within the quota; an aborted upload frees its bytes."""
+    api, _, _ = served
+    done = cli("users", "set", "alice", "--quota", "12MiB", "--database-url", api.database_url)
+    assert done.returncode == 0, done.stderr
+    alice = Client(api, api.token("alice"))
+    first = alice.create("q1.bin", 6 * MiB)
+    second = alice.create("q2.bin", 6 * MiB)
+    over = alice.post("/uploads", {"brokered": True, "key": "q3.bin", "total_bytes": 1})
+    assert over.status_code == 413 and "quota" in over.json()["detail"], over.text
+    assert alice.post(f"/uploads/{second['id']}/abort", {}).status_code == 200
+    assert alice.create("q3.bin", 6 * MiB)["id"]
+    assert alice.post(f"/uploads/{first['id']}/abort", {}).status_code == 200
+    listed = cli("users", "list", "--database-url", api.database_url)
+    assert f"quota {12 * MiB}" in listed.stdout
 
 
 def test_server_without_storage_refuses_brokered(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...checksums import Algorithm, composite_checksum, multipart_etag, unb64
@@ -82,6 +83,13 @@ async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState
         plan = B.plan_brokered(body.total_bytes, body.part_size)
     except InputError as exc:
         raise HTTPException(422, str(exc)) from None
+    if user.quota_bytes is not None:
+        used = await quota_used(session, user)
+        if used + body.total_bytes > user.quota_bytes:
+            total = used + body.total_bytes
+            raise HTTPException(413, f"over your quota: {body.total_bytes} more bytes would make {total}"
+                                     f" of {user.quota_bytes} (brokered uploads in flight and stored): abort "
+                                     "unfinished uploads or ask the server's operator for a larger quota")
     algorithm = None if body.checksum_algorithm == "none" else Algorithm(body.checksum_algorithm)
     store_upload_id: str | None = None
     if plan.multipart:
@@ -106,6 +114,15 @@ async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState
     record.update(content_md5_required=state.settings.storage_content_md5, max_sign_batch=B.MAX_SIGN_BATCH,
                   sign_expires_s=state.settings.sign_expires_s)
     return record
+
+
+async def quota_used(session: AsyncSession, user: User) -> int:
+    """The user's brokered bytes in flight (not completed, not stopped or failed) and stored (completed)."""
+    counted = [*svc.ACTIVE, S.COMPLETED]
+    total = (await session.execute(
+        select(func.coalesce(func.sum(Upload.total_bytes), 0))
+        .where(Upload.owner_id == user.id, Upload.brokered.is_(True), Upload.status.in_(counted)))).scalar_one()
+    return int(total)
 
 
 @router.post("/uploads/{upload_id}/parts/sign")
