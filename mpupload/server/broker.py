@@ -4,6 +4,9 @@ The server creates the multipart upload (or plans one PutObject), signs each par
 part's checksum (and, on stores that check only that, its Content-MD5) signed in, lists the parts for a resume,
 completes and verifies, and aborts. The bytes go from the client straight to the store.
 
+The server loads neither the engine's modules nor the storage adapters at import (``tests/unit/test_wire.py``):
+:mod:`mpupload.plan` is imported when a plan is made, and the store by :mod:`.api.broker` when it is used.
+
 The pure parts live here: where a user may write (:func:`confine_key`), the request bodies and their checks, the
 plan, the per-user signing limiter. The routes are :mod:`.api.broker`. Every store call goes through a
 :class:`~mpupload.storage.port.Store` and is blocking: the routes run them in a worker thread.
@@ -17,12 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..checksums import Algorithm
-from ..plan import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, PlanError, UploadPlan, plan_upload
 from .db.models import Upload
 from .limits import INT64_MAX, MAX_FILENAME_BYTES, MAX_HOST_CHARS, MAX_KEY_BYTES, InputError, check_int, check_text
+
+if TYPE_CHECKING:
+    from ..plan import UploadPlan
 
 __all__ = ["parse_storage", "confine_key", "BrokeredCreate", "PartToSign", "SignRequest", "PartDone",
            "CompleteRequest", "plan_brokered", "part_size_of", "SignLimiter", "MAX_SIGN_BATCH", "broker_fields",
@@ -32,7 +36,12 @@ __all__ = ["parse_storage", "confine_key", "BrokeredCreate", "PartToSign", "Sign
 MAX_SIGN_BATCH = 100
 #: the checksum algorithms a brokered upload may sign into its parts (``none``: no checksum)
 CHECKSUM_ALGORITHMS = ("crc32c", "crc32", "sha256", "none")
-DIGEST_BYTES = {Algorithm.CRC32C: 4, Algorithm.CRC32: 4, Algorithm.SHA256: 32, Algorithm.MD5: 16}
+#: bytes of each algorithm's digest (by :class:`mpupload.checksums.Algorithm` value)
+DIGEST_BYTES = {"crc32c": 4, "crc32": 4, "sha256": 32, "md5": 16}
+#: S3's limits (as :mod:`mpupload.plan` has them; not imported here)
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * 1024**2
+MAX_PART_SIZE = 5 * 1024**3
 _BUCKET_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
 
 
@@ -94,11 +103,7 @@ def confine_key(prefix: str, username: str, key: str) -> str:
     return full
 
 
-def _algorithm(name: str) -> Algorithm | None:
-    return None if name == "none" else Algorithm(name)
-
-
-def _digest(name: str, value: str, algorithm: Algorithm) -> str:
+def _digest(name: str, value: str, algorithm: str) -> str:
     """``value`` when it is the base64 of a digest of ``algorithm``'s length, else :class:`InputError`."""
     check_text(name, value, max_bytes=64)
     try:
@@ -106,7 +111,7 @@ def _digest(name: str, value: str, algorithm: Algorithm) -> str:
     except (binascii.Error, ValueError):
         raise InputError(f"{name} is not base64") from None
     if len(raw) != DIGEST_BYTES[algorithm]:
-        raise InputError(f"{name} is not a {algorithm.value} value ({DIGEST_BYTES[algorithm]} bytes in base64)")
+        raise InputError(f"{name} is not a {algorithm} value ({DIGEST_BYTES[algorithm]} bytes in base64)")
     return value
 
 
@@ -146,7 +151,7 @@ class PartToSign:
         if self.checksum is not None:
             check_text("checksum", self.checksum, max_bytes=64)
         if self.content_md5 is not None:
-            _digest("content_md5", self.content_md5, Algorithm.MD5)
+            _digest("content_md5", self.content_md5, "md5")
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ class PartDone:
         if self.checksum is not None:
             check_text("checksum", self.checksum, max_bytes=64)
         if self.content_md5 is not None:
-            _digest("content_md5", self.content_md5, Algorithm.MD5)
+            _digest("content_md5", self.content_md5, "md5")
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,8 @@ class CompleteRequest:
 def plan_brokered(total_bytes: int, part_size: int) -> UploadPlan:
     """The plan of a brokered upload (:class:`InputError` when it breaks an S3 limit): one PutObject when the
     object fits in one part (``multipart`` false), else parts of ``part_size`` (0: the server chooses)."""
+    from ..plan import PlanError, plan_upload
+
     if part_size and not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
         raise InputError(f"part_size {part_size} is outside S3's limits: use 5 MiB to 5 GiB")
     try:
@@ -214,15 +221,17 @@ def part_size_of(upload: Upload, number: int) -> int:
     return min(upload.part_size, upload.total_bytes - offset)
 
 
-def check_part(upload: Upload, part: PartToSign, *, content_md5_required: bool) -> Algorithm | None:
-    """Refuse a part that does not match the plan or carries the wrong checksum (:class:`InputError`)."""
+def check_part(upload: Upload, part: PartToSign, *, content_md5_required: bool) -> str | None:
+    """Refuse a part that does not match the plan or carries the wrong checksum (:class:`InputError`); the
+    upload's checksum algorithm (``None``: none)."""
     expected = part_size_of(upload, part.number)
     if part.size != expected:
         raise InputError(f"part {part.number} is {expected} bytes in this upload's plan, not {part.size}")
-    algorithm = _algorithm(upload.checksum_algorithm or "none")
+    name = upload.checksum_algorithm or "none"
+    algorithm = None if name == "none" else name
     if algorithm is not None:
         if part.checksum is None:
-            raise InputError(f"part {part.number} needs its {algorithm.value} checksum (base64)")
+            raise InputError(f"part {part.number} needs its {algorithm} checksum (base64)")
         _digest(f"part {part.number}'s checksum", part.checksum, algorithm)
     elif part.checksum is not None:
         raise InputError(f"this upload signs no checksum: part {part.number} must not carry one")

@@ -8,20 +8,21 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ...checksums import Algorithm, composite_checksum, multipart_etag, unb64
-from ...storage.errors import error_code, http_status
-from ...storage.port import CHECKSUM_FIELDS, Checksum, CompletedPart, Store
 from .. import broker as B
 from .. import uploads as svc
 from ..db.models import Upload, UploadStatus, User, utcnow
 from ..limits import InputError
 from .deps import ServerState, SessionDep, StateDep, UserDep
+
+if TYPE_CHECKING:
+    from ...checksums import Algorithm
+    from ...storage.port import Store
 
 __all__ = ["router", "create_brokered"]
 
@@ -47,6 +48,8 @@ def _store(state: ServerState) -> tuple[Store, str, str]:
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A store call in a worker thread; a store error becomes 502 naming the store's answer."""
+    from ...storage.errors import error_code, http_status
+
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except HTTPException:
@@ -90,6 +93,8 @@ async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState
             raise HTTPException(413, f"over your quota: {body.total_bytes} more bytes would make {total}"
                                      f" of {user.quota_bytes} (brokered uploads in flight and stored): abort "
                                      "unfinished uploads or ask the server's operator for a larger quota")
+    from ...checksums import Algorithm
+
     algorithm = None if body.checksum_algorithm == "none" else Algorithm(body.checksum_algorithm)
     store_upload_id: str | None = None
     if plan.multipart:
@@ -145,10 +150,14 @@ async def sign(upload_id: str, body: B.SignRequest, user: UserDep, state: StateD
                             headers={"Retry-After": str(int(wait))})
     key, store_upload_id, expires = upload.storage_key or upload.key, upload.store_upload_id, settings.sign_expires_s
 
+    from ...checksums import Algorithm
+    from ...storage.port import Checksum
+
     def sign_all() -> list[dict[str, Any]]:
         signed = []
         for part, algorithm in checked:
-            checksum = Checksum(algorithm, part.checksum) if algorithm is not None and part.checksum else None
+            checksum = Checksum(Algorithm(algorithm), part.checksum) if algorithm is not None and part.checksum \
+                else None
             if store_upload_id:
                 request = store.presign_upload_part(bucket, key, store_upload_id, part.number, checksum=checksum,
                                                     content_md5=part.content_md5, expires_in=expires)
@@ -188,6 +197,8 @@ async def list_parts(upload_id: str, user: UserDep, state: StateDep, session: Se
 
 
 def _algorithm(upload: Upload) -> Algorithm | None:
+    from ...checksums import Algorithm
+
     name = upload.checksum_algorithm or "none"
     return None if name == "none" else Algorithm(name)
 
@@ -195,6 +206,8 @@ def _algorithm(upload: Upload) -> Algorithm | None:
 def _object_checksum(head: dict[str, Any], algorithm: Algorithm | None, parts: int | None) -> str | None:
     """The object checksum HeadObject reports, when it is one we can compare: a multipart object's composite ends
     with ``-N`` (moto's lacks it, and is computed otherwise: not comparable); a single object's has no ``-``."""
+    from ...storage.port import CHECKSUM_FIELDS
+
     field = CHECKSUM_FIELDS.get(algorithm) if algorithm is not None else None
     value = str(head.get(field) or "") if field else ""
     if not value or (parts is not None and not value.endswith(f"-{parts}")) or (parts is None and "-" in value):
@@ -207,6 +220,9 @@ async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state
                    session: SessionDep) -> dict[str, Any]:
     """Check the parts against the store's ListParts (every part of the plan, its size, ETag and checksum),
     complete, then HEAD the object: its size, and its checksum when the store gives one; record ``verified``."""
+    from ...checksums import multipart_etag, unb64
+    from ...storage.errors import error_code
+
     store, bucket, _ = _store(state)
     upload = await _brokered(session, user, upload_id, active=True)
     key, algorithm = upload.storage_key or upload.key, _algorithm(upload)
@@ -254,6 +270,9 @@ async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state
 async def _complete_multipart(store: Store, bucket: str, key: str, upload: Upload, body: B.CompleteRequest,
                               algorithm: Algorithm | None) -> str | None:
     """Check the client's parts against ListParts and complete; the object's expected composite checksum."""
+    from ...checksums import composite_checksum, unb64
+    from ...storage.port import Checksum, CompletedPart
+
     assert upload.store_upload_id is not None
     listing = await _call(store.list_parts, bucket, key, upload.store_upload_id, algorithm=algorithm)
     if listing is None:
