@@ -40,6 +40,22 @@ def add_parser(sub: Any) -> None:
                         "default 2048, less under a low open-file limit)")
     p.add_argument("--certfile", help="serve HTTPS with this certificate chain (PEM); needs --keyfile")
     p.add_argument("--keyfile", help="the private key (PEM) of --certfile")
+    storage = p.add_argument_group("storage for brokered uploads (credentials: the server's own environment or "
+                                   "profile, never a request's)")
+    storage.add_argument("--storage", metavar="s3://BUCKET[/PREFIX]",
+                         help="the server's storage; each user writes under PREFIX/<username>/ (env MPUPLOAD_STORAGE)")
+    storage.add_argument("--storage-endpoint-url", metavar="URL",
+                         help="the storage's endpoint (env MPUPLOAD_STORAGE_ENDPOINT_URL; default AWS_ENDPOINT_URL, "
+                              "else AWS)")
+    storage.add_argument("--storage-region", help="the storage's region (env MPUPLOAD_STORAGE_REGION)")
+    storage.add_argument("--storage-ca-bundle", metavar="PATH",
+                         help="CA bundle for the storage's TLS certificate (env MPUPLOAD_STORAGE_CA_BUNDLE)")
+    storage.add_argument("--storage-addressing-style", choices=("auto", "path", "virtual"),
+                         help="bucket in the path or in the host name (env MPUPLOAD_STORAGE_ADDRESSING_STYLE; "
+                              "default: path for custom endpoints)")
+    storage.add_argument("--storage-content-md5", action="store_true", default=None,
+                         help="sign each part's Content-MD5 too, for stores that check it but not x-amz-checksum-* "
+                              "(Ceph RGW 16) (env MPUPLOAD_STORAGE_CONTENT_MD5=1)")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks; GraphQL introspection on")
     p.set_defaults(func=run)
 
@@ -77,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(database_url=args.database_url, broker_url=args.broker_url, host=args.host,
                                  port=args.port, token_ttl_s=args.token_ttl, allowed_hosts=args.allowed_hosts,
                                  forwarded_allow_ips=args.forwarded_allow_ips,
-                                 limit_concurrency=args.limit_concurrency, debug=args.debug)
+                                 limit_concurrency=args.limit_concurrency, debug=args.debug,
+                                 storage=args.storage, storage_endpoint_url=args.storage_endpoint_url,
+                                 storage_region=args.storage_region, storage_ca_bundle=args.storage_ca_bundle,
+                                 storage_addressing_style=args.storage_addressing_style,
+                                 storage_content_md5=args.storage_content_md5)
     warning = wildcard_warning(settings.host, settings.allowed_hosts,
                                args.allowed_hosts or os.environ.get("MPUPLOAD_ALLOWED_HOSTS"))
     if warning:

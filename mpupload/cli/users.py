@@ -33,6 +33,10 @@ def add_parser(sub: Any) -> None:
         if password:
             q.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
         q.add_argument("--database-url", help="the server's database (env MPUPLOAD_DATABASE_URL)")
+        if name in ("add", "set"):
+            q.add_argument("--quota", metavar="SIZE", required=name == "set",
+                           help="the most bytes of brokered uploads in flight and stored (e.g. 500GiB; 'none': "
+                                "no quota)")
         if name in ("passwd", "remove", "revoke"):
             q.add_argument("--broker-url", help="the servers' broker, to end the user's open sockets at once "
                                                 "(env MPUPLOAD_BROKER_URL)")
@@ -40,10 +44,26 @@ def add_parser(sub: Any) -> None:
         q.set_defaults(func=run)
 
     action("add", "create a user", password=True)
+    action("set", "change a user's settings (--quota)")
     action("list", "list users", with_name=False)
     action("passwd", "set a user's password (and revoke their tokens)", password=True)
     action("remove", "delete a user, their tokens and their uploads")
     action("revoke", "revoke every token of a user")
+
+
+def _quota(text: str) -> int | None:
+    """``--quota SIZE`` in bytes (``none``: no quota)."""
+    from ..units import parse_size
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--quota {text!r}: {exc}") from None
+    if not 0 <= size < 2**63:
+        raise UsageError(f"--quota {text!r} is out of range")
+    return size
 
 
 def read_password(from_stdin: bool) -> str:
@@ -93,13 +113,20 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MPUPLOAD_BROKER_URL"] = args.broker_url  # what announce_revocation publishes through
     if command == "add" and len(name) > MAX_USER_NAME_CHARS:
         raise UsageError(f"a user name is at most {MAX_USER_NAME_CHARS} characters, got {len(name)}")
+    quota = _quota(args.quota) if getattr(args, "quota", None) is not None else None
+    if command == "set":
+        asyncio.run(_with_db(args.database_url, lambda s: admin.set_quota(s, name, quota)))
+        print(f"user {name!r}: quota {'none' if quota is None else quota}")
+        return EXIT_OK
     if command in ("add", "passwd"):
         password = read_password(args.password_stdin)
         if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES or "\0" in password:
             raise UsageError(f"a password is at most {MAX_PASSWORD_BYTES} bytes without NUL (a longer one could "
                              "never sign in); choose a shorter one")
-        fn = admin.add_user if command == "add" else admin.set_password
-        asyncio.run(_with_db(args.database_url, lambda s: fn(s, name, password)))
+        if command == "add":
+            asyncio.run(_with_db(args.database_url, lambda s: admin.add_user(s, name, password, quota)))
+        else:
+            asyncio.run(_with_db(args.database_url, lambda s: admin.set_password(s, name, password)))
         print(f"user {name!r} {'added' if command == 'add' else 'password changed'}")
     elif command == "remove":
         asyncio.run(_with_db(args.database_url, lambda s: admin.remove_user(s, name)))

@@ -27,6 +27,7 @@ from .api import build_router
 from .api.deps import ServerState
 from .api.ingest import RETRY_AFTER_S, UNAVAILABLE_DETAIL, ProgressEndpoint
 from .auth import LoginRateLimiter, prepare_dummy_hash
+from .broker import SignLimiter
 from .bus import Bus, make_bus
 from .bus.signing import attach_signer, load_signer
 from .db import make_engine, make_sessionmaker, upgrade
@@ -79,6 +80,19 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> Res
     return Response(json.dumps({"detail": detail}, default=str), status_code=422, media_type="application/json")
 
 
+def _storage(settings: Settings) -> Any:
+    """The server's :class:`~mpupload.storage.port.Store` for brokered uploads (``None``: no ``--storage``).
+    Credentials come from the server's own environment or profile, never from a request."""
+    if settings.storage is None:
+        return None
+    from ..storage.boto3_store import Boto3Store
+    from ..storage.config import StoreConfig
+
+    return Boto3Store(StoreConfig(endpoint_url=settings.storage_endpoint_url, region=settings.storage_region,
+                                  verify=settings.storage_ca_bundle, addressing_style=settings.storage_addressing_style,
+                                  max_pool_connections=16))
+
+
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
     """A ready-to-serve ASGI app for ``settings`` (FastAPI, with the progress endpoint in front, and the HTTP
     edge checks of :mod:`.edge` in front of that; forwarded headers are read only from trusted proxies)."""
@@ -117,7 +131,8 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
                 settings=settings, sessionmaker=sessionmaker,
                 limiter=LoginRateLimiter(settings.login_max_per_user, settings.login_max_per_address,
                                          settings.login_window_s, max_keys=settings.login_max_keys),
-                bus=chosen_bus, writer=writer)
+                bus=chosen_bus, writer=writer, store=_storage(settings),
+                sign_limiter=SignLimiter(settings.sign_max_per_minute))
             app.state.bus = chosen_bus
             app.state.sessions = sessions = Sessions(sessionmaker, settings.token_recheck_s,
                                                      settings.ws_max_per_user)

@@ -24,6 +24,16 @@ Environment variables (a command-line value wins):
 ``MPUPLOAD_BODY_TIMEOUT``          seconds a request's body may take to arrive (then 408)
 ``MPUPLOAD_MAX_UPLOADS_PER_USER``  upload records a user may have; one more is refused with 409
 ``MPUPLOAD_LOGIN_MAX_KEYS``        (address, user) pairs and addresses the login limiter remembers
+``MPUPLOAD_STORAGE``               ``s3://BUCKET[/PREFIX]``: the server's storage for brokered uploads
+``MPUPLOAD_STORAGE_ENDPOINT_URL``  its endpoint (default: AWS, or ``AWS_ENDPOINT_URL``)
+``MPUPLOAD_STORAGE_REGION``        its region
+``MPUPLOAD_STORAGE_CA_BUNDLE``     the CA bundle its TLS certificate is checked with
+``MPUPLOAD_STORAGE_ADDRESSING_STYLE`` ``auto``, ``path`` or ``virtual``
+``MPUPLOAD_STORAGE_CONTENT_MD5``   ``1``: every signed part also carries a signed Content-MD5 (stores
+                                   that check Content-MD5 but not the ``x-amz-checksum-*`` headers,
+                                   such as Ceph RGW 16)
+``MPUPLOAD_SIGN_EXPIRES``          seconds a signed part URL stays valid (default 900)
+``MPUPLOAD_SIGN_MAX_PER_MINUTE``   part URLs one user may have signed per minute (then 429)
 =================================  ==========================================================
 
 ``debug`` (``serve --debug``) also turns GraphQL introspection on.
@@ -35,6 +45,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 
@@ -121,6 +132,15 @@ class Settings:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     max_uploads_per_user: int = 10_000
     login_max_keys: int = 10_000
+    #: ``s3://BUCKET[/PREFIX]`` for brokered uploads (``None``: this server has no storage)
+    storage: str | None = None
+    storage_endpoint_url: str | None = None
+    storage_region: str | None = None
+    storage_ca_bundle: str | None = None
+    storage_addressing_style: str | None = None
+    storage_content_md5: bool = False
+    sign_expires_s: int = 900
+    sign_max_per_minute: int = 20_000
 
     @property
     def is_sqlite(self) -> bool:
@@ -139,6 +159,12 @@ class Settings:
         allowed_hosts: str | None = None,
         forwarded_allow_ips: str | None = None,
         limit_concurrency: int | None = None,
+        storage: str | None = None,
+        storage_endpoint_url: str | None = None,
+        storage_region: str | None = None,
+        storage_ca_bundle: str | None = None,
+        storage_addressing_style: str | None = None,
+        storage_content_md5: bool | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from explicit values, falling back to the environment, then to defaults."""
@@ -179,9 +205,48 @@ class Settings:
             body_timeout_s=_number(env, "MPUPLOAD_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S),
             max_uploads_per_user=int(_number(env, "MPUPLOAD_MAX_UPLOADS_PER_USER", 10_000)),
             login_max_keys=int(_number(env, "MPUPLOAD_LOGIN_MAX_KEYS", 10_000)),
+            **_storage_settings(env, storage=storage, storage_endpoint_url=storage_endpoint_url,
+                                storage_region=storage_region, storage_ca_bundle=storage_ca_bundle,
+                                storage_addressing_style=storage_addressing_style,
+                                storage_content_md5=storage_content_md5),
         )
 
 
 def _names(raw: str | None) -> tuple[str, ...]:
     """A comma-separated list, blanks dropped."""
     return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+
+
+def _storage_settings(env: Mapping[str, str], *, storage: str | None, storage_endpoint_url: str | None,
+                      storage_region: str | None, storage_ca_bundle: str | None,
+                      storage_addressing_style: str | None, storage_content_md5: bool | None) -> dict[str, Any]:
+    """The storage settings (a command-line value wins over the environment), checked."""
+    from .broker import parse_storage
+
+    url = storage or env.get("MPUPLOAD_STORAGE") or None
+    if url is not None:
+        try:
+            parse_storage(url)
+        except ValueError as exc:
+            raise UsageError(f"--storage: {exc}") from None
+    style = storage_addressing_style or env.get("MPUPLOAD_STORAGE_ADDRESSING_STYLE") or None
+    if style is not None and style not in ("auto", "path", "virtual"):
+        raise UsageError(f"--storage-addressing-style must be auto, path or virtual, got {style!r}")
+    ca_bundle = storage_ca_bundle or env.get("MPUPLOAD_STORAGE_CA_BUNDLE") or None
+    if ca_bundle is not None and not Path(ca_bundle).is_file():
+        raise UsageError(f"--storage-ca-bundle {ca_bundle}: no such file")
+    md5 = storage_content_md5 if storage_content_md5 is not None else (
+        env.get("MPUPLOAD_STORAGE_CONTENT_MD5", "").strip().lower() in ("1", "true", "yes", "on"))
+    expires = int(_number(env, "MPUPLOAD_SIGN_EXPIRES", 900))
+    if expires > 7 * 24 * 3600:
+        raise UsageError(f"MPUPLOAD_SIGN_EXPIRES is at most 604800 seconds (SigV4's limit), got {expires}")
+    return {
+        "storage": url,
+        "storage_endpoint_url": storage_endpoint_url or env.get("MPUPLOAD_STORAGE_ENDPOINT_URL") or None,
+        "storage_region": storage_region or env.get("MPUPLOAD_STORAGE_REGION") or None,
+        "storage_ca_bundle": ca_bundle,
+        "storage_addressing_style": style,
+        "storage_content_md5": md5,
+        "sign_expires_s": expires,
+        "sign_max_per_minute": int(_number(env, "MPUPLOAD_SIGN_MAX_PER_MINUTE", 20_000)),
+    }

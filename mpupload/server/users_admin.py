@@ -64,11 +64,12 @@ async def announce_revocation(session: AsyncSession, user_id: int) -> bool:
     return True
 
 
-async def add_user(session: AsyncSession, name: str, password: str) -> int:
-    """Create a user; :class:`UsageError` when the name is taken."""
+async def add_user(session: AsyncSession, name: str, password: str, quota_bytes: int | None = None) -> int:
+    """Create a user (``quota_bytes``: the brokered-upload quota, ``None``: none); :class:`UsageError` when the name
+    is taken."""
     if (await session.execute(select(User.id).where(User.name == name))).first() is not None:
         raise UsageError(f"user {name!r} already exists; use mpupload users passwd to change the password")
-    session.add(User(name=name, password_hash=hash_password(password), created_at=utcnow()))
+    session.add(User(name=name, password_hash=hash_password(password), created_at=utcnow(), quota_bytes=quota_bytes))
     await session.commit()
     return 0
 
@@ -80,6 +81,14 @@ async def set_password(session: AsyncSession, name: str, password: str) -> int:
     await session.commit()
     await revoke_user_tokens(session, user.id)
     await announce_revocation(session, user.id)
+    return 0
+
+
+async def set_quota(session: AsyncSession, name: str, quota_bytes: int | None) -> int:
+    """Set (``None``: remove) a user's quota of brokered bytes in flight and stored."""
+    user = await _user(session, name)
+    user.quota_bytes = quota_bytes
+    await session.commit()
     return 0
 
 
@@ -112,6 +121,7 @@ async def list_users(session: AsyncSession, out: TextIO) -> int:
             live[user_id] = live.get(user_id, 0) + 1
     for user in rows:
         created = as_utc(user.created_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-        print(f"{user.name}\tcreated {created}\ttokens {live.get(user.id, 0)}", file=out)
+        quota = "" if user.quota_bytes is None else f"\tquota {user.quota_bytes}"
+        print(f"{user.name}\tcreated {created}\ttokens {live.get(user.id, 0)}{quota}", file=out)
 
     return 0

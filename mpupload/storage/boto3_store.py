@@ -33,6 +33,7 @@ from .port import (
     ObjectsPage,
     PagePart,
     PartsPage,
+    PresignedRequest,
     StoreBase,
     UploadsPage,
     as_utc,
@@ -58,6 +59,8 @@ class Boto3Store(StoreBase):
         self._pid = os.getpid()
         #: the lean PutObject over this process's client (``None``: not decided yet; ``False``: botocore only)
         self._lean: LeanPut | Literal[False] | None = None
+        self._presign_client: Any = None
+        self._presign_pid = 0
 
     @classmethod
     def over_client(cls, client: Any, config: StoreConfig | None = None) -> Boto3Store:
@@ -96,6 +99,8 @@ class Boto3Store(StoreBase):
         self._client = None
         self._pid = os.getpid()
         self._lean = None
+        self._presign_client = None
+        self._presign_pid = 0
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Boto3Store) and other.config == self.config
@@ -218,6 +223,41 @@ class Boto3Store(StoreBase):
         if if_none_match:
             params["IfNoneMatch"] = "*"
         return dict(self.client.complete_multipart_upload(**params))
+
+    # -- presigned requests (the API server brokers uploads with them) ------------------------------------------------
+    @property
+    def presign_client(self) -> Any:
+        """A SigV4 client for presigning (built once per process; presigning sends nothing)."""
+        client = self._presign_client
+        if client is None or self._presign_pid != os.getpid():
+            client = self.config.make_client(signature_version="s3v4")
+            self._presign_client = client
+            self._presign_pid = os.getpid()
+        return client
+
+    def _presign(self, operation: str, method: str, params: dict[str, Any], checksum: Checksum | None,
+                 content_md5: str | None, expires_in: int) -> PresignedRequest:
+        headers: dict[str, str] = {}
+        if checksum is not None:
+            params[boto_checksum_param(checksum.algorithm)] = checksum.value
+            headers[f"x-amz-checksum-{checksum.algorithm.value}"] = checksum.value
+        if content_md5 is not None:
+            params["ContentMD5"] = content_md5
+            headers["Content-MD5"] = content_md5
+        url = self.presign_client.generate_presigned_url(operation, Params=params, ExpiresIn=expires_in,
+                                                         HttpMethod=method)
+        return PresignedRequest(method, str(url), headers, expires_in)
+
+    def presign_upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, *,
+                            checksum: Checksum | None = None, content_md5: str | None = None,
+                            expires_in: int) -> PresignedRequest:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+        return self._presign("upload_part", "PUT", params, checksum, content_md5, expires_in)
+
+    def presign_put_object(self, bucket: str, key: str, *, checksum: Checksum | None = None,
+                           content_md5: str | None = None, expires_in: int) -> PresignedRequest:
+        return self._presign("put_object", "PUT", {"Bucket": bucket, "Key": key}, checksum, content_md5,
+                             expires_in)
 
     def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)

@@ -95,7 +95,9 @@ class StoreConfig:
                 return "path"
         return "auto"
 
-    def make_client(self) -> Any:
+    def make_client(self, *, signature_version: str | None = None) -> Any:
+        """The boto3 client; ``signature_version="s3v4"`` for one that presigns URLs (boto3 may otherwise presign
+        with SigV2)."""
         from botocore.config import Config
 
         session = _session(self.profile)
@@ -111,6 +113,7 @@ class StoreConfig:
             max_pool_connections=self.max_pool_connections,
             tcp_keepalive=True,
             user_agent_extra="mpupload",
+            **({"signature_version": signature_version} if signature_version else {}),
         )
         kwargs: dict[str, Any] = {"config": config}
         if self.endpoint_url:

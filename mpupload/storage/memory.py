@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ..checksums import Algorithm, b64, boto_checksum_param, composite_checksum, new_hasher, unb64
 from ..units import MiB
@@ -56,6 +57,7 @@ from .port import (
     ObjectsPage,
     PagePart,
     PartsPage,
+    PresignedRequest,
     StoreBase,
     UploadsPage,
 )
@@ -132,6 +134,13 @@ def _read(body: Any) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+def _signed(checksum: Checksum | None, content_md5: str | None) -> dict[str, str]:
+    headers = {f"x-amz-checksum-{checksum.algorithm.value}": checksum.value} if checksum is not None else {}
+    if content_md5 is not None:
+        headers["Content-MD5"] = content_md5
+    return headers
 
 
 class MemoryStore(StoreBase):
@@ -368,6 +377,20 @@ class MemoryStore(StoreBase):
             upload_id = f"{next(self._ids):08d}-{uuid.uuid4().hex}"
             target.uploads[upload_id] = _Upload(key, upload_id, self.clock(), algorithm, dict(object_args or {}))
             return upload_id
+
+    def presign_upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, *,
+                            checksum: Checksum | None = None, content_md5: str | None = None,
+                            expires_in: int) -> PresignedRequest:
+        """A ``memory://`` URL nothing can send (for tests of the code that asks for it), with the signed headers."""
+        query = urlencode({"uploadId": upload_id, "partNumber": part_number, "expires": expires_in})
+        return PresignedRequest("PUT", f"memory://{bucket}/{quote(key)}?{query}", _signed(checksum, content_md5),
+                                expires_in)
+
+    def presign_put_object(self, bucket: str, key: str, *, checksum: Checksum | None = None,
+                           content_md5: str | None = None, expires_in: int) -> PresignedRequest:
+        query = urlencode({"expires": expires_in})
+        return PresignedRequest("PUT", f"memory://{bucket}/{quote(key)}?{query}", _signed(checksum, content_md5),
+                                expires_in)
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,
                     content_length: int, checksum: Checksum | None = None,

@@ -36,7 +36,7 @@ from .errors import is_gone
 
 __all__ = ["Store", "StoreBase", "Body", "Checksum", "CompletedPart", "ListedPart", "PagePart", "PartsPage",
            "PartListing", "ListedUpload", "UploadsPage", "ListedObject", "ObjectsPage", "AbortOutcome",
-           "ListingStuck", "ABORT_ROUNDS", "LIST_PAGE_PARTS", "CHECKSUM_FIELDS", "as_utc"]
+           "ListingStuck", "ABORT_ROUNDS", "LIST_PAGE_PARTS", "CHECKSUM_FIELDS", "as_utc", "PresignedRequest"]
 
 log = logging.getLogger("mpupload")
 
@@ -161,6 +161,18 @@ class ObjectsPage:
     next_token: str | None
 
 
+@dataclass(frozen=True)
+class PresignedRequest:
+    """A request signed for someone else to send (a presigned URL): the method, the URL, and the headers the
+    sender must send exactly as given (they are signed: a different value, or a body that does not match a
+    signed checksum, is refused by the store)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    expires_in: int
+
+
 class AbortOutcome(enum.Enum):
     #: this call aborted the upload and the store confirms it is gone
     ABORTED = "aborted"
@@ -250,6 +262,18 @@ class Store(Protocol):
 
     def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """One AbortMultipartUpload, nothing more (see :meth:`abort_and_confirm`)."""
+        ...
+
+    def presign_upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, *,
+                            checksum: Checksum | None = None, content_md5: str | None = None,
+                            expires_in: int) -> PresignedRequest:
+        """An UploadPart URL valid ``expires_in`` seconds, SigV4, with ``checksum`` and ``content_md5`` (when
+        given) signed in as headers, so that the store refuses a body that does not match them."""
+        ...
+
+    def presign_put_object(self, bucket: str, key: str, *, checksum: Checksum | None = None,
+                           content_md5: str | None = None, expires_in: int) -> PresignedRequest:
+        """A PutObject URL, signed as :meth:`presign_upload_part` signs a part."""
         ...
 
     def list_parts_page(self, bucket: str, key: str, upload_id: str, *, marker: int | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import accounts, health, uploads
+from . import accounts, broker, health, uploads
 
 __all__ = ["build_router"]
 
@@ -13,6 +13,7 @@ def build_router() -> APIRouter:
     """Every REST route of the server."""
     router = APIRouter()
     router.include_router(uploads.router, prefix="/api/v1")  # first: progress reports are the hot path
+    router.include_router(broker.router, prefix="/api/v1")
     router.include_router(accounts.router, prefix="/api/v1")
     router.include_router(health.router)
     return router

@@ -7,17 +7,21 @@ than the work these do.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..auth import LoginRateLimiter, token_user
+from ..broker import SignLimiter
 from ..bus.base import Bus
 from ..db.models import User
 from ..settings import Settings
 from ..uploads import ProgressWriter
+
+if TYPE_CHECKING:
+    from ...storage.port import Store
 
 __all__ = ["ServerState", "server_state", "db_session", "bearer_token", "current_user", "StateDep", "SessionDep",
            "UserDep", "TokenDep", "unauthorized"]
@@ -32,6 +36,9 @@ class ServerState:
     limiter: LoginRateLimiter
     bus: Bus | None
     writer: ProgressWriter
+    #: the server's storage for brokered uploads (``None``: none configured)
+    store: Store | None = None
+    sign_limiter: SignLimiter = field(default_factory=lambda: SignLimiter(20_000))
 
 
 async def server_state(request: Request) -> ServerState:

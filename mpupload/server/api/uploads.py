@@ -4,12 +4,16 @@ ingestion is :mod:`.ingest`)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from .. import broker
 from .. import files as files_svc
 from .. import uploads as svc
+from . import broker as broker_api
 from .deps import SessionDep, StateDep, UserDep
 
 __all__ = ["router"]
@@ -24,8 +28,28 @@ def _not_found(upload_id: str) -> HTTPException:
     return HTTPException(404, f"no upload {upload_id!r}: check the id with mpupload list")
 
 
+_NEW_UPLOAD = TypeAdapter(svc.NewUpload)
+_BROKERED = TypeAdapter(broker.BrokeredCreate)
+
+
 @router.post("/uploads")
-async def create(body: svc.NewUpload, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+async def create(body: Annotated[dict[str, Any], Body()], user: UserDep, state: StateDep,
+                 session: SessionDep) -> dict[str, Any]:
+    """A record of an upload its client makes with its own credentials; with ``"brokered": true``, an upload to
+    the server's storage that the server creates and signs (:mod:`.broker`)."""
+    brokered = body.get("brokered", False)
+    if brokered not in (True, False):
+        raise HTTPException(422, "brokered must be true or false")
+    try:
+        if brokered:
+            return await broker_api.create_brokered(_BROKERED.validate_python(body), user, state, session)
+        new = _NEW_UPLOAD.validate_python({k: v for k, v in body.items() if k != "brokered"})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(), body=None) from None
+    return await _create(new, user, state, session)
+
+
+async def _create(body: svc.NewUpload, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
     try:
         upload = await svc.create_upload(session, user, body, state.settings.max_uploads_per_user)
     except svc.ProgressError as exc:
@@ -46,6 +70,8 @@ async def get_one(upload_id: str, user: UserDep, state: StateDep, session: Sessi
     except svc.NotFound:
         raise _not_found(upload_id) from None
     record = svc.upload_dict(upload, state.settings.live_after_s)
+    if upload.brokered:
+        record.update(broker.broker_fields(upload))
     record["history"] = await svc.history(session, upload.id, state.settings.history_limit)
     return record
 

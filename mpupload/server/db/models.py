@@ -61,6 +61,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(150), unique=True, nullable=False)
     password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    #: the most bytes of brokered uploads in flight and stored (migration 0006); null: no quota
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Token(Base):
@@ -112,6 +114,13 @@ class Upload(Base):
     files_done: Mapped[int | None] = mapped_column(Integer, nullable=True)
     files_failed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     files_skipped: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: a brokered upload (migration 0006): the server's storage holds it and the server signs its parts
+    brokered: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="0")
+    store_upload_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    storage_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checksum_algorithm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    verified: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_activity_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Sample(Base):

@@ -1,0 +1,348 @@
+"""The routes of brokered uploads (see :mod:`..broker`): create (through ``POST /uploads`` with
+``"brokered": true``), ``parts/sign``, ``parts``, ``complete`` and ``abort``. Owner only: someone else's upload is
+404, as one that does not exist. Store calls block: they run in a worker thread, never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .. import broker as B
+from .. import uploads as svc
+from ..db.models import Upload, UploadStatus, User, utcnow
+from ..limits import InputError
+from .deps import ServerState, SessionDep, StateDep, UserDep
+
+if TYPE_CHECKING:
+    from ...checksums import Algorithm
+    from ...storage.port import Store
+
+__all__ = ["router", "create_brokered"]
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+T = TypeVar("T")
+S = UploadStatus
+
+NO_STORAGE = ("this server has no storage for brokered uploads: upload to s3://BUCKET/KEY with your own "
+              "credentials, or ask the server's operator to start it with --storage")
+
+
+def _not_found(upload_id: str) -> HTTPException:
+    return HTTPException(404, f"no upload {upload_id!r}: check the id with mpupload list")
+
+
+def _store(state: ServerState) -> tuple[Store, str, str]:
+    if state.store is None or state.settings.storage is None:
+        raise HTTPException(409, NO_STORAGE)
+    bucket, prefix = B.parse_storage(state.settings.storage)
+    return state.store, bucket, prefix
+
+
+async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A store call in a worker thread; a store error becomes 502 naming the store's answer."""
+    from ...storage.errors import error_code, http_status
+
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        code, status = error_code(exc), http_status(exc)
+        log.warning("storage call %s failed: %s", getattr(fn, "__name__", fn), exc)
+        raise HTTPException(502, f"the storage refused the request ({code or type(exc).__name__}"
+                                 f"{f', HTTP {status}' if status else ''}): try again later") from None
+
+
+def _record(upload: Upload, state: ServerState) -> dict[str, Any]:
+    return {**svc.upload_dict(upload, state.settings.live_after_s), **B.broker_fields(upload)}
+
+
+async def _brokered(session: AsyncSession, user: User, upload_id: str, *, active: bool) -> Upload:
+    try:
+        upload = await svc.get_upload(session, user, upload_id)
+    except svc.NotFound:
+        raise _not_found(upload_id) from None
+    if not upload.brokered:
+        raise HTTPException(409, f"upload {upload_id} is not brokered: its client holds the storage credentials")
+    if active and upload.status not in svc.ACTIVE:
+        raise HTTPException(409, f"upload {upload_id} is {upload.status.value}: start a new upload")
+    return upload
+
+
+async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState,
+                          session: AsyncSession) -> dict[str, Any]:
+    """Check the key, plan, create the multipart upload on the store (none for a single PutObject), record it."""
+    store, bucket, prefix = _store(state)
+    try:
+        full_key = B.confine_key(prefix, user.name, body.key)
+        plan = B.plan_brokered(body.total_bytes, body.part_size)
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if user.quota_bytes is not None:
+        used = await quota_used(session, user)
+        if used + body.total_bytes > user.quota_bytes:
+            total = used + body.total_bytes
+            raise HTTPException(413, f"over your quota: {body.total_bytes} more bytes would make {total}"
+                                     f" of {user.quota_bytes} (brokered uploads in flight and stored): abort "
+                                     "unfinished uploads or ask the server's operator for a larger quota")
+    from ...checksums import Algorithm
+
+    algorithm = None if body.checksum_algorithm == "none" else Algorithm(body.checksum_algorithm)
+    store_upload_id: str | None = None
+    if plan.multipart:
+        store_upload_id = await _call(store.create_multipart_upload, bucket, full_key, algorithm=algorithm)
+    new = svc.NewUpload(filename=body.filename or body.key, bucket=bucket, key=full_key,
+                        total_bytes=body.total_bytes, part_size=plan.part_size, parts_total=plan.parts_total,
+                        host=body.host)
+    try:
+        upload = await svc.create_upload(session, user, new, state.settings.max_uploads_per_user)
+    except svc.ProgressError as exc:
+        if store_upload_id is not None:
+            await _call(store.short_lived().abort_and_confirm, bucket, full_key, store_upload_id)
+        raise HTTPException(exc.status_code, str(exc)) from None
+    upload.brokered = True
+    upload.store_upload_id = store_upload_id
+    upload.storage_key = full_key
+    upload.checksum_algorithm = body.checksum_algorithm
+    upload.last_activity_at = utcnow()
+    await session.commit()
+    await svc.publish(state.bus, upload, state.settings.live_after_s)
+    record = _record(upload, state)
+    record.update(content_md5_required=state.settings.storage_content_md5, max_sign_batch=B.MAX_SIGN_BATCH,
+                  sign_expires_s=state.settings.sign_expires_s)
+    return record
+
+
+async def quota_used(session: AsyncSession, user: User) -> int:
+    """The user's brokered bytes in flight (not completed, not stopped or failed) and stored (completed)."""
+    counted = [*svc.ACTIVE, S.COMPLETED]
+    total = (await session.execute(
+        select(func.coalesce(func.sum(Upload.total_bytes), 0))
+        .where(Upload.owner_id == user.id, Upload.brokered.is_(True), Upload.status.in_(counted)))).scalar_one()
+    return int(total)
+
+
+@router.post("/uploads/{upload_id}/parts/sign")
+async def sign(upload_id: str, body: B.SignRequest, user: UserDep, state: StateDep,
+               session: SessionDep) -> dict[str, Any]:
+    """Presigned URLs for a batch of parts, each with its checksum (and Content-MD5 when the storage checks only
+    that) signed in. A single-PutObject upload has one part, number 1: its URL is a PutObject."""
+    store, bucket, _ = _store(state)
+    upload = await _brokered(session, user, upload_id, active=True)
+    settings = state.settings
+    try:
+        checked = [(part, B.check_part(upload, part, content_md5_required=settings.storage_content_md5))
+                   for part in body.parts]
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    wait = state.sign_limiter.take(user.id, len(body.parts))
+    if wait is not None:
+        raise HTTPException(429, f"too many part URLs signed in the last minute (at most "
+                                 f"{settings.sign_max_per_minute}): try again in {int(wait)} s",
+                            headers={"Retry-After": str(int(wait))})
+    key, store_upload_id, expires = upload.storage_key or upload.key, upload.store_upload_id, settings.sign_expires_s
+
+    from ...checksums import Algorithm
+    from ...storage.port import Checksum
+
+    def sign_all() -> list[dict[str, Any]]:
+        signed = []
+        for part, algorithm in checked:
+            checksum = Checksum(Algorithm(algorithm), part.checksum) if algorithm is not None and part.checksum \
+                else None
+            if store_upload_id:
+                request = store.presign_upload_part(bucket, key, store_upload_id, part.number, checksum=checksum,
+                                                    content_md5=part.content_md5, expires_in=expires)
+            else:
+                request = store.presign_put_object(bucket, key, checksum=checksum, content_md5=part.content_md5,
+                                                   expires_in=expires)
+            signed.append({"number": part.number, "size": part.size, "method": request.method, "url": request.url,
+                           "headers": dict(request.headers)})
+        return signed
+
+    now = utcnow()
+    parts = await _call(sign_all)
+    upload.last_activity_at = now
+    await session.commit()
+    return {"id": upload.id, "expires_in": expires,
+            "expires_at": (now + dt.timedelta(seconds=expires)).isoformat(), "parts": parts}
+
+
+@router.get("/uploads/{upload_id}/parts")
+async def list_parts(upload_id: str, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    """The parts the store holds (ListParts, every page), for a resume."""
+    store, bucket, _ = _store(state)
+    upload = await _brokered(session, user, upload_id, active=False)
+    if not upload.store_upload_id:
+        return {"id": upload.id, "multipart": False, "checksum_algorithm": upload.checksum_algorithm, "parts": []}
+    if upload.status not in svc.ACTIVE:
+        raise HTTPException(409, f"upload {upload_id} is {upload.status.value}: the store keeps no parts of it")
+    algorithm = _algorithm(upload)
+    listing = await _call(store.list_parts, bucket, upload.storage_key or upload.key, upload.store_upload_id,
+                          algorithm=algorithm)
+    if listing is None:
+        raise HTTPException(409, f"the storage no longer has upload {upload_id} (aborted, or cleaned up)")
+    return {"id": upload.id, "multipart": True, "checksum_algorithm": upload.checksum_algorithm, "parts": [
+        {"number": p.number, "size": p.size, "etag": p.etag, "checksum": p.checksum,
+         "last_modified": p.last_modified.isoformat() if p.last_modified else None}
+        for p in sorted(listing.parts.values(), key=lambda p: p.number)]}
+
+
+def _algorithm(upload: Upload) -> Algorithm | None:
+    from ...checksums import Algorithm
+
+    name = upload.checksum_algorithm or "none"
+    return None if name == "none" else Algorithm(name)
+
+
+def _object_checksum(head: dict[str, Any], algorithm: Algorithm | None, parts: int | None) -> str | None:
+    """The object checksum HeadObject reports, when it is one we can compare: a multipart object's composite ends
+    with ``-N`` (moto's lacks it, and is computed otherwise: not comparable); a single object's has no ``-``."""
+    from ...storage.port import CHECKSUM_FIELDS
+
+    field = CHECKSUM_FIELDS.get(algorithm) if algorithm is not None else None
+    value = str(head.get(field) or "") if field else ""
+    if not value or (parts is not None and not value.endswith(f"-{parts}")) or (parts is None and "-" in value):
+        return None
+    return value
+
+
+@router.post("/uploads/{upload_id}/complete")
+async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state: StateDep,
+                   session: SessionDep) -> dict[str, Any]:
+    """Check the parts against the store's ListParts (every part of the plan, its size, ETag and checksum),
+    complete, then HEAD the object: its size, and its checksum when the store gives one; record ``verified``."""
+    from ...checksums import multipart_etag, unb64
+    from ...storage.errors import error_code
+
+    store, bucket, _ = _store(state)
+    upload = await _brokered(session, user, upload_id, active=True)
+    key, algorithm = upload.storage_key or upload.key, _algorithm(upload)
+    expected_checksum: str | None = None
+    md5s = [unb64(p.content_md5) for p in sorted(body.parts, key=lambda p: p.number) if p.content_md5]
+    expected_etag = None
+    if upload.store_upload_id:
+        expected_checksum = await _complete_multipart(store, bucket, key, upload, body, algorithm)
+        if md5s and len(md5s) == upload.parts_total:
+            expected_etag = multipart_etag(md5s)
+    elif body.parts:
+        if len(body.parts) != 1 or body.parts[0].number != 1:
+            raise HTTPException(422, "a single-PutObject upload has one part, number 1")
+        expected_checksum = body.parts[0].checksum
+        expected_etag = md5s[0].hex() if md5s else None
+    try:
+        head = await asyncio.to_thread(store.head_object, bucket, key, checksum_mode=algorithm is not None)
+    except Exception as exc:
+        if error_code(exc) in ("404", "NoSuchKey"):
+            raise HTTPException(409, f"the storage has no object {key}: send the data first") from None
+        raise HTTPException(502, f"the storage refused HeadObject ({error_code(exc)}): try again") from None
+    size = int(head.get("ContentLength", -1))
+    etag = str(head.get("ETag", "")).strip('"')
+    stored_checksum = _object_checksum(head, algorithm, upload.parts_total if upload.store_upload_id else None)
+    if size != upload.total_bytes:
+        await _finish(session, state, upload, S.FAILED, error=f"the stored object is {size} bytes, not "
+                                                              f"{upload.total_bytes}")
+        raise HTTPException(409, f"the stored object is {size} bytes, the upload planned {upload.total_bytes}")
+    if stored_checksum and expected_checksum and stored_checksum != expected_checksum:
+        await _finish(session, state, upload, S.FAILED, error=f"checksum mismatch: stored {stored_checksum}, "
+                                                              f"expected {expected_checksum}")
+        raise HTTPException(409, f"the stored object's {algorithm} is {stored_checksum}, expected "
+                                 f"{expected_checksum}")
+    if stored_checksum and expected_checksum and algorithm is not None:
+        verified = algorithm.value
+    elif expected_etag is not None and etag == expected_etag:
+        verified = "md5"  # the store's ETag is the MD5 (of the part MD5s) of what the client hashed
+    else:
+        verified = "size-only"
+    await _finish(session, state, upload, S.COMPLETED, checksum=stored_checksum or expected_checksum, etag=etag,
+                  verified=verified)
+    return _record(upload, state)
+
+
+async def _complete_multipart(store: Store, bucket: str, key: str, upload: Upload, body: B.CompleteRequest,
+                              algorithm: Algorithm | None) -> str | None:
+    """Check the client's parts against ListParts and complete; the object's expected composite checksum."""
+    from ...checksums import composite_checksum, unb64
+    from ...storage.port import Checksum, CompletedPart
+
+    assert upload.store_upload_id is not None
+    listing = await _call(store.list_parts, bucket, key, upload.store_upload_id, algorithm=algorithm)
+    if listing is None:
+        raise HTTPException(409, f"the storage no longer has upload {upload.id} (aborted, or cleaned up)")
+    given = {p.number: p for p in body.parts}
+    missing = [n for n in range(1, upload.parts_total + 1) if n not in given]
+    if missing or len(given) != upload.parts_total:
+        raise HTTPException(422, f"complete needs all {upload.parts_total} parts; missing "
+                                 f"{', '.join(map(str, missing[:10])) or 'none'}"
+                                 f"{'' if missing else ' (and some are outside the plan)'}")
+    completed: list[CompletedPart] = []
+    digests: list[bytes] = []
+    for number in range(1, upload.parts_total + 1):
+        part, held = given[number], listing.parts.get(number)
+        if held is None:
+            raise HTTPException(409, f"the storage holds no part {number}: send it, then complete")
+        planned = B.part_size_of(upload, number)
+        if held.size != planned:
+            raise HTTPException(409, f"the storage holds part {number} with {held.size} bytes, the plan says "
+                                     f"{planned}: send it again")
+        if part.etag and part.etag.strip('"') != held.etag:
+            raise HTTPException(409, f"part {number}'s ETag is {held.etag} on the storage, not {part.etag}")
+        if part.content_md5 and unb64(part.content_md5).hex() != held.etag:
+            raise HTTPException(409, f"part {number} on the storage is not the body whose MD5 you sent (its ETag is "
+                                     f"{held.etag}): send it again")
+        checksum = part.checksum or held.checksum
+        if algorithm is not None:
+            if held.checksum and part.checksum and held.checksum != part.checksum:
+                raise HTTPException(409, f"part {number}'s {algorithm.value} is {held.checksum} on the storage, "
+                                         f"not {part.checksum}: send it again")
+            if not checksum:
+                raise HTTPException(422, f"part {number} needs its {algorithm.value} checksum")
+            digests.append(unb64(checksum))
+        completed.append(CompletedPart(number, held.etag,
+                                       Checksum(algorithm, checksum) if algorithm and checksum else None))
+    await _call(store.complete_multipart_upload, bucket, key, upload.store_upload_id, completed)
+    return composite_checksum(algorithm, digests) if algorithm is not None else None
+
+
+async def _finish(session: AsyncSession, state: ServerState, upload: Upload, status: UploadStatus, *,
+                  checksum: str | None = None, etag: str | None = None, verified: str | None = None,
+                  error: str | None = None) -> None:
+    now = utcnow()
+    upload.status = status
+    if status is S.COMPLETED:
+        upload.bytes_done, upload.parts_done = upload.total_bytes, upload.parts_total
+        upload.checksum, upload.etag, upload.verified = checksum, etag, verified
+    if error is not None:
+        upload.error = error
+    upload.version += 1
+    upload.updated_at = upload.last_activity_at = now
+    await session.commit()
+    await svc.publish(state.bus, upload, state.settings.live_after_s)
+
+
+@router.post("/uploads/{upload_id}/abort")
+async def abort(upload_id: str, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    """Abort on the store and confirm that nothing is left (repeated while parts still show); record stopped."""
+    store, bucket, _ = _store(state)
+    upload = await _brokered(session, user, upload_id, active=False)
+    if upload.status is S.COMPLETED:
+        raise HTTPException(409, f"upload {upload_id} is completed: there is nothing to abort")
+    outcome = "nothing to abort (a single PutObject)"
+    if upload.store_upload_id:
+        result = await _call(store.abort_and_confirm, bucket, upload.storage_key or upload.key,
+                             upload.store_upload_id)
+        if not result.gone:
+            raise HTTPException(502, f"the storage did not confirm the abort ({result.value}): try again")
+        outcome = result.value
+    if upload.status is not S.STOPPED:
+        await _finish(session, state, upload, S.STOPPED)
+    return {**_record(upload, state), "aborted": True, "outcome": outcome}
+
