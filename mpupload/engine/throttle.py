@@ -85,6 +85,18 @@ class Meter(Protocol):
     def acquire(self, n: int, cancel: CancelFlag | None = None) -> None: ...
 
 
+def _wait_until_free(delay: Callable[[int], float], sleep: Callable[[float], None], n: int,
+                     cancel: CancelFlag | None) -> None:
+    """Ask ``delay(n)`` until it says 0, sleeping in slices of at most :data:`SLICE_S` and checking ``cancel``."""
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("upload cancelled")
+        wait = delay(n)
+        if wait <= 0:
+            return
+        sleep(min(wait, SLICE_S))
+
+
 def check_rate(rate: int) -> int:
     """``rate`` (bytes per second) if a cap can hold it; ``ValueError`` with a message fit for a user."""
     if isinstance(rate, bool) or not isinstance(rate, int):
@@ -150,13 +162,7 @@ class Throttle:
 
     def acquire(self, n: int, cancel: CancelFlag | None = None) -> None:
         """Return once ``n`` bytes may go; :class:`~mpupload.errors.Cancelled` if ``cancel`` is set meanwhile."""
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("upload cancelled")
-            wait = self.delay(n)
-            if wait <= 0:
-                return
-            self._sleep(min(wait, SLICE_S))
+        _wait_until_free(self.delay, self._sleep, n, cancel)
 
 
 class RateBucket:
@@ -208,10 +214,4 @@ class RateBucket:
 
     def acquire(self, n: int, cancel: CancelFlag | None = None) -> None:
         """Return once ``n`` bytes may go; :class:`~mpupload.errors.Cancelled` if ``cancel`` is set meanwhile."""
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("upload cancelled")
-            wait = self.delay(n)
-            if wait <= 0:
-                return
-            self._sleep(min(wait, SLICE_S))
+        _wait_until_free(self.delay, self._sleep, n, cancel)
