@@ -512,7 +512,10 @@ def test_every_worker_gone_mid_run_keeps_the_upload_for_resume(own_cluster: Dask
         progressing(cli, MiB)
         for worker in own_cluster.workers:
             worker.popen.kill()
-        assert cli.wait(30) == 1, cli.stderr
+        # what is asserted is the outcome (a clear error, the upload kept), not its speed: on a loaded machine (CI
+        # under stress-ng beside both halves of the suite) seeing the workers gone and closing the client once took
+        # over 30 s
+        assert cli.wait(90) == 1, cli.stderr
     finally:
         cli.kill_group()
     last = cli.stderr.strip().splitlines()[-1]
