@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import multiprocessing
@@ -211,6 +212,8 @@ def test_journal_round_trips_with_parts(tmp_path: Path) -> None:
     raw = json.loads(j.path.read_bytes())
     assert raw["version"] == J.JOURNAL_VERSION and raw["kind"] == "mpupload-journal"
     assert set(raw["parts"]) == {"1", "3"}
+    # the parts are written field by field: a field added to PartRecord must be written too
+    assert set(raw["parts"]["1"]) == {f.name for f in dataclasses.fields(PartRecord)}
 
 
 def test_journal_round_trips_without_endpoint_or_checksum(tmp_path: Path) -> None:
