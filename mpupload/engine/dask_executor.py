@@ -15,11 +15,14 @@ it: if it passes it takes jobs from then on (and adds its threads to the run's c
 fixed it); if not, the run goes on without it, with a warning.
 
 **Progress** is byte-true across hosts. Each task execution counts its own bytes; every worker process sends the
-absolute counts of its running executions every 0.4 s (:data:`~.dask_worker.REPORT_S`) with
-``Worker.log_event`` on one topic, which this process subscribes to (``Client.subscribe_topic``). Why this
-channel: it rides the worker's existing batched stream to the scheduler and the client's stream from it (ordered
-per worker, no extra connection, nothing stored but a bounded per-topic log), and a report is absolute, so a lost
-or late one is corrected by the next. The coordinator keeps, per task, the last count of its current execution
+absolute counts of its running executions every 0.4 s (:data:`~.dask_worker.REPORT_S`) in UDP datagrams straight
+to this process (:mod:`.dask_direct`: authenticated with the run's key, read by the main thread when it wants the
+total), and through the scheduler (``Worker.log_event`` on one topic, which this process subscribes to with
+``Client.subscribe_topic``) when this process does not listen or has not acked it lately. The relayed channel rides
+the worker's existing batched stream (ordered per worker, no extra connection), but each message costs this
+process's Dask event loop about a quarter of a millisecond, and the reports were almost half of that loop's work
+during a transfer. A report is absolute and numbered per worker process, so a lost one is corrected by the next and
+a late one (of either channel) is dropped. The coordinator keeps, per task, the last count of its current execution
 (a report of an execution that was superseded, or of a task that finished, is ignored) and sums:
 
 * a task's count is replaced by its result's size when the result comes back (the result is the truth);
@@ -61,6 +64,7 @@ import logging
 import os
 import pickle
 import queue
+import select
 import threading
 import time
 import uuid
@@ -68,12 +72,12 @@ import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from typing import Any
 
 from .. import errors as E
 from ..source_check import SourceProbe, TreeListing
 from .counter import CancelFlag
+from .dask_direct import ReportListener, SequenceGate, listen_for
 from .dask_worker import REPORT_TOPIC, Hello, RunSpec, cancel_event_name, check_task, run_packed, share_variable_name
 from .executor import ExecutorEvent, JobDone, WorkerLost
 from .worker import BatchJob, BatchResult, Job, PartJob, PartResult, WorkerConfig
@@ -246,7 +250,6 @@ class DaskExecutor:
         self.config = config
         self.flag = flag if flag is not None else CancelFlag()
         self.run_id = uuid.uuid4().hex[:16]
-        self.run = RunSpec(self.run_id, config, max_bandwidth=max_bandwidth)
         self.max_bandwidth = max_bandwidth
         #: under a cap: the share per task in flight, its sequence number, and the last one the workers were sent
         self._share: tuple[int, float] | None = None
@@ -265,6 +268,15 @@ class DaskExecutor:
                                        "address and that the scheduler is running") from None
         except ValueError as exc:
             raise E.UsageError(f"--cluster {spec.address}: {exc}") from None
+        self.ledger = ByteLedger()
+        #: the workers' reports: straight to this process in datagrams (:mod:`.dask_direct`), or through the
+        #: scheduler; numbered per worker process, so a late one of either channel is dropped
+        self._gate = SequenceGate()
+        self.reports_relayed = 0
+        self._listener: ReportListener | None = listen_for(self.run_id, self._local_host(), self._gate,
+                                                            self._take_counts)
+        self.run = RunSpec(self.run_id, config, max_bandwidth=max_bandwidth,
+                           report_to=self._listener.address if self._listener is not None else None)
         self.workers = 0
         self.hosts = 0
         self.hellos: dict[str, Hello] = {}
@@ -273,7 +285,6 @@ class DaskExecutor:
         self._tasks: dict[str, _Task] = {}
         #: results that came on the report topic (pickled), until their task's future says it finished
         self._results: dict[str, bytes] = {}
-        self.ledger = ByteLedger()
         self._pending: deque[tuple[Job, bool]] = deque()
         self._done: queue.SimpleQueue[tuple[str, Any, BaseException | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -363,6 +374,8 @@ class DaskExecutor:
             self._pending.append((job, False))
 
     def bytes_sent(self) -> int:
+        if self._listener is not None:
+            self._listener.drain()
         return self.ledger.total()
 
     def cancel(self) -> None:
@@ -370,12 +383,15 @@ class DaskExecutor:
         self._sync_flag()
 
     def events(self, timeout: float, wake: Sequence[Any] = ()) -> list[ExecutorEvent]:
+        if self._listener is not None:
+            self._listener.drain()  # the workers' acks keep coming while nothing asks for the total
         self._sync_flag()
         self._check_alive()
         self._dispatch()
         out: list[ExecutorEvent] = []
         if self._done.empty():
-            wait([self._wake_r, *wake], max(0.0, timeout))
+            with contextlib.suppress(InterruptedError):  # select(): a poll object per call cost more
+                select.select([self._wake_r, *wake], [], [], max(0.0, timeout))
         with contextlib.suppress(BlockingIOError, OSError):
             os.read(self._wake_r, 4096)
         while True:
@@ -421,6 +437,10 @@ class DaskExecutor:
             if self._share is not None:  # unlike an event, a variable can go: no task of the run needs it now
                 with contextlib.suppress(Exception):
                     _distributed().Variable(share_variable_name(self.run_id), client=self._client).delete()
+        if self._listener is not None:
+            self._listener.close()
+            log.debug("progress reports from the workers: %d direct, %d through the scheduler (%d datagrams "
+                      "rejected)", self._listener.received, self.reports_relayed, self._listener.rejected)
         with contextlib.suppress(Exception):
             self._client.close(timeout=timeout_s)
         for fd in (self._wake_r, self._wake_w):
@@ -554,14 +574,29 @@ class DaskExecutor:
             raise E.ClusterUnavailable(f"every worker of the Dask cluster at {self.address} that checked the source "
                                        "has left: start workers again")
 
+    @property
+    def reports_direct(self) -> int:
+        return self._listener.received if self._listener is not None else 0
+
+    def _local_host(self) -> str | None:
+        """The address this process reaches the scheduler from: the workers most likely reach it there too."""
+        try:
+            return str(_distributed().comm.get_address_host(self._client.scheduler_comm.comm.local_address))
+        except Exception:  # noqa: BLE001 - an unusual comm: the reports go through the scheduler
+            return None
+
+    def _take_counts(self, worker: str | None, counts: Any) -> None:
+        for key, nonce, count in counts:
+            self.ledger.report(key, nonce, worker, count)
+
     def _on_report(self, event: Any) -> None:
-        """A worker's counts (in the client's event loop: quick, no I/O)."""
+        """A worker's counts or results, relayed by the scheduler (in the client's event loop: quick, no I/O)."""
         _, message = event
         if not isinstance(message, dict) or message.get("run") != self.run_id:
             return
-        worker = message.get("worker")
-        for key, nonce, count in message.get("counts", ()):
-            self.ledger.report(key, nonce, worker, count)
+        if "counts" in message and self._gate.newer(message.get("p"), message.get("s")):
+            self.reports_relayed += 1
+            self._take_counts(message.get("worker"), message["counts"])
         results = message.get("results")
         if results:
             with self._lock:

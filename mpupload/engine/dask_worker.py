@@ -11,10 +11,12 @@ coordinator) and imports ``distributed`` only inside its functions.
   settings, built on first use); the source file is opened per task (a worker outlives runs: a descriptor kept
   open would read a replaced file's old bytes);
 * every task execution counts its bytes in a :class:`TaskCounter` of its own; the process's **reporter** thread
-  sends the absolute count of every running execution every :data:`REPORT_S` seconds with the worker's
-  ``log_event`` on the topic :data:`REPORT_TOPIC` (``{"run", "worker", "counts": [[task key, execution nonce,
-  bytes], ...]}``); the nonce tells apart two executions of the same task (Dask runs a task again when its
-  worker died);
+  sends the absolute count of every running execution every :data:`REPORT_S` seconds, numbered per process: in
+  datagrams to the coordinator's report address (:mod:`.dask_direct`), and with the worker's ``log_event`` on the
+  topic :data:`REPORT_TOPIC` (``{"run", "worker", "counts": [[task key, execution nonce, bytes], ...], "p", "s"}``)
+  while the coordinator has not acked this process's datagrams lately (or gave no address); the nonce tells apart
+  two executions of the same task (Dask runs a task again when its worker died); a task's result goes on that
+  topic too, at its end;
 * the **cancel poller** thread keeps a local bool per (run, generation) (:class:`PolledFlag`) up to date from the
   run's ``distributed.Event`` every :data:`CANCEL_POLL_S` seconds; the body reader checks that bool per chunk, so
   a part in flight stops within a chunk on every host. A generation's event is only ever set, never cleared: the
@@ -42,6 +44,7 @@ from typing import Any
 
 from ..source_check import SourceProbe, TreeListing
 from ..storage.port import Store
+from .dask_direct import ACK_MAGIC, ACK_STALE_S, ReportAddress, report_datagrams, unseal
 from .throttle import RateBucket, chunk_for
 from .worker import Job, JobResult, OpenFiles, WorkerConfig, run_job
 
@@ -80,6 +83,8 @@ class RunSpec:
     config: WorkerConfig
     #: the run's cap in bytes per second (``--max-bandwidth``), split by the coordinator; None: no cap
     max_bandwidth: int | None = None
+    #: where the coordinator listens for reports in datagrams (:mod:`.dask_direct`); None: through the scheduler
+    report_to: ReportAddress | None = None
 
 
 @dataclass(frozen=True)
@@ -178,9 +183,12 @@ class RunShare:
 class _Run:
     """One run as this worker process sees it: its running executions and its cancel flags."""
 
-    def __init__(self, run_id: str, address: str) -> None:
+    def __init__(self, run_id: str, address: str, report_to: ReportAddress | None = None) -> None:
         self.run_id = run_id
         self.address = address
+        #: the coordinator's report address, and when it last acked a datagram of this run (None: never)
+        self.report_to = report_to
+        self.acked_at: float | None = None
         #: task key -> (execution nonce, counter) of the executions running here
         self.running: dict[str, tuple[str, TaskCounter]] = {}
         #: (key, nonce, final count) of executions that ended since the last report
@@ -204,6 +212,11 @@ class _Process:
         self._put_pools: dict[int, ThreadPoolExecutor] = {}
         self._worker: Any = None
         self._threads_started = False
+        #: this process's reports are numbered (datagrams and relayed messages alike): the coordinator drops a late one
+        self.process_id = uuid.uuid4().hex[:12]
+        self.seq = 0
+        #: one UDP socket per address family, made on first use (the acks come back to it)
+        self._socks: dict[int, socket.socket] = {}
 
     # -- resources -------------------------------------------------------------------------------------------------
     def store(self, config: WorkerConfig) -> Store:
@@ -230,7 +243,8 @@ class _Process:
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def begin(self, worker: Any, run_id: str, generation: int, key: str,
-              share: tuple[int, float] | None = None) -> tuple[_Run, PolledFlag, str, TaskCounter]:
+              share: tuple[int, float] | None = None,
+              report_to: ReportAddress | None = None) -> tuple[_Run, PolledFlag, str, TaskCounter]:
         import distributed
 
         dd: Any = distributed
@@ -238,7 +252,7 @@ class _Process:
             self._worker = worker
             run = self.runs.get(run_id)
             if run is None:
-                run = self.runs[run_id] = _Run(run_id, worker.address)
+                run = self.runs[run_id] = _Run(run_id, worker.address, report_to)
             flag = run.flags.get(generation)
             need_variable = share is not None and run.share_variable is None
         if need_variable:
@@ -295,26 +309,74 @@ class _Process:
             run.last_active = time.monotonic()
 
     def report(self) -> None:
-        """Send the counts of every running execution (and the last count of those that ended) of every run."""
+        """Send the counts of every running execution (and the last count of those that ended) of every run: in
+        datagrams straight to the coordinator where it listens, and through the scheduler where it does not, or has
+        not acked this process's datagrams for :data:`~.dask_direct.ACK_STALE_S`."""
+        self._read_acks()
         with self.lock:
             worker = self._worker
-            messages = []
+            direct: list[tuple[ReportAddress, list[bytes]]] = []
+            relayed = []
             now = time.monotonic()
             for run_id, run in list(self.runs.items()):
                 counts = [[key, nonce, counter.value] for key, (nonce, counter) in run.running.items()]
                 counts += [[key, nonce, final] for key, nonce, final in run.ended]
                 run.ended = []
-                if counts:
-                    messages.append({"run": run_id, "worker": run.address, "counts": counts})
-                elif now - run.last_active > RUN_IDLE_S:
-                    del self.runs[run_id]
+                if not counts:
+                    if now - run.last_active > RUN_IDLE_S:
+                        del self.runs[run_id]
+                    continue
+                if run.report_to is not None:
+                    datagrams = report_datagrams(run.report_to.key, run_id, run.address, self.process_id, self.seq,
+                                                 counts)
+                    self.seq += len(datagrams)
+                    direct.append((run.report_to, datagrams))
+                if run.report_to is None or run.acked_at is None or now - run.acked_at > ACK_STALE_S:
+                    relayed.append({"run": run_id, "worker": run.address, "counts": counts, "p": self.process_id,
+                                    "s": self.seq})
+                    self.seq += 1
+        for address, datagrams in direct:
+            self._send(address, datagrams)
         if worker is None:
             return
-        for message in messages:
+        for message in relayed:
             try:
                 worker.log_event(REPORT_TOPIC, message)
             except Exception:  # noqa: BLE001 - the worker is closing
                 log.debug("could not report progress", exc_info=True)
+
+    def _send(self, address: ReportAddress, datagrams: list[bytes]) -> None:
+        try:
+            family, _, _, _, target = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_DGRAM)[0]
+            sock = self._socks.get(family)
+            if sock is None:
+                sock = self._socks[family] = socket.socket(family, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+            for datagram in datagrams:
+                sock.sendto(datagram, target)
+        except OSError:  # unreachable, a full buffer: the reports go through the scheduler until acks come back
+            log.debug("could not send a progress datagram", exc_info=True)
+
+    def _read_acks(self) -> None:
+        """Take the coordinators' acks waiting on the sockets (it never blocks)."""
+        for sock in list(self._socks.values()):
+            while True:
+                try:
+                    datagram = sock.recv(65535)
+                except OSError:  # nothing waiting (BlockingIOError), or an error queued on the socket
+                    break
+                self._take_ack(datagram)
+
+    def _take_ack(self, datagram: bytes) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for run in self.runs.values():
+                if run.report_to is None:
+                    continue
+                body = unseal(ACK_MAGIC, run.report_to.key, datagram)
+                if body is not None and body.get("r") == run.run_id and body.get("p") == self.process_id:
+                    run.acked_at = now
+                    return
 
     def _report_loop(self) -> None:
         while True:
@@ -369,7 +431,8 @@ def run_task(spec: RunSpec, job: Job, key: str, generation: int, share: tuple[in
 
     state = _process()
     run, flag, nonce, counter = state.begin(get_worker(), spec.run_id, generation, key,
-                                            share if spec.max_bandwidth is not None else None)
+                                            share if spec.max_bandwidth is not None else None,
+                                            spec.report_to)
     config = spec.config
     if run.share is not None:
         config = dataclasses.replace(config, throttle=run.share.bucket)

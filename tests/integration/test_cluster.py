@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -193,6 +194,42 @@ def test_a_capped_directory_on_the_cluster_holds_the_cap(cluster: DaskCluster, s
     client = s3.client()
     for name in ("large.bin", "small-000.bin", "small-159.bin"):
         assert sha256_object(client, bucket, f"capped/{name}") == sha256_file(tree / name), name
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+@pytest.mark.parametrize("channel", ["direct", "scheduler"])
+def test_progress_comes_from_every_worker_straight_or_through_the_scheduler(
+        cluster: DaskCluster, s3: S3Server, bucket: str, tmp_path: Path, channel: str) -> None:
+    """The workers' counts reach the coordinator in datagrams (the default), or through the scheduler when the
+    channel is off (``MPUPLOAD_CLUSTER_REPORT_ADDRESS=off``; also what a worker does while the coordinator does not
+    ack): either way the total moves while parts are in flight, at least every second, and never goes back."""
+    cap = 4 * MiB
+    size = 6 * cap
+    src = make_file(tmp_path / "steady.bin", size, seed=43)
+    extra = {"MPUPLOAD_CLUSTER_REPORT_ADDRESS": "off"} if channel == "scheduler" else {}
+    done = run_cli("upload", str(src), f"s3://{bucket}/steady.bin", "--cluster", cluster.address, "--part-size",
+                   "5MiB", "--max-bandwidth", "4MiB/s", "--progress", "json", "--debug",
+                   env=cli_env(s3, **extra), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:] + cluster.logs()
+    evs = check_events(done.stdout)
+    pts = [(float(e["elapsed_seconds"]), int(e["bytes_done"])) for e in evs if e["event"] == "progress"]
+    assert all(b1 >= b0 for (_, b0), (_, b1) in zip(pts, pts[1:])), pts
+    # five 5 MiB parts in flight at once, each at a fifth of 4 MiB/s: they all end after about 6 s, so without the
+    # workers' reports the total would stand at 0 until then. With them it moves at every progress event (one a
+    # second)
+    middle = [b for _, b in pts if 0 < b < size]
+    assert len(middle) >= 4, pts
+    assert all(b1 > b0 for b0, b1 in zip(middle, middle[1:])), pts
+    line = next(x for x in done.stderr.splitlines() if "progress reports from the workers" in x) \
+        if channel == "direct" else None
+    if channel == "direct":
+        assert line is not None
+        direct, relayed = (int(n) for n in re.findall(r"(\d+) direct, (\d+) through", line)[0])
+        # each worker process relays its first report or two (before the first ack), then sends datagrams only
+        assert direct >= 10 and relayed <= 3 * len(cluster.workers), line
+    else:
+        assert not any("progress reports from the workers" in x for x in done.stderr.splitlines())
+    assert sha256_object(s3.client(), bucket, "steady.bin") == sha256_file(src)
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
