@@ -53,9 +53,9 @@ MAC_BYTES = 16
 #: the most body bytes in one datagram: with its header and UDP/IP's, under the 1280-byte IPv6 minimum MTU
 MAX_BODY = 1150
 #: a worker process with no ack for a run in this long also sends that run's reports through the scheduler
-ACK_STALE_S = 1.5
+ACK_STALE_S = 3.0
 #: the coordinator acks a worker process's datagrams at most this often
-ACK_EVERY_S = 0.5
+ACK_EVERY_S = 1.0
 #: where the coordinator listens (``HOST`` or ``HOST:PORT``), or ``off``
 ADDRESS_ENV = "MPUPLOAD_CLUSTER_REPORT_ADDRESS"
 

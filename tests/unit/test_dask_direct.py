@@ -119,7 +119,7 @@ def test_the_listener_takes_authentic_reports_in_order_and_acks_the_sender(liste
         sender.close()
 
 
-def test_the_listener_acks_a_process_at_most_every_half_second(listener: D.ReportListener) -> None:
+def test_the_listener_acks_a_process_at_most_once_a_second(listener: D.ReportListener) -> None:
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.setblocking(False)
     target = ("127.0.0.1", listener.address.port)
