@@ -10,9 +10,9 @@ digest of the source (:mod:`mpupload.source_check`: size and sampled hashes of a
 says its mpupload version and whether it finds credentials. A different digest is
 :class:`~mpupload.errors.SourceMismatch` (exit 2) naming the worker; so is a source the worker cannot read. Jobs
 then go only to the workers that passed (``workers=`` restrictions). A worker that joins the cluster during the
-run (a job queue starts them as it can) is checked the same way by the watch thread when its membership poll sees
-it: if it passes it takes jobs from then on (and adds its threads to the run's concurrency, unless ``--workers``
-fixed it); if not, the run goes on without it, with a warning.
+run (a job queue starts them as it can) is checked the same way by the watch thread as soon as the scheduler says
+it joined: if it passes it takes jobs from then on (and adds its threads to the run's concurrency, unless
+``--workers`` fixed it); if not, the run goes on without it, with a warning.
 
 **Progress** is byte-true across hosts. Each task execution counts its own bytes; every worker process sends the
 absolute counts of its running executions every 0.4 s (:data:`~.dask_worker.REPORT_S`) in UDP datagrams straight
@@ -27,7 +27,7 @@ a late one (of either channel) is dropped. The coordinator keeps, per task, the 
 
 * a task's count is replaced by its result's size when the result comes back (the result is the truth);
 * a retry inside the worker rewinds the body reader, so the reported count falls;
-* a worker that leaves the cluster (killed, host gone: seen by a membership poll every second) has its
+* a worker that leaves the cluster (killed, host gone: the scheduler's ``remove-worker`` event) has its
   executions' counts dropped at once; Dask runs those tasks again elsewhere (bounded by the scheduler's
   ``allowed-failures``), and when it gives up (``KilledWorker``) the job comes back as
   :class:`~.executor.WorkerLost`, which the engine submits again (bounded by its own count of deaths);
@@ -90,8 +90,12 @@ log = logging.getLogger("mpupload")
 CONNECT_TIMEOUT_S = 10.0
 #: how long the workers may take to check the source (a large tree is walked on every worker)
 CHECK_TIMEOUT_S = 600.0
-#: how often the set of workers is asked for (a worker that left has its bytes in flight taken back)
-MEMBERSHIP_S = 1.0
+#: how often the set of workers is asked for when the scheduler says nothing: it says at once when a worker joins or
+#: leaves (its ``add-worker``/``remove-worker`` events, which this process subscribes to); asking every second
+#: instead cost the coordinator about 2 ms of CPU per second
+MEMBERSHIP_S = 10.0
+#: the scheduler's topic for cluster events
+CLUSTER_TOPIC = "all"
 #: how long a finished task's result may take to come back from its worker
 RESULT_TIMEOUT_S = 60.0
 
@@ -225,6 +229,13 @@ def _refusal(hello: Hello, probe: SourceProbe | None, expected: str | None, *,
 
 def _distributed() -> Any:
     try:
+        import dask
+
+        if dask.config.get("distributed.comm.offload", None) is None:
+            # this process sends small messages only (task descriptors, a few KiB): Dask's check of each message's
+            # size, to hand big ones to a thread, walked every message and was an eighth of the coordinator's event
+            # loop. Read when distributed is first imported; a setting of the user's is kept
+            dask.config.set({"distributed.comm.offload": False})
         import distributed
     except ImportError:
         raise E.UsageError("--cluster needs Dask distributed: pip install 'mpupload[cluster]'") from None
@@ -308,7 +319,9 @@ class DaskExecutor:
         self._closed = False
         self._stop = threading.Event()
         self._push_wanted = threading.Event()
+        self._membership_changed = threading.Event()
         self._client.subscribe_topic(REPORT_TOPIC, self._on_report)
+        self._client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
         self._watch = threading.Thread(target=self._watch_loop, name="mpupload-cluster-watch", daemon=True)
         self._watch.start()
 
@@ -430,6 +443,8 @@ class DaskExecutor:
         if not self._lost:
             with contextlib.suppress(Exception):
                 self._client.unsubscribe_topic(REPORT_TOPIC)
+            with contextlib.suppress(Exception):
+                self._client.unsubscribe_topic(CLUSTER_TOPIC)
             # a cancel not yet sent is sent now. The events stay set: Dask cannot tell when the tasks that must see
             # them have stopped (cancelling a future does not stop its task), so a cancelled run leaves its event
             # (a few hundred bytes) on the scheduler
@@ -604,6 +619,13 @@ class DaskExecutor:
                     if key in self._tasks:  # any execution's result is the job's: it ran to its end
                         self._results[key] = blob
 
+    def _on_cluster_event(self, event: Any) -> None:
+        """A worker joined or left (in the client's event loop): the watch thread asks for the workers now."""
+        _, message = event
+        if isinstance(message, dict) and message.get("action") in ("add-worker", "remove-worker"):
+            self._membership_changed.set()
+            self._push_wanted.set()
+
     def _worker_left(self, address: str) -> None:
         """Its executions' bytes are taken back now; Dask runs its tasks again on the other workers (a task whose
         workers keep dying comes back as KilledWorker: :class:`WorkerLost`, which the engine counts and bounds)."""
@@ -634,16 +656,18 @@ class DaskExecutor:
                     log.debug("could not set the cluster's cancel event", exc_info=True)
 
     def _watch_loop(self) -> None:
-        """Sets the run's cancel events, and polls the scheduler's workers (a worker that left)."""
+        """Sets the run's cancel events, and asks for the scheduler's workers when one joined or left (and every
+        :data:`MEMBERSHIP_S`, or every second while a joining worker's check runs)."""
         next_poll = time.monotonic() + MEMBERSHIP_S
         while not self._stop.is_set():
             self._push_wanted.wait(max(0.0, next_poll - time.monotonic()))
             self._push_wanted.clear()
             self._send_cancels()
             self._send_share()
-            if self._stop.is_set() or time.monotonic() < next_poll:
+            if self._stop.is_set() or (time.monotonic() < next_poll and not self._membership_changed.is_set()):
                 continue
-            next_poll = time.monotonic() + MEMBERSHIP_S
+            self._membership_changed.clear()
+            next_poll = time.monotonic() + (1.0 if self._joining else MEMBERSHIP_S)
             members = self._members
             if members is None or self._client.status != "running":
                 continue
