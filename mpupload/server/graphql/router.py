@@ -16,6 +16,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from starlette.websockets import WebSocketState
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http.typevars import RootValue
@@ -47,7 +48,26 @@ class _TooManySockets(Exception):
 _TOO_MANY_REASON = "too many open connections for this user: close another dashboard or CLI watch"
 
 
+def _closed_by_server(websocket: Any) -> bool:
+    """Whether this process already sent the socket's close (``websocket``: strawberry's adapter of it)."""
+    return getattr(getattr(websocket, "ws", None), "application_state", None) == WebSocketState.DISCONNECTED
+
+
+async def _send_unless_closed(send: Any, websocket: Any, message: Any) -> None:
+    """``send(message)``, dropped when this process has closed the socket meanwhile: the server closes a socket (a
+    revocation, too many sockets) while an operation may still have a message on its way, and Starlette then raises
+    a RuntimeError that the base handler logs as a traceback. Nobody could read that message."""
+    try:
+        await send(message)
+    except RuntimeError:
+        if not _closed_by_server(websocket):
+            raise
+
+
 class _TransportWS(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
+    async def send_message(self, message: Any) -> None:
+        await _send_unless_closed(super().send_message, self.websocket, message)
+
     def forget_id(self, id: str) -> None:  # noqa: A002 - the base class's name
         # An operation can end (its stream finishes and it sends "complete") after the socket's clean-up has
         # already dropped it, when the server closes a socket (a revocation) while events flow; the base class
@@ -62,6 +82,9 @@ class _TransportWS(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
 
 
 class _LegacyWS(BaseGraphQLWSHandler[GraphQLContext, None]):
+    async def send_message(self, message: Any) -> None:
+        await _send_unless_closed(super().send_message, self.websocket, message)
+
     async def handle_connection_init(self, message: LegacyInitMessage) -> None:
         try:
             await super().handle_connection_init(message)
