@@ -100,6 +100,10 @@ CLUSTER_TOPIC = "all"
 RESULT_TIMEOUT_S = 60.0
 
 
+class FutureCancelled(Exception):
+    """A task Dask cancelled (the run's end, a cancel, every worker gone): no result to fetch."""
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """Where and how a run uses a cluster."""
@@ -525,7 +529,11 @@ class DaskExecutor:
                 result = pickle.loads(sent)
             except Exception:  # noqa: BLE001 - fetch it instead
                 sent = None
-        if sent is None or future.status != "finished":
+        if future.status == "cancelled" or (sent is None and (self._closed or self._lost)):
+            # nothing to fetch: asking Dask would start a wait on its event loop that, with the client closing,
+            # ends as "Task exception was never retrieved" on stderr after the run's last line
+            error = FutureCancelled(f"{key} was cancelled")
+        elif sent is None or future.status != "finished":
             try:
                 result = future.result(timeout=RESULT_TIMEOUT_S)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -556,7 +564,7 @@ class DaskExecutor:
         if self._lost or self._client.status != "running":
             self._lost = True
             return None
-        if type(error).__name__ in ("CancelledError", "FutureCancelledError"):
+        if isinstance(error, FutureCancelled) or type(error).__name__ in ("CancelledError", "FutureCancelledError"):
             if self.flag.is_set() or self._closed:
                 return self._cancelled(task.job)
             return WorkerLost(task.job, -1, None, None, reason="the cluster cancelled a task")  # run it again
