@@ -1,8 +1,11 @@
 """The aggregator: turns the shared byte counter into snapshots and fans them out to sinks.
 
-It runs in the coordinator's main thread, on a fixed tick. It owns the clock-dependent numbers: current
-speed (:class:`~mpupload.stats.SpeedMeter`), average speed, ETA, elapsed time. Bytes counted by this
-run (``sent``) drive speed and ETA; ``bytes_done`` adds what a resumed upload already had.
+It runs in the coordinator's main thread, on a fixed tick: as often as the most demanding sink wants a snapshot
+(its ``refresh_s``), between :data:`TICK_S` (the terminal bar) and :data:`MAX_TICK_S` (JSON lines, plain
+lines, the API push: a snapshot a second is more than they write). A tick costs the coordinator CPU (sampling the
+workers' counters, a snapshot, the sinks), so it is not paid for a redraw that nobody sees. It owns the
+clock-dependent numbers: current speed (:class:`~mpupload.stats.SpeedMeter`), average speed, ETA, elapsed time.
+Bytes counted by this run (``sent``) drive speed and ETA; ``bytes_done`` adds what a resumed upload already had.
 
 :class:`Sink` is the port the aggregator feeds, defined here because the engine owns it: the engine never
 imports an implementation (:mod:`mpupload.sinks` holds the terminal bar, plain lines, JSON lines and the API
@@ -19,10 +22,15 @@ from typing import Any, Protocol
 from ..stats import SpeedMeter, average_speed, eta_seconds
 from ..wire import Event, FileCounts, Snapshot, Status
 
-__all__ = ["Aggregator", "Sink", "TICK_S"]
+__all__ = ["MAX_TICK_S", "TICK_S", "Aggregator", "Sink", "tick_for"]
 
-#: how often the counter is sampled and sinks are fed
+#: the shortest tick: the terminal bar's refresh
 TICK_S = 0.25
+#: the longest tick: what the sinks that write less often (JSON lines, plain lines, the API push) get, and what a
+#: run with no sink gets; a directory run's per-file lines and its journal sync ride on it too
+MAX_TICK_S = 1.0
+#: what the speed shown averages over (the moving average's span), whatever the tick
+SPEED_SPAN_S = 5.0
 log = logging.getLogger("mpupload")
 
 
@@ -31,11 +39,21 @@ class Sink(Protocol):
     number of ``progress`` snapshots, one final snapshot, then :meth:`close`. A sink that raises is logged
     and dropped; it never breaks the upload."""
 
+    #: how often this sink wants a snapshot, in seconds (optional: a sink without it gets :data:`TICK_S`)
+    refresh_s: float
+
     def emit(self, snapshot: Snapshot) -> None:
         """Take one snapshot. Called from the parent's main thread; must return quickly."""
 
     def close(self) -> None:
         """Flush and release the output (after the final snapshot)."""
+
+
+def tick_for(sinks: list[Sink]) -> float:
+    """The tick that serves every sink: the shortest ``refresh_s`` among them, kept within
+    [:data:`TICK_S`, :data:`MAX_TICK_S`]."""
+    wanted = [float(getattr(sink, "refresh_s", TICK_S)) for sink in sinks]
+    return min(MAX_TICK_S, max(TICK_S, min(wanted, default=MAX_TICK_S)))
 
 
 class Aggregator:
@@ -49,7 +67,7 @@ class Aggregator:
         sinks: list[Sink],
         resumed_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
-        speed_window: int = 20,
+        speed_window: int | None = None,
     ) -> None:
         self.bucket = bucket
         self.key = key
@@ -60,6 +78,10 @@ class Aggregator:
         self.clock = clock
         self.upload_id: str | None = None
         self.status = Status.PENDING
+        #: how often the engine calls :meth:`tick` (see the module docstring)
+        self.tick_s = tick_for(self.sinks)
+        if speed_window is None:
+            speed_window = max(2, round(SPEED_SPAN_S / self.tick_s))
         self._meter = SpeedMeter(window=speed_window)
         self._start = clock()
         self._sent = 0
@@ -104,6 +126,11 @@ class Aggregator:
         self._parts_done = parts_done
         self._meter.sample(self.clock(), sent_bytes)
         self._emit(self.snapshot(Event.PROGRESS, extra))
+
+    def count(self, sent_bytes: int) -> None:
+        """Take the bytes sent by this run now, between ticks, for the snapshots that follow (a file event carries
+        the bytes sent when it happens, not at the last tick, up to a second before)."""
+        self._sent = sent_bytes
 
     def file_event(self, event: Event, key: str, extra: dict[str, Any]) -> None:
         """A directory run's per-file event (``file_completed``, ``file_failed``): the file's key, the run's

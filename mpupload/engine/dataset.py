@@ -53,7 +53,7 @@ from ..storage.errors import error_code
 from ..storage.port import Store
 from ..tree import Filters, TreeFile, TreeProblem, walk
 from ..wire import Event, FileCounts, Snapshot, Status
-from .aggregator import TICK_S, Aggregator
+from .aggregator import Aggregator
 from .cancel import CancelToken
 from .executor import JobDone, WorkerBroken, WorkerLost
 from .executors import Executors
@@ -154,6 +154,8 @@ class _Bridge:
         self.index = index
         self.bytes_done = 0
         self.completed: Snapshot | None = None
+        #: the file's snapshots drive the run's ticks: as often as the run's sinks want them
+        self.refresh_s = run.agg.tick_s
 
     def emit(self, snapshot: Snapshot) -> None:
         if snapshot.event is Event.STARTED:
@@ -469,7 +471,7 @@ class DatasetUpload:
         now = time.monotonic()
         if not force and now < self._next_tick:
             return
-        self._next_tick = now + TICK_S
+        self._next_tick = now + self.agg.tick_s
         self.agg.files = self._counts()
         in_flight = [{"path": rel, "key": key, "size": size, "bytes_done": min(size, done())}
                      for rel, key, size, done in self._in_flight[:IN_FLIGHT_SHOWN]]
@@ -584,6 +586,7 @@ class DatasetUpload:
             self.warnings.append(f"{p.rels[i]}: {note}")
         self._done += 1
         self._record([FinishedFile(p.rels[i], key, size, p.mtime[i], p.inode[i], result.etag, result.checksum)])
+        self.agg.count(self._sent())
         self._file_completed(i, verified=result.verified, etag=result.etag, checksum=result.checksum)
         self._tick(force=True)
 
@@ -658,6 +661,7 @@ class DatasetUpload:
         self._in_flight = []
 
     def _batch_done(self, batch: BatchJob, result: BatchResult) -> None:
+        self.agg.count(self._sent())  # its file events say what is sent now
         finished: list[FinishedFile] = []
         completed: list[tuple[int, str, str | None, str | None]] = []
         p = self.plan

@@ -49,7 +49,7 @@ from ..storage.config import effective_endpoint
 from ..storage.errors import classify, error_code, gone_error, http_status, is_gone
 from ..storage.port import Checksum, CompletedPart, Store
 from ..wire import Event, Status
-from .aggregator import TICK_S, Aggregator
+from .aggregator import Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag
 from .executor import Executor, JobDone, WorkerBroken, WorkerLost
@@ -519,7 +519,7 @@ class ObjectUpload:
         deaths = 0
         max_deaths = max(3, 2 * plan.workers)
         try:
-            next_tick = time.monotonic() + TICK_S
+            next_tick = time.monotonic() + self.agg.tick_s
             while len(done) < plan.parts_total:
                 events = executor.events(max(0.0, next_tick - time.monotonic()), wake=[self.cancel.fileno()])
                 if self.cancel.cancelled:
@@ -542,7 +542,7 @@ class ObjectUpload:
                 now = time.monotonic()
                 if now >= next_tick:
                     self.agg.tick(self._sent(), len(done))
-                    next_tick = now + TICK_S
+                    next_tick = now + self.agg.tick_s
         finally:
             if len(done) < plan.parts_total:
                 executor.cancel()
@@ -686,7 +686,7 @@ class ObjectUpload:
         self._sent_base = executor.bytes_sent()  # a PUT sent again counts from zero again
         executor.submit(PartJob(target, Part(1, 0, self.source.size)))
         result: PartResult | None = None
-        next_tick = time.monotonic() + TICK_S
+        next_tick = time.monotonic() + self.agg.tick_s
         while result is None:
             for event in executor.events(max(0.0, next_tick - time.monotonic()), wake=[self.cancel.fileno()]):
                 if isinstance(event, WorkerBroken):
@@ -709,7 +709,7 @@ class ObjectUpload:
                 started = True
             if started and time.monotonic() >= next_tick:
                 self.agg.tick(self._sent(), 0)
-                next_tick = time.monotonic() + TICK_S
+                next_tick = time.monotonic() + self.agg.tick_s
         if not result.ok:
             if result.cancelled:
                 raise E.Cancelled(self.cancel.reason or "interrupted")

@@ -7,8 +7,8 @@ text about three times faster: a directory run writes a line per file, 100,000 o
 ``started`` and the final ``completed``/``stopped``/``failed`` line are always written at once; ``progress``
 lines at most once per ``min_interval_s`` seconds since the previous line; every ``file_completed`` and
 ``file_failed`` line. Every line but a file event's is flushed as it is written; file events are flushed with
-the next snapshot (the aggregator's tick, every 0.25 s, even a ``progress`` one that is not written), so a
-reader sees each of them within a tick without a system call per file.
+the next snapshot (the aggregator's tick, at most a second away, even a ``progress`` one that is not written),
+so a reader sees each of them within a tick without a system call per file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from .base import Sink
 __all__ = ["JsonLinesSink", "encode_snapshot"]
 
 JSONL_MIN_INTERVAL_S = 1.0
+#: a tick may come this much early against the sink's clock (each reads its own): a line is not skipped for it
+TICK_JITTER_S = 0.05
 
 _FILE_EVENTS = frozenset({Event.FILE_COMPLETED, Event.FILE_FAILED})
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
@@ -100,6 +102,8 @@ class JsonLinesSink(Sink):
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._min_interval_s = min_interval_s
+        #: a snapshot per line it may write (the aggregator keeps its tick within 0.25-1 s)
+        self.refresh_s = min_interval_s
         self._clock = clock
         self._last_line_at: float | None = None
         self._last_status: Status | None = None
@@ -113,7 +117,7 @@ class JsonLinesSink(Sink):
             return
         now = self._clock()
         if (snapshot.event is Event.PROGRESS and self._last_line_at is not None
-                and now - self._last_line_at < self._min_interval_s
+                and now - self._last_line_at < self._min_interval_s - TICK_JITTER_S
                 and snapshot.status is self._last_status):  # a status change (finalizing) always goes out
             if self._unflushed:
                 self._unflushed = False

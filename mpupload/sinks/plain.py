@@ -287,6 +287,8 @@ class PlainSink(Sink):
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._interval_s = interval_s
+        #: a snapshot per line it may write (the aggregator keeps its tick within 0.25-1 s)
+        self.refresh_s = interval_s
         self._clock = clock
         self._last_line_at: float | None = None
         self._tally = DatasetTally()

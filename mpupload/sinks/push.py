@@ -208,6 +208,9 @@ class PushSink(Sink):
         self.record_id = record_id
         self._registration = dict(registration)
         self._interval_s = interval_s
+        #: snapshots four times per report, so the report sent is never more than a quarter interval old (the
+        #: aggregator keeps its tick within 0.25-1 s)
+        self.refresh_s = interval_s / 4
         self._final_wait_s = final_wait_s
         self._on_stop = on_stop
         self._say = say

@@ -211,6 +211,8 @@ class TerminalSink(Sink):
     """
 
     render_fields = staticmethod(render_fields)
+    #: the bar redraws on every snapshot: four a second
+    refresh_s = 0.25
 
     def __init__(self, stream: TextIO, manager_factory: ManagerFactory | None = None) -> None:
         self._stream = stream

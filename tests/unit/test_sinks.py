@@ -85,6 +85,18 @@ def completed() -> Snapshot:
 
 # --- JSON lines -------------------------------------------------------------------------------------------
 
+def test_jsonl_does_not_skip_a_second_for_a_tick_that_comes_a_little_early() -> None:
+    """The aggregator ticks once a second for JSON lines; its clock and the sink's are read apart, so a tick may
+    look a few milliseconds early: that line is written (skipping it left two seconds without a line)."""
+    stream, clock = FlushRecorder(), FakeClock()
+    sink = JsonLinesSink(stream, min_interval_s=1.0, clock=clock)
+    for now, snapshot in [(0.0, started()), (0.98, snap(Event.PROGRESS, 10 * MiB)),
+                          (1.5, snap(Event.PROGRESS, 20 * MiB)), (1.97, snap(Event.PROGRESS, 30 * MiB))]:
+        clock.now = now
+        sink.emit(snapshot)
+    assert [json.loads(line)["bytes_done"] for line in stream.getvalue().splitlines()] == [0, 10 * MiB, 30 * MiB]
+
+
 def test_jsonl_writes_contract_lines_and_throttles_progress() -> None:
     stream, clock = FlushRecorder(), FakeClock()
     sink = JsonLinesSink(stream, min_interval_s=1.0, clock=clock)
