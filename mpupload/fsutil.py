@@ -10,10 +10,13 @@ from pathlib import Path
 __all__ = ["write_atomic"]
 
 
-def write_atomic(path: Path, payload: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, payload: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace ``path`` with ``payload``: readers see the old file or the new one, never a half-written one.
 
-    The temporary file is created with ``mode`` (0600 by default) before a byte is written.
+    The temporary file is created with ``mode`` (0600 by default) before a byte is written. ``durable`` fsyncs
+    the file before the rename and the directory after it, so the new file survives a power cut too; without
+    it the replacement is still atomic for every reader and survives the process being killed (the kernel has
+    the bytes), which is all a file rewritten every second needs between its durable writes.
     """
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)  # created 0600
@@ -23,12 +26,15 @@ def write_atomic(path: Path, payload: bytes, mode: int = 0o600) -> None:
                 os.fchmod(fh.fileno(), mode)
             fh.write(payload)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

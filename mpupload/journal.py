@@ -202,11 +202,12 @@ class Journal:
     def record(self, number: int, part: PartRecord) -> None:
         self.parts[number] = part
 
-    def save(self) -> None:
-        """Write atomically: temporary file, fsync, rename over the journal, fsync the directory."""
+    def save(self, *, durable: bool = True) -> None:
+        """Write atomically: temporary file, rename over the journal; ``durable`` fsyncs the file before the
+        rename and the directory after it (:func:`~mpupload.fsutil.write_atomic`)."""
         self.updated_at = _now()
         payload = json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
-        write_atomic(self.path, payload)
+        write_atomic(self.path, payload, durable=durable)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
