@@ -86,6 +86,9 @@ ExecutorEvent = JobDone | WorkerLost | WorkerBroken
 class Executor(Protocol):
     #: how many jobs can run at once
     workers: int
+    #: a job costs this executor enough that one object's parts go to it several to a job (a
+    #: :class:`~.worker.BatchJob` of parts: optional, false when absent)
+    batches_parts: bool
 
     def submit(self, job: Job, *, first: bool = False) -> None: ...
 
@@ -101,6 +104,9 @@ class Executor(Protocol):
 class QueueingExecutor:
     """What both local executors share: the queue of jobs not yet handed to a worker, the byte counter (one slot
     per worker) and the shared cancel flag."""
+
+    #: a job is a message on a pipe or a queue: parts go one to a job
+    batches_parts = False
 
     counter: ByteCounter
     flag: CancelFlag

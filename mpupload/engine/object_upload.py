@@ -32,6 +32,7 @@ continues it (a structured field of the event and of the error, never text edite
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import logging
@@ -59,7 +60,7 @@ from .leftovers import Leftovers
 from .probe import IntegrityPlan, StoreTraits, etag_is_md5_answer, integrity_plan, probe_store
 from .resume import AlreadyComplete, ResumeState, find_resume, verify_parts
 from .verify import Expected, ObjectAccess, Verdict, verify_object
-from .worker import PartJob, PartResult, PartTarget
+from .worker import BatchJob, BatchResult, PartJob, PartResult, PartTarget
 
 __all__ = ["ObjectUpload", "Phase", "COMPLETING", "object_args", "checksum_algorithm", "check_bucket"]
 
@@ -69,6 +70,18 @@ COMPLETING = ("the store is assembling the object (CompleteMultipartUpload), whi
               "first, then the object is verified")
 #: how long a cancelled PutObject is waited for (it may have gone through: then the object is verified)
 PUT_CANCEL_WAIT_S = 5.0
+#: the most parts one job carries on an executor that batches them (:func:`part_batches`)
+MAX_PARTS_PER_JOB = 8
+
+
+def batch_size(left: int, slots: int) -> int:
+    """How many of the ``left`` parts the next job takes on an executor whose jobs cost (a cluster's tasks), when
+    ``slots`` jobs run at once: guided self-scheduling. What is left divided by the slots, at least one part, at
+    most :data:`MAX_PARTS_PER_JOB`. Asked each time a slot is free, with the slots there are then (workers join
+    and leave), so the first jobs are large and the last ones single parts: fewer jobs, and a slot that ends early
+    still finds small jobs to take, so the tail is no longer than with one part per job. Fewer parts than twice
+    the slots go one to a job."""
+    return max(1, min(MAX_PARTS_PER_JOB, left // max(1, slots)))
 
 
 class Phase(enum.Enum):
@@ -514,8 +527,22 @@ class ObjectUpload:
         self.phase = Phase.SENDING
         executor = self._executor = self.executors.for_parts()
         self._sent_base = executor.bytes_sent()
-        for part in pending:
-            executor.submit(PartJob(target, part))
+        # an executor whose jobs cost gets the parts a job per free slot, several to a job while many are left
+        # (batch_size); the others get them all now, one to a job
+        batching = bool(getattr(executor, "batches_parts", False))
+        queue = collections.deque(pending)
+        in_flight = jobs = 0
+
+        def feed() -> None:
+            nonlocal in_flight, jobs
+            while queue and (not batching or in_flight < max(1, executor.workers)):
+                k = batch_size(len(queue), executor.workers) if batching else 1
+                parts = tuple(PartJob(target, queue.popleft()) for _ in range(min(k, len(queue))))
+                executor.submit(parts[0] if len(parts) == 1 else BatchJob(parts))
+                in_flight += 1
+                jobs += 1
+
+        feed()
         deaths = 0
         max_deaths = max(3, 2 * plan.workers)
         try:
@@ -529,7 +556,13 @@ class ObjectUpload:
                         event.raise_error(self.upload_id)
                     elif isinstance(event, WorkerLost):
                         deaths += 1
-                        if self._mine(event.job):
+                        if isinstance(event.job, BatchJob) and self._mine(event.job):
+                            left = tuple(job for job in event.job.jobs if job.number not in done)
+                            if left:  # its parts not reported done go again, first (still one job in flight)
+                                executor.submit(left[0] if len(left) == 1 else BatchJob(left), first=True)
+                            else:
+                                in_flight -= 1
+                        elif self._mine(event.job):
                             assert event.job is not None
                             executor.submit(event.job, first=True)
                         log.warning("%s", event.describe())
@@ -538,7 +571,14 @@ class ObjectUpload:
                                 f"{event.too_many(deaths)}, then run the command again",
                                 bucket=self.bucket, key=self.key, upload_id=self.upload_id)
                     elif self._mine(event.job):
-                        self._part_done(event, done)
+                        in_flight -= 1
+                        if isinstance(event.result, BatchResult):
+                            for result in event.result.results:
+                                self._part_done(result, done)
+                        else:
+                            assert isinstance(event.result, PartResult)
+                            self._part_done(event.result, done)
+                feed()
                 now = time.monotonic()
                 if now >= next_tick:
                     self.agg.tick(self._sent(), len(done))
@@ -546,13 +586,15 @@ class ObjectUpload:
         finally:
             if len(done) < plan.parts_total:
                 executor.cancel()
+        if batching:
+            log.debug("%d parts went in %d jobs", len(pending), jobs)
 
     def _mine(self, job: object) -> bool:
+        if isinstance(job, BatchJob):
+            return bool(job.jobs) and job.of_parts and job.jobs[0].target.object_id == self.object_id
         return isinstance(job, PartJob) and job.target.object_id == self.object_id
 
-    def _part_done(self, event: JobDone, done: dict[int, PartResult]) -> None:
-        result = event.result
-        assert isinstance(result, PartResult)
+    def _part_done(self, result: PartResult, done: dict[int, PartResult]) -> None:
         if result.ok:
             done[result.number] = result
             self.journal.part(result)

@@ -430,6 +430,38 @@ def test_a_worker_killed_mid_part_its_parts_run_elsewhere(own_cluster: DaskClust
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_killed_mid_batch_the_parts_it_had_not_finished_run_elsewhere(
+        slow: S3Server, s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """16 parts on 2 workers x 2 threads go several to a task at first (4, 3, 2, then single parts): a worker
+    killed early takes at least one task of several parts with it; the task runs again on the other worker (Dask
+    reschedules it), and the object is whole."""
+    c = start_cluster(tmp_path / "dask", worker_env(slow), workers=2, nthreads=2)
+    try:
+        src = make_file(tmp_path / "f.bin", 80 * MiB - 3, seed=23)
+        before = read_by_worker(c)
+        cli = start_cli("upload", str(src), f"s3://{bucket}/batched.bin", "--cluster", c.address, "--part-size",
+                        "5MiB", "--progress", "json", "--debug", env=cli_env(slow))
+        try:
+            progressing(cli, MiB)
+            victim = next(w for w in c.workers if proc_io(w.pid)["rchar"] - before[w.pid] > MiB)
+            victim.popen.kill()
+            victim.popen.wait(10)
+            assert cli.wait(180) == 0, cli.stderr + c.logs()
+        finally:
+            cli.kill_group()
+    finally:
+        c.stop()
+    evs = check_events(cli.stdout, workers=2)
+    assert evs[-1]["parts_done"] == 16
+    assert f"pid {victim.pid}) left" in cli.stderr, cli.stderr
+    went = re.search(r"16 parts went in (\d+) jobs", cli.stderr)
+    assert went is not None and int(went.group(1)) < 16, cli.stderr
+    assert "Traceback" not in cli.stderr
+    assert sha256_object(s3.client(), bucket, "batched.bin") == sha256_file(src)
+    assert multipart_uploads(s3.client(), bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
 def test_workers_that_join_mid_run_are_checked_then_take_jobs(slow: S3Server, s3: S3Server, bucket: str,
                                                               tmp_path: Path) -> None:
     """A job queue starts workers as it can: a run that began with one worker uses the two that join after it
