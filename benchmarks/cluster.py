@@ -957,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     bench.become_subreaper()
+    bench.warm_bytecode()
     topo = Topology(f"mpub-{os.getpid()}", pick_network(), args.rate, args.burst)
     started = time.monotonic()
     doc: dict[str, Any] = {}

@@ -677,6 +677,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     specs = trees_for(args.smoke)
     tree_names = [t.strip() for t in args.trees.split(",") if t.strip()]
     subreaper = bench.become_subreaper()
+    bench.warm_bytecode()
     doc: dict[str, Any] = {
         "schema": 1,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

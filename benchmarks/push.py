@@ -80,6 +80,7 @@ from benchmarks.run import (
     parse_size,
     peer_env,
     running_server,
+    warm_bytecode,
 )
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "push.json"
@@ -687,6 +688,7 @@ def run_benchmark(size: int, rounds: int, servers: list[str], slow_delay_s: floa
                   tmp_parent: Path | None, smoke: bool,
                   variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
     subreaper = become_subreaper()
+    warm_bytecode()
     doc: dict[str, Any] = {
         "schema": 1,
         "benchmark": "push",

@@ -34,6 +34,7 @@ from .run import (
     measure,
     peer_env,
     running_server,
+    warm_bytecode,
 )
 
 TARGET_CLI_CPU_S = 0.1
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="one run each, files of 1 B, 8 MiB and 16 MiB")
     args = parser.parse_args(argv)
     become_subreaper()
+    warm_bytecode()
     py = sys.executable
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mpupload-startup-") as tmp:
