@@ -11,6 +11,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p artifacts
 export MPUPLOAD_ARTIFACTS_DIR="${MPUPLOAD_ARTIFACTS_DIR:-$PWD/artifacts}"  # screenshots and other test artifacts
+# The suite starts the CLI, servers and workers as processes hundreds of times: each would compile mpupload's
+# modules again where the environment forbids caching bytecode (some CI images set PYTHONDONTWRITEBYTECODE).
+# Cache it, as an installed package does; compile it once here so the two halves do not race to write it.
+unset PYTHONDONTWRITEBYTECODE
+.venv/bin/python -m compileall -q mpupload tests benchmarks >/dev/null || exit 1
 .venv/bin/python -m ruff check mpupload tests benchmarks || exit 1
 .venv/bin/python -m mypy || exit 1
 
