@@ -263,7 +263,7 @@ class DaskExecutor:
     """The :class:`~.executor.Executor` port over a Dask cluster (see the module docstring)."""
 
     #: a task costs the coordinator 3-6 ms of CPU (its messages through the scheduler), whatever it carries: an
-    #: object's parts come several to a task while there are many left (:func:`~.object_upload.part_batches`)
+    #: object's parts come several to a task while there are many left (:func:`~.object_upload.batch_size`)
     batches_parts = True
 
     def __init__(self, spec: ClusterSpec, config: WorkerConfig, *, flag: CancelFlag | None = None,

@@ -70,7 +70,7 @@ COMPLETING = ("the store is assembling the object (CompleteMultipartUpload), whi
               "first, then the object is verified")
 #: how long a cancelled PutObject is waited for (it may have gone through: then the object is verified)
 PUT_CANCEL_WAIT_S = 5.0
-#: the most parts one job carries on an executor that batches them (:func:`part_batches`)
+#: the most parts one job carries on an executor that batches them (:func:`batch_size`)
 MAX_PARTS_PER_JOB = 8
 
 
