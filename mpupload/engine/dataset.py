@@ -720,7 +720,8 @@ class DatasetUpload:
 
     # -- the end ---------------------------------------------------------------------------------------------------
     def _end_extra(self) -> dict[str, Any]:
-        return {"failed_files": [f.as_dict() for f in self.failed], "warnings": list(self.warnings)}
+        return {"failed_files": [f.as_dict() for f in self.failed], "warnings": list(self.warnings),
+                "in_flight": []}  # the run is over: a reader that shows the last list it got shows none
 
     def _result(self, snap: Snapshot) -> DatasetResult:
         return DatasetResult(self.bucket, self.prefix, self.files_total, self._done, self._failed_count,
