@@ -17,7 +17,7 @@ from ..engine.cancel import CancelToken
 from ..wire import Status
 from .errors import EXIT_OK
 from .signals import cancel_on_signals
-from .upload import build_options, cleanup_command, parse_s3_prefix, upload_store
+from .upload import build_options, cleanup_command, parse_s3_prefix, settle_heap, upload_store
 
 if TYPE_CHECKING:
     from ..api import PreparedDataset
@@ -68,6 +68,7 @@ def run_dataset(args: argparse.Namespace) -> int:
             sinks: list[Sink] = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
             if push is not None:
                 sinks.append(push)
+            settle_heap()
             try:
                 prepared.run(sinks, upload_id=push.record_id if push is not None else None)
             except BaseException as exc:
