@@ -9,7 +9,8 @@ import math
 import re
 from fractions import Fraction
 
-__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_size", "parse_rate", "format_bytes", "format_rate", "format_duration"]
+__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_size", "parse_rate", "format_bytes", "format_rate", "format_duration",
+           "parse_duration"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -99,3 +100,15 @@ def format_duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}:{minutes:02d}:{secs:02d}"
     return f"{minutes}:{secs:02d}"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d``, ``2w`` -> seconds; ``ValueError`` with what to write otherwise."""
+    match = _DURATION_RE.match(text.lower())
+    if not match:
+        raise ValueError(f"cannot read duration {text!r}: use e.g. 30m, 24h or 7d")
+    return float(match.group(1)) * _DURATION_UNITS_S[match.group(2)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 
 from .. import errors as E
+from .. import units
 from ..storage import StoreConfig
 
 __all__ = ["add_store_arguments", "build_store", "parse_duration"]
@@ -38,13 +38,9 @@ def build_store(args: argparse.Namespace) -> StoreConfig:
                        addressing_style=args.addressing_style)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``24h``, ``7d``, ``2w`` -> seconds; a clear ``UsageError`` otherwise."""
-    match = _DURATION.match(text.lower())
-    if not match:
-        raise E.UsageError(f"cannot read duration {text!r}: use e.g. 30m, 24h or 7d")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise E.UsageError(str(exc)) from None
