@@ -56,6 +56,10 @@ def add_parser(sub: Any) -> None:
     storage.add_argument("--storage-content-md5", action="store_true", default=None,
                          help="sign each part's Content-MD5 too, for stores that check it but not x-amz-checksum-* "
                               "(Ceph RGW 16) (env MPUPLOAD_STORAGE_CONTENT_MD5=1)")
+    storage.add_argument("--stale-after", metavar="DURATION",
+                         help="abort a brokered upload on the storage when nothing has touched it for this long "
+                              "(no sign, complete or progress report), e.g. 24h, 90m (env MPUPLOAD_STALE_AFTER; "
+                              "default 24h)")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks; GraphQL introspection on")
     p.set_defaults(func=run)
 
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                  storage=args.storage, storage_endpoint_url=args.storage_endpoint_url,
                                  storage_region=args.storage_region, storage_ca_bundle=args.storage_ca_bundle,
                                  storage_addressing_style=args.storage_addressing_style,
-                                 storage_content_md5=args.storage_content_md5)
+                                 storage_content_md5=args.storage_content_md5, stale_after=args.stale_after)
     warning = wildcard_warning(settings.host, settings.allowed_hosts,
                                args.allowed_hosts or os.environ.get("MPUPLOAD_ALLOWED_HOSTS"))
     if warning:

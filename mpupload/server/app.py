@@ -36,6 +36,7 @@ from .edge import EdgeMiddleware
 from .graphql import build_graphql_router
 from .graphql.sessions import Sessions
 from .limits import InputError
+from .reaper import run_reaper
 from .settings import Settings
 from .uploads import progress_writer
 from .web import mount_dashboard
@@ -116,6 +117,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
         writer = progress_writer(engine)
         started = False
         watcher: asyncio.Task[None] | None = None
+        reaper: asyncio.Task[None] | None = None
         # the login's dummy hash, off the event loop and not at import (a login that needs it first waits)
         dummy = asyncio.create_task(asyncio.to_thread(prepare_dummy_hash), name="dummy-hash")
         try:
@@ -137,6 +139,8 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
             app.state.sessions = sessions = Sessions(sessionmaker, settings.token_recheck_s,
                                                      settings.ws_max_per_user)
             watcher = asyncio.create_task(sessions.run(chosen_bus), name="sessions-watcher")
+            if app.state.server.store is not None:  # brokered uploads left idle are aborted (see .reaper)
+                reaper = asyncio.create_task(run_reaper(app.state.server), name="reaper")
             # Everything imported and built so far lives as long as the process: keep it out of the cyclic
             # collector's generations, and collect less often (every report allocates; pauses show in p99).
             gc.freeze()
@@ -145,10 +149,11 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
         finally:
             with contextlib.suppress(Exception):
                 await dummy
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, reaper):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await writer.close()
             close = getattr(chosen_bus, "close", None)
             if started and close is not None:

@@ -34,6 +34,8 @@ Environment variables (a command-line value wins):
                                    such as Ceph RGW 16)
 ``MPUPLOAD_SIGN_EXPIRES``          seconds a signed part URL stays valid (default 900)
 ``MPUPLOAD_SIGN_MAX_PER_MINUTE``   part URLs one user may have signed per minute (then 429)
+``MPUPLOAD_STALE_AFTER``           a brokered upload idle this long is aborted on the storage by the
+                                   server (``--stale-after``: ``24h``, ``90m``, seconds; default 24h)
 =================================  ==========================================================
 
 ``debug`` (``serve --debug``) also turns GraphQL introspection on.
@@ -141,6 +143,8 @@ class Settings:
     storage_content_md5: bool = False
     sign_expires_s: int = 900
     sign_max_per_minute: int = 20_000
+    #: a brokered upload idle this long is aborted by the reaper (:mod:`.reaper`)
+    stale_after_s: float = 24 * 3600.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -165,6 +169,7 @@ class Settings:
         storage_ca_bundle: str | None = None,
         storage_addressing_style: str | None = None,
         storage_content_md5: bool | None = None,
+        stale_after: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Settings:
         """Build settings from explicit values, falling back to the environment, then to defaults."""
@@ -208,7 +213,7 @@ class Settings:
             **_storage_settings(env, storage=storage, storage_endpoint_url=storage_endpoint_url,
                                 storage_region=storage_region, storage_ca_bundle=storage_ca_bundle,
                                 storage_addressing_style=storage_addressing_style,
-                                storage_content_md5=storage_content_md5),
+                                storage_content_md5=storage_content_md5, stale_after=stale_after),
         )
 
 
@@ -219,8 +224,10 @@ def _names(raw: str | None) -> tuple[str, ...]:
 
 def _storage_settings(env: Mapping[str, str], *, storage: str | None, storage_endpoint_url: str | None,
                       storage_region: str | None, storage_ca_bundle: str | None,
-                      storage_addressing_style: str | None, storage_content_md5: bool | None) -> dict[str, Any]:
+                      storage_addressing_style: str | None, storage_content_md5: bool | None,
+                      stale_after: str | None = None) -> dict[str, Any]:
     """The storage settings (a command-line value wins over the environment), checked."""
+    from ..units import parse_duration
     from .broker import parse_storage
 
     url = storage or env.get("MPUPLOAD_STORAGE") or None
@@ -240,6 +247,13 @@ def _storage_settings(env: Mapping[str, str], *, storage: str | None, storage_en
     expires = int(_number(env, "MPUPLOAD_SIGN_EXPIRES", 900))
     if expires > 7 * 24 * 3600:
         raise UsageError(f"MPUPLOAD_SIGN_EXPIRES is at most 604800 seconds (SigV4's limit), got {expires}")
+    raw_stale = stale_after or env.get("MPUPLOAD_STALE_AFTER") or "24h"
+    try:
+        stale_after_s = parse_duration(raw_stale.strip())
+    except ValueError:
+        raise UsageError(f"--stale-after {raw_stale!r}: use a duration such as 24h, 90m or 3600") from None
+    if stale_after_s < 1:
+        raise UsageError(f"--stale-after must be at least 1 second, got {raw_stale!r}")
     return {
         "storage": url,
         "storage_endpoint_url": storage_endpoint_url or env.get("MPUPLOAD_STORAGE_ENDPOINT_URL") or None,
@@ -249,4 +263,5 @@ def _storage_settings(env: Mapping[str, str], *, storage: str | None, storage_en
         "storage_content_md5": md5,
         "sign_expires_s": expires,
         "sign_max_per_minute": int(_number(env, "MPUPLOAD_SIGN_MAX_PER_MINUTE", 20_000)),
+        "stale_after_s": stale_after_s,
     }

@@ -264,7 +264,7 @@ def upload_dict(upload: Upload, live_after_s: float) -> dict[str, Any]:
         "created_at": _iso(upload.created_at), "updated_at": _iso(upload.updated_at),
         "last_report_at": _iso(upload.last_report_at),
         "files_total": upload.files_total, "files_done": upload.files_done, "files_failed": upload.files_failed,
-        "files_skipped": upload.files_skipped,
+        "files_skipped": upload.files_skipped, "brokered": bool(upload.brokered),
     }
 
 

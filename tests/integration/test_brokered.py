@@ -66,17 +66,27 @@ def put(signed: dict[str, Any], data: bytes) -> httpx.Response:
     return httpx.request(signed["method"], signed["url"], headers=signed["headers"], content=data, timeout=60)
 
 
-@pytest.fixture
-def served(s3: S3Server, bucket: str, tmp_path: Path) -> Iterator[tuple[Api, S3Server, str]]:
+def serve(s3: S3Server, bucket: str, tmp_path: Path, **extra: str) -> Api:
     env = {**s3.env(), "MPUPLOAD_STORAGE": f"s3://{bucket}/{PREFIX}",
            "MPUPLOAD_STORAGE_ENDPOINT_URL": s3.endpoint_url, "MPUPLOAD_STORAGE_REGION": s3.region,
            "MPUPLOAD_STORAGE_CONTENT_MD5": "1", "MPUPLOAD_SIGN_EXPIRES": str(EXPIRES_S),
-           "MPUPLOAD_SIGN_MAX_PER_MINUTE": "30"}
-    api = Api(tmp_path, env=env).prepare("alice", "bob")
+           "MPUPLOAD_SIGN_MAX_PER_MINUTE": "30", **extra}
+    return Api(tmp_path, env=env).prepare("alice", "bob")
+
+
+@pytest.fixture
+def served(s3: S3Server, bucket: str, tmp_path: Path) -> Iterator[tuple[Api, S3Server, str]]:
+    api = serve(s3, bucket, tmp_path)
     try:
         yield api, s3, bucket
     finally:
         api.stop()
+
+
+def store_uploads(s3: S3Server, bucket: str) -> list[str]:
+    """The keys of the multipart uploads the store holds under the server's prefix."""
+    listed = s3.client().list_multipart_uploads(Bucket=bucket, Prefix=f"{PREFIX}/").get("Uploads", [])
+    return [u["Key"] for u in listed]
 
 
 def parts_of(data: bytes, part_size: int) -> list[tuple[int, bytes]]:
@@ -234,7 +244,8 @@ def test_server_without_storage_refuses_brokered(tmp_path: Path) -> None:
         answer = httpx.post(f"{api.url}/api/v1/uploads", json={
             "filename": "f", "bucket": "b", "key": "k", "total_bytes": 5, "part_size": 0, "parts_total": 1,
             "host": "h"}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        assert answer.status_code == 200 and "brokered" not in answer.json()
+        assert answer.status_code == 200 and answer.json()["brokered"] is False
+        assert "storage_key" not in answer.json()  # the brokered fields are a brokered record's only
         bad = httpx.post(f"{api.url}/api/v1/uploads", json={"filename": "f", "bucket": "b", "key": "k"},
                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert bad.status_code == 422
@@ -242,3 +253,102 @@ def test_server_without_storage_refuses_brokered(tmp_path: Path) -> None:
         api.stop()
 
 
+
+
+STOP_MUTATION = "mutation Stop($id: ID!) { stopUpload(id: $id) { id status stopRequested } }"
+
+
+@pytest.mark.parametrize("s3", SERVERS, indirect=True)
+def test_stop_from_the_dashboard_aborts_on_the_store(served: tuple[Api, S3Server, str]) -> None:
+    """The CLI is gone (nothing but the server touches the upload): Stop aborts on the store itself."""
+    api, s3, bucket = served
+    token = api.token("alice")
+    alice = Client(api, token)
+    data = os.urandom(6 * MiB)
+    plan = alice.create("stopped.bin", len(data))
+    parts = parts_of(data, 5 * MiB)
+    assert put(alice.signed(plan["id"], parts[:1])[0], parts[0][1]).status_code == 200
+    assert store_uploads(s3, bucket) == [f"{PREFIX}/alice/stopped.bin"]
+    # someone else's Stop finds nothing, and changes nothing
+    denied = api.graphql(api.token("bob"), STOP_MUTATION, {"id": plan["id"]})
+    assert denied.get("errors"), denied
+    assert store_uploads(s3, bucket) == [f"{PREFIX}/alice/stopped.bin"]
+    answer = api.graphql(token, STOP_MUTATION, {"id": plan["id"]})
+    assert not answer.get("errors"), answer
+    assert store_uploads(s3, bucket) == []
+    record = api.record(token, plan["id"])
+    assert record["status"] == "stopped", record
+    assert alice.sign(plan["id"], parts[1:]).status_code == 409  # a CLI that comes back is refused
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_the_reaper_aborts_idle_brokered_uploads(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """``--stale-after``: an upload nothing touched for that long is aborted on the store and recorded stopped,
+    with the reason; a completed one is left alone."""
+    api = serve(s3, bucket, tmp_path, MPUPLOAD_STALE_AFTER="3s")
+    try:
+        token = api.token("alice")
+        alice = Client(api, token)
+        small = os.urandom(1000)
+        done = alice.create("kept.bin", len(small), part_size=0)
+        assert put(alice.signed(done["id"], [(1, small)])[0], small).status_code == 200
+        assert alice.post(f"/uploads/{done['id']}/complete", {"parts": [
+            {"number": 1, "checksum": crc32c(small), "content_md5": md5(small)}]}).status_code == 200
+        data = os.urandom(6 * MiB)
+        idle = alice.create("idle.bin", len(data))
+        parts = parts_of(data, 5 * MiB)
+        assert put(alice.signed(idle["id"], parts[:1])[0], parts[0][1]).status_code == 200
+        assert store_uploads(s3, bucket) == [f"{PREFIX}/alice/idle.bin"]
+
+        record = until(lambda: (r := api.record(token, idle["id"]))["status"] == "stopped" and r, 60,
+                       "the reaper to stop the idle upload", every=0.25)
+        assert "idle for more than 3 s" in record["error"], record
+        assert store_uploads(s3, bucket) == []
+        assert api.record(token, done["id"])["status"] == "completed"
+        assert s3.client().get_object(Bucket=bucket, Key=f"{PREFIX}/alice/kept.bin")["Body"].read() == small
+    finally:
+        api.stop()
+
+
+def test_stale_after_is_checked(tmp_path: Path) -> None:
+    bad = cli("serve", "--stale-after", "soon", "--port", "1", "--database-url", f"sqlite:///{tmp_path}/db.sqlite")
+    assert bad.returncode == 2 and "--stale-after 'soon'" in bad.stderr, bad.stderr
+    assert bad.stderr.count("\n") == 1, bad.stderr
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_dashboard_marks_brokered_uploads_and_stops_one_whose_cli_is_gone(
+        served: tuple[Api, S3Server, str]) -> None:
+    """The row of a brokered upload says so; its Stop button shows although no CLI reports (the CLI is gone),
+    and pressing it leaves nothing on the store. A direct upload's row has no marker."""
+    from playwright.sync_api import expect
+
+    from tests.integration.api_support import PASSWORD
+    from tests.integration.dashboard_page import DashboardPage, launch_chromium
+
+    api, s3, bucket = served
+    token = api.token("alice")
+    alice = Client(api, token)
+    data = os.urandom(6 * MiB)
+    plan = alice.create("orphan.bin", len(data))
+    parts = parts_of(data, 5 * MiB)
+    assert put(alice.signed(plan["id"], parts[:1])[0], parts[0][1]).status_code == 200
+    direct = alice.post("/uploads", {"filename": "d.bin", "bucket": bucket, "key": "d.bin", "total_bytes": 5,
+                                     "part_size": 0, "parts_total": 1, "host": "h"})
+    assert direct.status_code == 200, direct.text
+    with launch_chromium() as browser:
+        board = DashboardPage.open(browser, api.url)
+        try:
+            board.sign_in("alice", PASSWORD)
+            row = board.row(plan["id"])
+            expect(row.locator(".name .brokered")).to_be_visible()
+            expect(board.row(direct.json()["id"]).locator(".name .brokered")).to_be_hidden()
+            stop = row.locator(".actions button.stop")
+            expect(stop).to_be_visible()
+            stop.click()
+            expect(row.locator(".status")).to_have_text("STOPPED")
+        finally:
+            board.close()
+        assert board.errors == []
+    assert store_uploads(s3, bucket) == []
+    assert api.record(token, plan["id"])["status"] == "stopped"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ...checksums import Algorithm
     from ...storage.port import Store
 
-__all__ = ["router", "create_brokered"]
+__all__ = ["router", "create_brokered", "abort_on_store"]
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -328,13 +328,13 @@ async def _finish(session: AsyncSession, state: ServerState, upload: Upload, sta
     await svc.publish(state.bus, upload, state.settings.live_after_s)
 
 
-@router.post("/uploads/{upload_id}/abort")
-async def abort(upload_id: str, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
-    """Abort on the store and confirm that nothing is left (repeated while parts still show); record stopped."""
+async def abort_on_store(session: AsyncSession, state: ServerState, upload: Upload, *,
+                         reason: str | None = None) -> str:
+    """Abort a brokered upload on the store, confirm that nothing is left (repeated while parts still show) and
+    record it stopped (``reason``: the record's error, why the server did it); the outcome in words. The abort
+    route, a Stop from the dashboard and the reaper share it: the server cleans up even when the CLI is gone. A
+    store that refuses is :class:`HTTPException` 502."""
     store, bucket, _ = _store(state)
-    upload = await _brokered(session, user, upload_id, active=False)
-    if upload.status is S.COMPLETED:
-        raise HTTPException(409, f"upload {upload_id} is completed: there is nothing to abort")
     outcome = "nothing to abort (a single PutObject)"
     if upload.store_upload_id:
         result = await _call(store.abort_and_confirm, bucket, upload.storage_key or upload.key,
@@ -343,6 +343,16 @@ async def abort(upload_id: str, user: UserDep, state: StateDep, session: Session
             raise HTTPException(502, f"the storage did not confirm the abort ({result.value}): try again")
         outcome = result.value
     if upload.status is not S.STOPPED:
-        await _finish(session, state, upload, S.STOPPED)
-    return {**_record(upload, state), "aborted": True, "outcome": outcome}
+        await _finish(session, state, upload, S.STOPPED, error=reason)
+    return outcome
 
+
+@router.post("/uploads/{upload_id}/abort")
+async def abort(upload_id: str, user: UserDep, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    """Abort on the store and confirm that nothing is left (repeated while parts still show); record stopped."""
+    _store(state)
+    upload = await _brokered(session, user, upload_id, active=False)
+    if upload.status is S.COMPLETED:
+        raise HTTPException(409, f"upload {upload_id} is completed: there is nothing to abort")
+    outcome = await abort_on_store(session, state, upload)
+    return {**_record(upload, state), "aborted": True, "outcome": outcome}

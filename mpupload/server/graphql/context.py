@@ -15,6 +15,7 @@ within seconds of a revocation or expiry, while events flow.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ from ..api.deps import ServerState
 from ..auth import token_row_valid, token_session
 from ..db.models import User
 from ..limits import InputError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .sessions import Sessions
@@ -149,6 +152,15 @@ class GraphQLContext(BaseContext):
             upload, changed = await svc.stop_upload(session, user, upload_id)
             if changed:
                 await svc.publish(self.state.bus, upload, self.live_after_s)
+            if changed and upload.brokered and self.state.store is not None:
+                # the server holds the storage: it aborts now, whether or not the CLI is still there to hear the
+                # stop (a CLI that is stops at its next report; its next sign is refused)
+                from ..api.broker import abort_on_store
+
+                try:
+                    await abort_on_store(session, self.state, upload)
+                except HTTPException as exc:  # the reaper tries again later; the stop stays requested
+                    log.warning("could not abort brokered upload %s on the storage: %s", upload_id, exc.detail)
             return svc.upload_dict(upload, self.live_after_s)
 
 

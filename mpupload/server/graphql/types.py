@@ -126,6 +126,9 @@ class Upload:
                                                            "skipped); null for one file.")
     files_failed: int | None
     files_skipped: int | None = strawberry.field(description="Files already on the store (among filesDone).")
+    brokered: bool = strawberry.field(description="The server holds the storage credentials: it signs the "
+                                                  "parts, completes and aborts (and its reaper aborts the upload "
+                                                  "when it is left idle).")
 
     @strawberry.field(description="A directory run's files in path order, a page at a time (at most 500).")
     async def files(self, info: Info[GraphQLContext, None], status: FileStatusEnum | None = None,  # type: ignore[valid-type]
@@ -159,4 +162,4 @@ class Upload:
             resume_command=record["resume_command"], stop_requested=record["stop_requested"],
             live=record["live"], version=Int64(record["version"]), files_total=record.get("files_total"),
             files_done=record.get("files_done"), files_failed=record.get("files_failed"),
-            files_skipped=record.get("files_skipped"))
+            files_skipped=record.get("files_skipped"), brokered=bool(record.get("brokered")))

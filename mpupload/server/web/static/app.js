@@ -20,7 +20,7 @@ const DETAILS_MIN_INTERVAL_MS = 1000; // the details panel's files query runs at
 
 const FIELDS = `id filename bucket key host status totalBytes bytesDone percent speedBps avgSpeedBps etaSeconds
   partsDone partsTotal elapsedSeconds createdAt updatedAt error checksum etag resumable resumeCommand live
-  stopRequested filesTotal filesDone filesFailed filesSkipped`;
+  stopRequested filesTotal filesDone filesFailed filesSkipped brokered`;
 const FILE_FIELDS = `path key size bytesDone status error updatedAt`;
 const FILES_QUERY = `query UploadFiles($id: ID!) { upload(id: $id) { id
   inFlight: files(status: UPLOADING, first: 50) { items { ${FILE_FIELDS} } hasNextPage }
@@ -433,6 +433,9 @@ function createRow(upload) {
   c.name = cell("name");
   c.filename = c.name.appendChild(el("div", "filename"));
   c.dest = c.name.appendChild(el("div", "dest"));
+  c.brokered = c.name.appendChild(el("div", "brokered", "brokered"));
+  c.brokered.title = "brokered: the server holds the storage credentials, signs each part, completes and aborts";
+  c.brokered.hidden = true;
   c.error = c.name.appendChild(el("div", "error"));
   c.resume = c.name.appendChild(el("div", "resume"));
   c.resumeLabel = c.resume.appendChild(el("span", "resume-label", "resume with "));
@@ -478,8 +481,11 @@ function renderRow(row) {
   row.tr.dataset.status = u.status;
   setText(c.filename, u.filename || "(unnamed)");
   setText(c.dest, `s3://${u.bucket}/${u.key}`);
+  c.brokered.hidden = !u.brokered;
+  row.tr.classList.toggle("brokered", Boolean(u.brokered));
   c.name.title = `${u.filename} → s3://${u.bucket}/${u.key}${u.checksum ? `\nchecksum ${u.checksum}` : ""}${u.etag ? `\nETag ${u.etag}` : ""}`;
-  const failed = u.status === "FAILED" && u.error;
+  // a failure's reason, or why the server stopped it (the reaper of brokered uploads says so)
+  const failed = (u.status === "FAILED" || u.status === "STOPPED") && u.error;
   c.error.hidden = !failed;
   setText(c.error, failed ? u.error : "");
   const resumable = Boolean(u.resumable && u.resumeCommand);
@@ -513,7 +519,8 @@ function renderRow(row) {
   }
   c.live.dataset.live = u.live ? "true" : "false";
 
-  const canStop = Boolean(u.live) && active;
+  // a brokered upload can be stopped even when its CLI is gone: the server aborts it on the store itself
+  const canStop = active && (Boolean(u.live) || Boolean(u.brokered));
   c.stop.hidden = !canStop;
   if (u.stopRequested || row.stopping) {
     c.stop.disabled = true;
