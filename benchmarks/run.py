@@ -502,7 +502,9 @@ def measure(argv: list[str], env: dict[str, str], use_pty: bool, timeout: float,
         "cpu_s": cpu,
         "cpu_source": source,
         "cpu_sampled_s": sampler.cpu_seen,
-        "peak_rss_mib": sampler.peak_rss / MIB,
+        # the sampled tree's peak, but never under the process's own (wait4: KiB): a command that ends within the
+        # sampler's first interval (python -c pass on a busy machine) would otherwise read 0
+        "peak_rss_mib": max(sampler.peak_rss, ru.ru_maxrss * 1024) / MIB,
         "orphans": orphans,
         "samples": sampler.samples,
         "tty_bytes": drain.bytes if drain else None,
