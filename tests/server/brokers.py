@@ -141,6 +141,12 @@ class PrivatePostgres:
         """kill -9 the postmaster and every backend."""
         _kill_tree(self.proc)
 
+    def ensure_running(self) -> None:
+        """Start it again if a test killed it and failed before restarting it (the next test must not inherit an
+        outage)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
     def restart(self) -> None:
         self.kill()
         self.start()
@@ -177,6 +183,12 @@ class PrivateRedis:
 
     def kill(self) -> None:
         _kill_tree(self.proc)
+
+    def ensure_running(self) -> None:
+        """Start it again if a test killed it and failed before restarting it (the next test must not inherit an
+        outage)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
 
     def restart(self) -> None:
         self.kill()

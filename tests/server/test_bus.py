@@ -57,8 +57,10 @@ def make_bus(request: pytest.FixtureRequest) -> BusFactory:
         return lambda: shared
     if kind == "postgres":
         server: PrivatePostgres = request.getfixturevalue("pg")
+        server.ensure_running()
         return lambda: PostgresBus(server.dsn, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
     rserver: PrivateRedis = request.getfixturevalue("rd")
+    rserver.ensure_running()
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
     return lambda: RedisBus(rserver.url, prefix=prefix, buffer_size=BUFFER, backoff_max=1.0, health_interval=2.0)
 
@@ -193,9 +195,11 @@ def killable_broker(kind: str, request: pytest.FixtureRequest, *, backoff_max: f
     """The module's private broker of ``kind`` (the tests kill it) and a factory of buses on it."""
     if kind == "postgres":
         pg: PrivatePostgres = request.getfixturevalue("pg")
+        pg.ensure_running()
         return pg, lambda: PostgresBus(pg.dsn, buffer_size=BUFFER, backoff_max=backoff_max,
                                        health_interval=health_interval)
     rd: PrivateRedis = request.getfixturevalue("rd")
+    rd.ensure_running()
     prefix = f"restart-{uuid.uuid4().hex[:8]}:"
     return rd, lambda: RedisBus(rd.url, prefix=prefix, buffer_size=BUFFER, backoff_max=backoff_max,
                                 health_interval=health_interval)
@@ -273,6 +277,7 @@ def test_first_publish_after_a_broker_restart_arrives(kind: str, request: pytest
 
 
 def test_postgres_oversize_payload_becomes_id_only(pg: PrivatePostgres) -> None:
+    pg.ensure_running()
     async def body() -> None:
         a = PostgresBus(pg.dsn, buffer_size=BUFFER)
         b = PostgresBus(pg.dsn, buffer_size=BUFFER)
@@ -314,5 +319,33 @@ def test_close_ends_iteration() -> None:
             await bus.publish("user:1", {"id": 1})
             await bus.close()
             assert [p async for p in sub] == [{"id": 1}]
+
+    run(body())
+
+
+def test_postgres_publish_drops_a_connection_left_mid_operation() -> None:
+    """A server killed mid-operation can leave asyncpg's protocol in a state where the next execute raises
+    InternalClientError ("cannot switch to state ...", seen once in CI under load): publish drops the message and
+    the connection, as for any broken one, and never raises (a fake connection: the state cannot be forced)."""
+    import asyncpg
+
+    class Broken:
+        terminated = False
+
+        def is_closed(self) -> bool:
+            return False
+
+        async def execute(self, *args: Any, **kwargs: Any) -> None:
+            raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+        def terminate(self) -> None:
+            self.terminated = True
+
+    async def body() -> None:
+        bus = PostgresBus("postgresql://postgres@127.0.0.1:1/postgres", buffer_size=BUFFER)
+        broken = Broken()
+        bus._pub_conn = broken  # type: ignore[assignment]
+        await bus.publish("user:1", {"id": "x"})
+        assert broken.terminated and bus._pub_conn is None
 
     run(body())

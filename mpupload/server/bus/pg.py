@@ -133,7 +133,10 @@ class PostgresBus:
                 if self._pub_conn is None or self._pub_conn.is_closed():
                     self._pub_conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 await self._pub_conn.execute("SELECT pg_notify($1, $2)", ident, text, timeout=self.connect_timeout)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError) as exc:
+                # InternalClientError: a connection whose server died mid-operation ("cannot switch to state ...;
+                # another operation is in progress"); the connection is dropped like any broken one
                 log.warning("bus: publish on %r dropped: %s", channel, exc)
                 conn, self._pub_conn = self._pub_conn, None
                 if conn is not None:
