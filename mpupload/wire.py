@@ -320,7 +320,7 @@ REPORT_FIELD_NAMES = tuple(f.name for f in REPORT_FIELDS)
 RECORD_FIELDS = ("id", "filename", "bucket", "key", "host", "status", "total_bytes", "bytes_done", "percent",
                  "speed_bps", "avg_speed_bps", "eta_seconds", "elapsed_seconds", "part_size", "parts_done",
                  "parts_total", "seq", "checksum", "etag", "error", "resume_command", "resumable", "stop_requested",
-                 "live", "version", "created_at", "updated_at", "last_report_at", *FILES_FIELDS)
+                 "live", "version", "created_at", "updated_at", "last_report_at", *FILES_FIELDS, "brokered")
 #: one point of an upload's speed history (``history`` in REST and GraphQL)
 SAMPLE_FIELDS = ("at", "bytes_done", "speed_bps")
 #: the body of ``POST /api/v1/uploads`` (section 5 of the module docstring)
