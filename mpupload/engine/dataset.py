@@ -638,8 +638,7 @@ class DatasetUpload:
                 executor.submit(batch)
             if not outstanding:
                 break
-            self._in_flight = [(job.target.key[len(self.prefix):], job.target.key, job.length, lambda: 0)
-                               for b in list(outstanding.values())[:2] for job in b.jobs][:IN_FLIGHT_SHOWN]
+            self._show_in_flight(outstanding)
             events = executor.events(max(0.0, self._next_tick - time.monotonic()), wake=[self.cancel.fileno()])
             self._check_cancel()
             for event in events:
@@ -657,8 +656,14 @@ class DatasetUpload:
                     batch = outstanding.pop(event.result.batch_id, None)
                     if batch is not None:
                         self._batch_done(batch, event.result)
+            self._show_in_flight(outstanding)  # the files just reported done are not in flight any more
             self._tick()
         self._in_flight = []
+
+    def _show_in_flight(self, outstanding: dict[int, BatchJob]) -> None:
+        """The small files a progress snapshot lists as in flight: those of the first two batches not done."""
+        self._in_flight = [(job.target.key[len(self.prefix):], job.target.key, job.length, lambda: 0)
+                           for b in list(outstanding.values())[:2] for job in b.jobs][:IN_FLIGHT_SHOWN]
 
     def _batch_done(self, batch: BatchJob, result: BatchResult) -> None:
         self.agg.count(self._sent())  # its file events say what is sent now

@@ -283,3 +283,29 @@ def test_a_large_file_kept_on_interrupt_resumes_at_part_level(store: MemoryStore
     big = store.object(BUCKET, "p/big.bin")
     assert big is not None and big.data == (tree / "big.bin").read_bytes()
     assert store.uploads(BUCKET) == {}
+
+
+def test_a_file_reported_done_is_never_listed_in_flight_again(store: MemoryStore, tree: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pass of the small-file loop ticks (a 1 µs tick), so a progress snapshot follows each batch that comes
+    back: a file whose ``file_completed`` event went out is not in a later snapshot's ``in_flight`` (the API
+    server keeps a file's last state: a stale entry would show it in flight after the run ended)."""
+    monkeypatch.setattr("mpupload.engine.aggregator.TICK_S", 1e-6)
+
+    class Eager(Recorder):
+        refresh_s = 1e-6
+
+    rec = Eager()
+    result = upload_directory([str(tree)], BUCKET, "sets/x/", store=store, options=options(), sinks=[rec],
+                              dataset=DatasetOptions(put_threads=3, batch_files=2))
+    assert result.files_failed == 0
+    finished: set[str] = set()
+    listed = 0
+    for snap in rec.snapshots:
+        if snap.event in (Event.FILE_COMPLETED, Event.FILE_FAILED):
+            finished.add(snap.extra["path"])
+        elif snap.event is Event.PROGRESS:
+            paths = {f["path"] for f in snap.extra["in_flight"]}
+            listed += len(paths)
+            assert not finished & paths, sorted(finished & paths)
+    assert listed, "no snapshot listed a file in flight: the check above saw nothing"

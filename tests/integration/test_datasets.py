@@ -223,6 +223,13 @@ def test_mixed_tree_json_events(mixed: MixedRun, tree: MixedTree) -> None:
         assert e["files_done"] + e["files_failed"] <= total_files
         assert 0 <= e["bytes_done"] <= e["total_bytes"] == total_bytes
         assert len(e["in_flight"]) <= 16
+    finished: set[str] = set()  # a file reported done or failed is never listed in flight again
+    for e in evs:
+        if e["event"] in ("file_completed", "file_failed"):
+            finished.add(e["path"])
+        elif e["event"] == "progress":
+            stale = finished & {f["path"] for f in e["in_flight"]}
+            assert not stale, stale
     done = [e["files_done"] for e in evs]
     assert done == sorted(done), "files_done never falls"
 
