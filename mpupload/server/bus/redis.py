@@ -24,10 +24,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from mpupload.server.bus.local import DEFAULT_BUFFER_SIZE, BufferedSubscription, FanOut
 from mpupload.server.bus.signing import Signer
