@@ -126,6 +126,9 @@ class BrokeredCreate:
     checksum_algorithm: str = "crc32c"
     filename: str = ""
     host: str = ""
+    #: a multipart upload even when the object fits in one part (the CLI asks for it: its workers then need only
+    #: the upload's id, whatever the size)
+    multipart: bool = False
 
     def __post_init__(self) -> None:
         check_text("key", self.key, max_bytes=MAX_KEY_BYTES)
@@ -198,17 +201,21 @@ class CompleteRequest:
             raise InputError("parts names a part number twice")
 
 
-def plan_brokered(total_bytes: int, part_size: int) -> UploadPlan:
+def plan_brokered(total_bytes: int, part_size: int, *, multipart: bool = False) -> UploadPlan:
     """The plan of a brokered upload (:class:`InputError` when it breaks an S3 limit): one PutObject when the
-    object fits in one part (``multipart`` false), else parts of ``part_size`` (0: the server chooses)."""
+    object fits in one part (``multipart`` false) unless ``multipart`` asks for a one-part multipart upload, else
+    parts of ``part_size`` (0: the server chooses)."""
+    import dataclasses
+
     from ..plan import PlanError, plan_upload
 
     if part_size and not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
         raise InputError(f"part_size {part_size} is outside S3's limits: use 5 MiB to 5 GiB")
     try:
-        return plan_upload(total_bytes, part_size=part_size or None, workers=1)
+        plan = plan_upload(total_bytes, part_size=part_size or None, workers=1)
     except PlanError as exc:
         raise InputError(str(exc)) from None
+    return dataclasses.replace(plan, multipart=True) if multipart and not plan.multipart else plan
 
 
 def part_size_of(upload: Upload, number: int) -> int:

@@ -77,13 +77,27 @@ async def _brokered(session: AsyncSession, user: User, upload_id: str, *, active
     return upload
 
 
+@router.get("/storage")
+async def storage(user: UserDep, state: StateDep) -> dict[str, Any]:
+    """Where the viewer's brokered uploads go and how their parts are signed; 409 when the server has no storage
+    (the CLI asks this before anything else: "no storage" is one clear line, exit 2)."""
+    _, bucket, prefix = _store(state)
+    try:
+        space = B.confine_key(prefix, user.name, "k")[:-1]
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"bucket": bucket, "prefix": prefix, "space": space,
+            "content_md5_required": state.settings.storage_content_md5, "max_sign_batch": B.MAX_SIGN_BATCH,
+            "sign_expires_s": state.settings.sign_expires_s, "checksum_algorithms": list(B.CHECKSUM_ALGORITHMS)}
+
+
 async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState,
                           session: AsyncSession) -> dict[str, Any]:
     """Check the key, plan, create the multipart upload on the store (none for a single PutObject), record it."""
     store, bucket, prefix = _store(state)
     try:
         full_key = B.confine_key(prefix, user.name, body.key)
-        plan = B.plan_brokered(body.total_bytes, body.part_size)
+        plan = B.plan_brokered(body.total_bytes, body.part_size, multipart=body.multipart)
     except InputError as exc:
         raise HTTPException(422, str(exc)) from None
     if user.quota_bytes is not None:

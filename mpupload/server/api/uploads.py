@@ -60,7 +60,9 @@ async def _create(body: svc.NewUpload, user: UserDep, state: StateDep, session: 
 
 @router.get("/uploads")
 async def list_all(user: UserDep, state: StateDep, session: SessionDep) -> list[dict[str, Any]]:
-    return [svc.upload_dict(u, state.settings.live_after_s) for u in await svc.list_uploads(session, user)]
+    live_after = state.settings.live_after_s
+    return [{**svc.upload_dict(u, live_after), **(broker.broker_fields(u) if u.brokered else {})}
+            for u in await svc.list_uploads(session, user)]
 
 
 @router.get("/uploads/{upload_id}")
