@@ -201,6 +201,8 @@ def prepare_upload(
     source = check_source(path)
     # on a cluster, --workers is how many tasks run at once there, not worker processes here
     plan = make_plan(source.size, dataclasses.replace(options, workers=None) if options.cluster else options)
+    if getattr(store, "always_multipart", False) and not plan.multipart:
+        plan = dataclasses.replace(plan, multipart=True)  # one part: a brokered store has no PutObject
     if before_store is not None:
         before_store(source, plan)
     cluster, cluster_store = cluster_settings(options, store)  # (before the journal's lock is taken)

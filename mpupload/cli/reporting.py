@@ -95,11 +95,13 @@ def check_reporting(args: argparse.Namespace) -> Reporting | None:
 
 def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: str, key: str, source: Source | None,
                     plan: UploadPlan | None, record_id: str | None, options: UploadOptions,
-                    token: CancelToken, registration: dict[str, Any] | None = None) -> PushSink:
+                    token: CancelToken, registration: dict[str, Any] | None = None,
+                    brokered: bool = False) -> PushSink:
     """Register the upload (its final plan, after the resume decision) and return the sink that reports it.
 
     ``record_id`` is the record an interrupted run kept in its journal: ``--resume`` continues it.
-    ``registration`` is a directory run's body (else it is made from ``source`` and ``plan``).
+    ``registration`` is a directory run's body (else it is made from ``source`` and ``plan``). A ``brokered``
+    upload registers nothing: the server makes its record when it creates the upload, and the sink reports to it.
     """
     target = reporting.target
     if registration is None:
@@ -107,7 +109,9 @@ def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: s
         registration = registration_body(source, bucket, key, plan)
     say = warn_line(args.quiet)
     warning = reporting.warning
-    if warning is None:
+    if brokered:
+        record_id = None  # the record is the upload's: the sink takes its id from the started event
+    elif warning is None:
         record_id, warning = _register(target, registration, record_id if options.resume else None)
     else:
         record_id = record_id if options.resume else None
@@ -119,7 +123,8 @@ def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: s
                           read_timeout_s=SENDER_TIMEOUT[1])
     return PushSink(transport, record_id=record_id, registration=registration, interval_s=args.report_interval,
                     on_stop=lambda: token.cancel(STOP_REASON), say=say, api_url=target.api_url,
-                    continuing=options.resume and record_id is not None, outage_reported=warning is not None)
+                    continuing=options.resume and record_id is not None, outage_reported=warning is not None,
+                    adopt_upload_id=brokered)
 
 
 def registration_body(source: Source, bucket: str, key: str, plan: UploadPlan) -> dict[str, Any]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..api import PreparedUpload
     from ..sinks import Sink
     from ..sinks.push import PushSink
-    from ..storage import StoreConfig
+    from ..storage import Store, StoreConfig
     from .reporting import Reporting
 
 __all__ = ["add_parser", "parse_s3_url", "parse_s3_prefix", "run", "run_file", "is_dataset", "settle_heap"]
@@ -265,6 +265,12 @@ def upload_store(args: argparse.Namespace) -> StoreConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .brokered import is_brokered
+
+    if is_brokered(args.destination) and (len(args.source) > 1 or os.path.isdir(args.source[0])):
+        raise E.UsageError(f"{args.destination!r} has no s3://, so it is a key in the API server's storage: a "
+                           "directory or several sources cannot go there yet; upload each file, or give "
+                           "s3://BUCKET/PREFIX/")
     if is_dataset(args):
         from .dataset import run_dataset
 
@@ -280,11 +286,18 @@ def run(args: argparse.Namespace) -> int:
 def run_file(args: argparse.Namespace) -> int:
     from ..api import prepare_upload
     from ..sinks import make_sinks
+    from .brokered import brokered_destination, is_brokered
     from .reporting import check_reporting, start_reporting
 
-    bucket, key = parse_s3_url(args.destination, args.source)
-    options = build_options(args, bucket, key)
-    store = upload_store(args)
+    brokered = is_brokered(args.destination)
+    store: StoreConfig | Store
+    if brokered:
+        store, bucket, key, _ = brokered_destination(args)
+        options = build_options(args)  # no cleanup command: the server aborts what it brokered
+    else:
+        bucket, key = parse_s3_url(args.destination, args.source)
+        options = build_options(args, bucket, key)
+        store = upload_store(args)
     token = CancelToken()
     push: PushSink | None = None
     prepared: PreparedUpload | None = None
@@ -297,7 +310,7 @@ def run_file(args: argparse.Namespace) -> int:
             if reporting and reporting[0] is not None:  # registered from the final plan (see .reporting)
                 push = start_reporting(args, reporting[0], bucket=bucket, key=key, source=prepared.source,
                                        plan=prepared.plan, record_id=prepared.record_id, options=options,
-                                       token=token)
+                                       token=token, brokered=brokered)
             sinks: list[Sink] = make_sinks(args.progress, stdout=sys.stdout, stderr=sys.stderr, quiet=args.quiet)
             if push is not None:
                 sinks.append(push)

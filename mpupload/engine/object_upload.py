@@ -241,7 +241,11 @@ class ObjectUpload:
         return checksum_algorithm(self.options)
 
     def _traits(self, algorithm: Algorithm | None) -> StoreTraits:
-        """What the store checks (:mod:`.probe`): asked once per process, store, bucket and encryption."""
+        """What the store checks (:mod:`.probe`): asked once per process, store, bucket and encryption; a store
+        that says it itself (the brokered one: its user cannot make the probe's throwaway upload) is not asked."""
+        known = getattr(self.store, "known_traits", None)
+        if known is not None:
+            return StoreTraits(*known())
         args = self._object_args()
         encryption = (args.get("ServerSideEncryption"), args.get("SSEKMSKeyId"))
         traits, left = probe_store(
@@ -487,7 +491,8 @@ class ObjectUpload:
         self._check_cancel()
         try:
             self.upload_id = self.store.create_multipart_upload(self.bucket, self.key, algorithm=algorithm,
-                                                                object_args=self._object_args())
+                                                                object_args=self._object_args(),
+                                                                size=self.source.size, part_size=self.plan.part_size)
         except Exception as exc:  # noqa: BLE001
             raise self._err(exc) from exc
         self.phase = Phase.CREATED

@@ -43,6 +43,7 @@ themselves travel apart, through ``POST /api/v1/uploads/{id}/files``:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -57,6 +58,8 @@ from .file_list import PENDING_FILES_MAX, PendingFiles, entries_of
 
 __all__ = ["BUFFER_MAX", "FINAL_WAIT_S", "FILES_FLUSH_S", "FILE_BATCHES_PER_REPORT", "REPORT_INTERVAL_S",
            "PushSink", "Report", "ReportBuffer", "SeqClock", "Transport", "backoff_delay", "report_body"]
+
+log = logging.getLogger("mpupload")
 
 REPORT_INTERVAL_S = 2.0
 #: how long ``close()`` waits for the final report
@@ -203,9 +206,14 @@ class PushSink(Sink):
         pending_files_max: int = PENDING_FILES_MAX,
         files_batches_per_report: int = FILE_BATCHES_PER_REPORT,
         files_flush_s: float = FILES_FLUSH_S,
+        adopt_upload_id: bool = False,
     ) -> None:
         self._transport = transport
         self.record_id = record_id
+        #: a brokered upload: the server made the record with the upload (its id is the store's upload id, in
+        #: the ``started`` event), owns its end (completed, or stopped by an abort), and a report its end
+        #: overtook is dropped, not an error; nothing is registered here
+        self._adopt = adopt_upload_id
         self._registration = dict(registration)
         self._interval_s = interval_s
         #: snapshots four times per report, so the report sent is never more than a quarter interval old (the
@@ -266,6 +274,8 @@ class PushSink(Sink):
                     self._files.put(entry)
             if snapshot.event in FILE_EVENTS:
                 return  # a file's state goes with the file list; the counts with the next report
+            if self._adopt and self.record_id is None and snapshot.event is Event.STARTED:
+                self.record_id = snapshot.extra.get("store_upload_id") or None
             seq = self._seq.next()
             report = Report(seq, snapshot.status, report_body(snapshot, seq), final=final,
                             urgent=final or snapshot.event is Event.STARTED or snapshot.status is not self._last_status)
@@ -501,6 +511,8 @@ class PushSink(Sink):
     def _deliver(self, report: Report) -> bool:
         """Register the record if needed, then post one report. True when the server took it."""
         try:
+            if self.record_id is None and self._adopt:
+                return True  # the server made no record (the upload ended before it was created): nothing to say
             if self.record_id is None:
                 record = self._transport.create_upload(self._registration)
                 self.record_id = str(record["id"])
@@ -522,6 +534,10 @@ class PushSink(Sink):
                           "progress is not reported any more, the upload goes on")
             return False
         except ApiRefused as exc:
+            if self._adopt:
+                log.debug("report %s dropped: the server already ended brokered upload %s (%s)", report.seq,
+                          self.record_id, exc.detail or exc)
+                return True
             self._last_error = exc.detail or str(exc)
             self._disable(f"the API server refused a progress report ({self._last_error}): progress is not "
                           "reported any more, the upload goes on")

@@ -192,7 +192,8 @@ class Boto3Store(StoreBase):
 
     # -- multipart uploads --------------------------------------------------------------------------------------
     def create_multipart_upload(self, bucket: str, key: str, *, algorithm: Algorithm | None = None,
-                                object_args: Mapping[str, Any] | None = None) -> str:
+                                object_args: Mapping[str, Any] | None = None, size: int | None = None,
+                                part_size: int | None = None) -> str:
         create: dict[str, Any] = {**(object_args or {}), "Bucket": bucket, "Key": key}
         if algorithm is not None:
             create["ChecksumAlgorithm"] = algorithm.value.upper()

@@ -369,7 +369,8 @@ class MemoryStore(StoreBase):
             target.objects.pop(key, None)
 
     def create_multipart_upload(self, bucket: str, key: str, *, algorithm: Algorithm | None = None,
-                                object_args: Mapping[str, Any] | None = None) -> str:
+                                object_args: Mapping[str, Any] | None = None, size: int | None = None,
+                                part_size: int | None = None) -> str:
         self._enter("CreateMultipartUpload", Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm)
         with self._lock:
             target = self._bucket(bucket, "CreateMultipartUpload")

@@ -249,8 +249,10 @@ class Store(Protocol):
 
     # -- multipart uploads --------------------------------------------------------------------------------------
     def create_multipart_upload(self, bucket: str, key: str, *, algorithm: Algorithm | None = None,
-                                object_args: Mapping[str, Any] | None = None) -> str:
-        """CreateMultipartUpload; returns the UploadId."""
+                                object_args: Mapping[str, Any] | None = None, size: int | None = None,
+                                part_size: int | None = None) -> str:
+        """CreateMultipartUpload; returns the UploadId. ``size`` and ``part_size`` (the object's and its plan's) are
+        for a store that plans the upload itself (the brokered one); S3 takes neither."""
         ...
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,

@@ -368,3 +368,31 @@ def test_drop_pending_keeps_the_report_in_flight() -> None:
     buffer.put(second)
     assert buffer.drop_pending(keep_head=True) == 1 and buffer.peek() is first
     assert buffer.drop_pending(keep_head=False) == 1 and buffer.peek() is None
+
+
+# -- a brokered upload: the server's record ------------------------------------------------------------------------
+def test_a_brokered_sink_reports_to_the_upload_s_record_and_registers_nothing() -> None:
+    """The record is the one the server made with the upload (the started event's store upload id); a report
+    the server's own end overtook (409: it completed the upload) is dropped without a word."""
+    server = FakeServer()
+    push, said = sink(server, record_id=None, adopt_upload_id=True)
+    push.emit(snap(Event.STARTED, Status.UPLOADING, store_upload_id="srv-7"))
+    wait_for(lambda: bool(server.reports))
+    server.fail_with = ApiRefused("illegal transition completed -> finalizing", status=409)
+    push.emit(snap(Event.PROGRESS, Status.FINALIZING, 100))
+    wait_for(lambda: server.failed_reports >= 1)
+    server.fail_with = None
+    push.emit(snap(Event.COMPLETED, Status.COMPLETED, 100))
+    push.close()
+    assert server.created == 0 and said == [] and not push.disabled
+    assert {r["record"] for r in server.reports} == {"srv-7"}
+    assert server.statuses() == ["uploading", "completed"]
+
+
+def test_a_brokered_sink_without_an_upload_says_nothing_and_registers_nothing() -> None:
+    """The upload ended before the server made it (the server refused the key): no record to report to."""
+    server = FakeServer()
+    push, said = sink(server, record_id=None, adopt_upload_id=True)
+    push.fail(Status.FAILED, "the API server refused the upload")
+    push.finish()
+    assert server.create_attempts == 0 and server.reports == [] and said == []

@@ -1,0 +1,413 @@
+"""The brokered adapter of the :class:`~mpupload.storage.port.Store` port: the API server holds the storage
+credentials, this process holds only the user's API token (issue 15).
+
+Each S3 operation the engine makes becomes a call to the server's broker routes, or a request to a URL the
+server signed:
+
+* ``create_multipart_upload`` — ``POST /api/v1/uploads`` with ``"brokered": true`` (always a multipart upload,
+  one part for a small file: the workers then need only the upload's id). The **upload id is the server's record
+  id**: every later call names it, and the progress reports go to the same record;
+* ``upload_part`` — ``POST /api/v1/uploads/{id}/parts/sign`` for the part, with its checksum (and its
+  ``Content-MD5`` when the server's storage checks only that) signed in, then a ``PUT`` of the body to the
+  signed URL, straight to the store. A URL refused as expired is signed again and the part sent again;
+* ``list_parts_page`` — ``GET /api/v1/uploads/{id}/parts`` (the server lists every page);
+* ``complete_multipart_upload`` — ``POST /api/v1/uploads/{id}/complete``: the server checks the parts against
+  ListParts, completes and verifies the object;
+* ``abort_multipart_upload`` — ``POST /api/v1/uploads/{id}/abort``: the server aborts and confirms;
+* ``list_uploads_page`` — the user's brokered records that are still active, for ``--resume`` without a journal;
+* ``head_object`` — the newest completed brokered record of the key: the object as the server found it when it
+  verified it (the user cannot read the storage).
+
+What a user cannot do without storage credentials (read an object back, list objects, PutObject, delete) is
+refused as ``AccessDenied``: the CLI refuses the options that need it before anything starts.
+
+Engine keys are full storage keys (``PREFIX/<user>/KEY``, the ``space`` :data:`BrokerConfig` carries); the
+server is sent the part under the user's space. Errors are :class:`~.errors.StoreError` with S3's codes (the
+store's own XML error for a refused PUT; ``NoSuchUpload`` for a record the server says is gone or not active),
+network failures the builtin :class:`ConnectionError` (retried), so :mod:`.errors` reads them as any store's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import errors as E
+from ..checksums import Algorithm
+from .errors import StoreError
+from .port import (
+    CHECKSUM_FIELDS,
+    Body,
+    Checksum,
+    CompletedPart,
+    ListedUpload,
+    ObjectsPage,
+    PagePart,
+    PartsPage,
+    PresignedRequest,
+    StoreBase,
+    UploadsPage,
+    as_utc,
+)
+
+__all__ = ["BrokerConfig", "BrokeredStore", "fetch_storage"]
+
+#: how often a part whose URL expired before the store read it is signed and sent again
+RESIGN_ATTEMPTS = 2
+_HEADER_OF = {algorithm: f"x-amz-checksum-{algorithm.value}" for algorithm in CHECKSUM_FIELDS}
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Picklable settings of a brokered store (they travel to the worker processes)."""
+
+    api_url: str
+    #: the user's API token (never shown by ``repr``)
+    token: str = field(repr=False)
+    #: the server's storage bucket, and the user's space in it (``PREFIX/<user>/``)
+    bucket: str
+    space: str
+    #: the server's storage checks ``Content-MD5`` only: every part sends its MD5, signed in
+    content_md5_required: bool = False
+    #: TLS verification of the store's URLs: ``None`` the system's, a path a CA bundle, ``False`` none
+    verify: bool | str | None = None
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+
+    def short_lived(self) -> BrokerConfig:
+        return dataclasses.replace(self, connect_timeout_s=3.0, read_timeout_s=30.0)
+
+
+def fetch_storage(api_url: str, token: str) -> dict[str, Any]:
+    """``GET /api/v1/storage``: where the user's brokered uploads go (the client's errors: 409 when the server
+    has no storage, 401 for a bad token, :class:`~mpupload.client.errors.ApiUnreachable`)."""
+    from ..client.http import ApiClient
+
+    client = ApiClient(api_url, token)
+    try:
+        return client._json(client._request("GET", "/api/v1/storage"))
+    finally:
+        client.close()
+
+
+class BrokeredStore(StoreBase):
+    """The :class:`~mpupload.storage.port.Store` of a brokered upload (see the module docstring)."""
+
+    crosses_processes = True
+    #: no PutObject here: a small file is a one-part multipart upload
+    always_multipart = True
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._local = threading.local()
+        #: storage key -> the record this process completed for it (what :meth:`head_object` answers first)
+        self._completed: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"BrokeredStore({self.config.api_url!r}, s3://{self.config.bucket}/{self.config.space})"
+
+    # -- the port's plumbing ----------------------------------------------------------------------------------------
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.config.api_url
+
+    def short_lived(self) -> BrokeredStore:
+        return BrokeredStore(self.config.short_lived())
+
+    def connect(self) -> None:
+        self._session()
+
+    def known_traits(self) -> tuple[bool, bool | None, bool | None]:
+        """What the store checks, as the server's operator set it up (no probe: a user cannot make the probe's
+        throwaway upload): ``(validates_checksum, etag_is_md5, validates_content_md5)``. A server started with
+        ``--storage-content-md5`` has a store that checks Content-MD5 and not checksums; one without it, a store
+        that refuses a body whose signed checksum differs (AWS)."""
+        md5 = self.config.content_md5_required
+        return not md5, None, True if md5 else None
+
+    def _session(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            session.headers["User-Agent"] = "mpupload"
+            self._local.session = session
+        return session
+
+    def _timeout(self) -> tuple[float, float]:
+        return (self.config.connect_timeout_s, self.config.read_timeout_s)
+
+    def _api(self, method: str, path: str, operation: str, *, body: Mapping[str, Any] | None = None,
+             upload_id: str | None = None) -> Any:
+        """One call to the server's routes; its refusals as :class:`StoreError` with S3's codes."""
+        import requests
+
+        url = self.config.api_url.rstrip("/") + path
+        try:
+            response = self._session().request(method, url, json=None if body is None else dict(body),
+                                               headers={"Authorization": f"Bearer {self.config.token}"},
+                                               timeout=self._timeout())
+        except requests.Timeout as exc:
+            raise TimeoutError(f"the API server at {self.config.api_url} did not answer {operation} in time") \
+                from exc
+        except requests.RequestException as exc:
+            raise ConnectionError(f"cannot reach the API server at {self.config.api_url} ({type(exc).__name__})") \
+                from exc
+        if response.status_code < 400:
+            try:
+                return response.json()
+            except ValueError:
+                raise StoreError("InternalError", 502, f"the API server's answer to {operation} is not JSON",
+                                 operation) from None
+        raise _api_error(response, operation, upload_id)
+
+    def _relative(self, bucket: str, key: str) -> str:
+        space = self.config.space
+        if bucket != self.config.bucket or not key.startswith(space):
+            raise StoreError("AccessDenied", 403, f"s3://{bucket}/{key} is outside your space s3://"
+                                                  f"{self.config.bucket}/{space} on the API server's storage")
+        return key[len(space):]
+
+    # -- buckets ------------------------------------------------------------------------------------------------
+    def head_bucket(self, bucket: str) -> None:
+        if bucket != self.config.bucket:
+            raise StoreError("NoSuchBucket", 404, f"the API server's storage is s3://{self.config.bucket}")
+
+    def create_bucket(self, bucket: str) -> None:
+        raise _denied("CreateBucket")
+
+    def lifecycle_rules(self, bucket: str) -> list[Mapping[str, Any]]:
+        raise _denied("GetBucketLifecycleConfiguration")
+
+    # -- objects ------------------------------------------------------------------------------------------------
+    def head_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                    checksum_mode: bool = False) -> dict[str, Any]:
+        """The object as the server verified it on completion (the newest completed brokered upload of the key);
+        404 when the server completed none."""
+        self._relative(bucket, key)
+        record = self._completed.get(key)
+        if record is None:
+            found = [r for r in self._records() if r.get("storage_key") == key and r.get("status") == "completed"]
+            if not found:
+                raise StoreError("404", 404, "Not Found", "HeadObject")
+            record = max(found, key=lambda r: str(r.get("updated_at") or ""))
+        return _head_of(record)
+
+    def get_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                   byte_range: tuple[int, int] | None = None) -> Body:
+        raise _denied("GetObject")
+
+    def put_object(self, bucket: str, key: str, body: Any, *, content_length: int, checksum: Checksum | None = None,
+                   content_md5: str | None = None, if_none_match: bool = False,
+                   object_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        raise _denied("PutObject")
+
+    def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                      if_match: str | None = None) -> None:
+        raise _denied("DeleteObject")
+
+    # -- multipart uploads --------------------------------------------------------------------------------------
+    def create_multipart_upload(self, bucket: str, key: str, *, algorithm: Algorithm | None = None,
+                                object_args: Mapping[str, Any] | None = None, size: int | None = None,
+                                part_size: int | None = None) -> str:
+        """The server creates the upload and its record; the record's id is the upload id."""
+        if size is None:
+            raise StoreError("InvalidRequest", 400, "a brokered upload needs the object's size when it is created")
+        body = {"brokered": True, "key": self._relative(bucket, key), "total_bytes": size,
+                "part_size": part_size or 0, "multipart": True,
+                "checksum_algorithm": algorithm.value if algorithm is not None else "none",
+                "filename": os.path.basename(key), "host": socket.gethostname()}
+        record = self._api("POST", "/api/v1/uploads", "CreateMultipartUpload", body=body)
+        return str(record["id"])
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,
+                    content_length: int, checksum: Checksum | None = None,
+                    content_md5: str | None = None) -> dict[str, Any]:
+        import requests
+
+        for attempt in range(1, RESIGN_ATTEMPTS + 1):
+            signed = self.sign_parts(upload_id, [(part_number, content_length, checksum, content_md5)])[0]
+            headers = {**signed.headers, "Content-Length": str(content_length)}
+            if attempt > 1 and hasattr(body, "seek"):
+                body.seek(0)
+            try:
+                response = self._session().request(signed.method, signed.url, data=body, headers=headers,
+                                                   timeout=self._timeout(), verify=_verify(self.config.verify))
+            except requests.Timeout as exc:
+                raise TimeoutError(f"the store did not answer part {part_number} in time") from exc
+            except requests.RequestException as exc:
+                raise ConnectionError(f"sending part {part_number} to the store failed ({type(exc).__name__}: "
+                                      f"{exc})") from exc
+            if response.status_code < 300:
+                answer: dict[str, Any] = {"ETag": response.headers.get("ETag", "")}
+                for algorithm, name in CHECKSUM_FIELDS.items():
+                    value = response.headers.get(_HEADER_OF[algorithm])
+                    if value:
+                        answer[name] = value
+                return answer
+            error = _s3_error(response, "UploadPart")
+            if not (_expired(error) and attempt < RESIGN_ATTEMPTS and hasattr(body, "seek")):
+                raise error
+        raise AssertionError("unreachable")
+
+    def sign_parts(self, upload_id: str, parts: Sequence[tuple[int, int, Checksum | None, str | None]]
+                   ) -> list[PresignedRequest]:
+        """URLs for ``(number, size, checksum, content_md5)`` parts, in one request to the server."""
+        body = {"parts": [{"number": number, "size": size,
+                           **({"checksum": checksum.value} if checksum is not None else {}),
+                           **({"content_md5": md5} if md5 is not None else {})}
+                          for number, size, checksum, md5 in parts]}
+        answer = self._api("POST", f"/api/v1/uploads/{upload_id}/parts/sign", "SignParts", body=body,
+                           upload_id=upload_id)
+        expires = int(answer.get("expires_in") or 0)
+        return [PresignedRequest(str(p["method"]), str(p["url"]), dict(p.get("headers") or {}), expires)
+                for p in answer["parts"]]
+
+    def complete_multipart_upload(self, bucket: str, key: str, upload_id: str, parts: Sequence[CompletedPart], *,
+                                  if_none_match: bool = False) -> dict[str, Any]:
+        if if_none_match:
+            raise StoreError("NotImplemented", 501, "a brokered upload cannot refuse to overwrite (--no-overwrite)")
+        body = {"parts": [{"number": p.number, "etag": p.etag,
+                           **({"checksum": p.checksum.value} if p.checksum is not None else {})} for p in parts]}
+        record = self._api("POST", f"/api/v1/uploads/{upload_id}/complete", "CompleteMultipartUpload", body=body,
+                           upload_id=upload_id)
+        self._completed[key] = record
+        return _head_of(record)
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        self._api("POST", f"/api/v1/uploads/{upload_id}/abort", "AbortMultipartUpload", upload_id=upload_id)
+
+    def presign_upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, *,
+                            checksum: Checksum | None = None, content_md5: str | None = None,
+                            expires_in: int) -> PresignedRequest:
+        raise StoreError("NotImplemented", 501, "the API server signs part URLs for a part's size: use sign_parts",
+                         "PresignUploadPart")
+
+    def presign_put_object(self, bucket: str, key: str, *, checksum: Checksum | None = None,
+                           content_md5: str | None = None, expires_in: int) -> PresignedRequest:
+        raise _denied("PutObject")
+
+    def list_parts_page(self, bucket: str, key: str, upload_id: str, *, marker: int | None = None,
+                        max_parts: int | None = None) -> PartsPage:
+        """Every part after ``marker`` in one page (the server pages through ListParts itself)."""
+        answer = self._api("GET", f"/api/v1/uploads/{upload_id}/parts", "ListParts", upload_id=upload_id)
+        algorithm = _algorithm(answer.get("checksum_algorithm"))
+        parts = []
+        for p in answer.get("parts") or []:
+            number = int(p["number"])
+            if marker is not None and number <= marker:
+                continue
+            checksums = {algorithm: str(p["checksum"])} if algorithm is not None and p.get("checksum") else {}
+            stamp = p.get("last_modified")
+            parts.append(PagePart(number, int(p.get("size") or 0), str(p.get("etag") or "").strip('"'), checksums,
+                                  as_utc(stamp) if stamp else None))
+        if max_parts is not None:
+            parts = parts[:max_parts]
+        return PartsPage(tuple(parts), False, None, algorithm.value.upper() if algorithm is not None else None)
+
+    def list_uploads_page(self, bucket: str, prefix: str, *, key_marker: str | None = None,
+                          upload_id_marker: str | None = None) -> UploadsPage:
+        """The user's active brokered uploads under ``prefix``, by key (one page: the server lists them all)."""
+        found = []
+        for r in self._records():
+            key = str(r.get("storage_key") or "")
+            if r.get("brokered") and r.get("multipart") and r.get("status") in ("pending", "uploading", "finalizing") \
+                    and key.startswith(prefix) and (key_marker is None or key > key_marker):
+                algorithm = _algorithm(r.get("checksum_algorithm"))
+                found.append(ListedUpload(key, str(r["id"]), as_utc(r["created_at"]),
+                                          algorithm.value.upper() if algorithm is not None else None))
+        found.sort(key=lambda u: (u.key, u.initiated))
+        return UploadsPage(tuple(found), False, None, None)
+
+    def list_objects_page(self, bucket: str, prefix: str, *, token: str | None = None) -> ObjectsPage:
+        raise _denied("ListObjectsV2")
+
+    def _records(self) -> list[dict[str, Any]]:
+        answer = self._api("GET", "/api/v1/uploads", "ListUploads")
+        return [r for r in answer if isinstance(r, dict)] if isinstance(answer, list) else []
+
+
+# -- answers and errors ---------------------------------------------------------------------------------------------
+
+def _verify(value: bool | str | None) -> bool | str:
+    return True if value is None else value
+
+
+def _algorithm(name: object) -> Algorithm | None:
+    try:
+        return Algorithm(str(name).lower()) if name and str(name).lower() != "none" else None
+    except ValueError:
+        return None
+
+
+def _head_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A HeadObject-like answer from a completed brokered record: its size, ETag and, when the server verified
+    the object by its checksum, that checksum."""
+    head: dict[str, Any] = {"ContentLength": int(record.get("total_bytes") or 0)}
+    etag = record.get("etag")
+    if etag:
+        head["ETag"] = f'"{str(etag).strip(chr(34))}"'
+    algorithm = _algorithm(record.get("checksum_algorithm"))
+    if algorithm is not None and record.get("verified") == algorithm.value and record.get("checksum"):
+        head[CHECKSUM_FIELDS[algorithm]] = str(record["checksum"])
+    return head
+
+
+def _denied(operation: str) -> StoreError:
+    return StoreError("AccessDenied", 403, f"{operation} is not possible in a brokered upload: the API server "
+                                           "holds the storage credentials", operation)
+
+
+def _expired(error: StoreError) -> bool:
+    return error.status == 403 and "expired" in error.message.lower()
+
+
+def _s3_error(response: Any, operation: str) -> StoreError:
+    """The store's XML error answer as a :class:`StoreError` (its code, else the HTTP status)."""
+    code, message = str(response.status_code), ""
+    try:
+        root = ET.fromstring(response.content or b"")
+        code = root.findtext("Code") or code
+        message = root.findtext("Message") or ""
+    except ET.ParseError:
+        message = (response.text or "").strip()[:200]
+    return StoreError(code, response.status_code, message or response.reason or code, operation)
+
+
+def _api_error(response: Any, operation: str, upload_id: str | None) -> Exception:
+    """A refusal of the API server as the error it stands for: 404 (not yours, or no such upload) and 409 for an
+    upload the storage no longer has, or that is no longer active, are ``NoSuchUpload``; 401 and 403 an
+    :class:`~mpupload.errors.AuthError` (exit 3), 400, 413 and 422 (a key outside the rules, the quota) a
+    :class:`~mpupload.errors.UsageError` with the server's reason (exit 2); 429 is ``SlowDown``; 5xx keep their
+    status (retried)."""
+    try:
+        data = response.json()
+        detail = str(data.get("detail")) if isinstance(data, dict) else str(data)
+    except ValueError:
+        detail = (response.text or "").strip()[:200]
+    status = response.status_code
+    if status == 404 and upload_id is not None:
+        return StoreError("NoSuchUpload", 404, detail, operation)
+    if status == 409 and upload_id is not None and ("no longer has" in detail or " is " in detail
+                                                    and ("stopped" in detail or "failed" in detail)):
+        return StoreError("NoSuchUpload", 404, detail, operation)
+    if status in (401, 403):
+        return E.AuthError(f"the API server refused the token ({detail}): run mpupload login")
+    if status == 429:
+        return StoreError("SlowDown", 503, detail, operation)
+    if status in (400, 413, 422):
+        return E.UsageError(f"the API server refused the upload: {detail}")
+    return StoreError(str(status), status, detail, operation)
