@@ -97,7 +97,8 @@ def add_parser(sub: Any) -> None:
                    help="a regular file, or a directory (its contents go under PREFIX/ with their relative paths)")
     p.add_argument("destination", metavar="s3://BUCKET/KEY",
                    help="KEY omitted or ending in / adds the file name; a directory or several sources need a "
-                        "PREFIX ending in /")
+                        "PREFIX ending in /; a KEY without s3:// goes to the API server's storage under your space "
+                        "(a brokered upload: no AWS credentials needed)")
     add_store_arguments(p)
     t = p.add_argument_group("transfer")
     t.add_argument("--workers", type=_workers, help=f"worker processes (1-{MAX_WORKERS}; default: automatic)")
