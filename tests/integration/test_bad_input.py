@@ -44,7 +44,7 @@ CASES: list[tuple[str, Callable[[Path, str], list[str]], int, str]] = [
     ("a glob that matches nothing", lambda t, b: [str(t), f"s3://{b}/p/", "--include", "/"], 2, "--include"),
     ("directory options for one file", lambda t, b: [_file(t), f"s3://{b}/k", "--skip-existing"], 2,
      "for directory uploads"),
-    ("not s3 url", lambda t, b: [_file(t), f"{b}/k"], 2, "not an S3 URL"),
+    ("not s3 url", lambda t, b: [_file(t), f"{b}/k"], 2, "give s3://BUCKET/KEY"),  # (else: the server's storage)
     ("no bucket", lambda t, b: [_file(t), "s3:///k"], 2, "no bucket"),
     ("over 5 TiB", lambda t, b: [_huge(t), f"s3://{b}/k"], 2, "5 TiB"),
     ("part size too small", lambda t, b: [_file(t), f"s3://{b}/k", "--part-size", "4MiB"], 2, "5MiB to 5GiB"),
