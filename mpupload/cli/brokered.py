@@ -80,5 +80,5 @@ def brokered_destination(args: argparse.Namespace) -> tuple[BrokeredStore, str, 
         verify = args.ca_bundle
     config = BrokerConfig(target.api_url, target.token, bucket=str(storage["bucket"]),
                           space=str(storage["space"]), content_md5_required=bool(storage["content_md5_required"]),
-                          verify=verify)
+                          max_sign_batch=max(1, int(storage.get("max_sign_batch") or 1)), verify=verify)
     return BrokeredStore(config), config.bucket, config.space + key, target

@@ -33,7 +33,8 @@ from typing import Any, Protocol
 from .counter import ByteCounter, CancelFlag
 from .worker import Job, JobResult, OpenFiles, PartResult, WorkerConfig, run_job
 
-__all__ = ["Executor", "ExecutorEvent", "JobDone", "WorkerLost", "WorkerBroken", "QueueingExecutor", "ThreadExecutor"]
+__all__ = ["Executor", "ExecutorEvent", "JobDone", "PartDone", "WorkerLost", "WorkerBroken", "QueueingExecutor",
+           "ThreadExecutor"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,16 @@ class WorkerBroken:
         self.result.raise_error(upload_id)
 
 
-ExecutorEvent = JobDone | WorkerLost | WorkerBroken
+@dataclass(frozen=True)
+class PartDone:
+    """A part of a batch of parts (``job``) that is on the store, before the batch's :class:`JobDone` (which
+    repeats it): the coordinator journals it at once. Executors that cannot say it early do not."""
+
+    job: Job
+    result: PartResult
+
+
+ExecutorEvent = JobDone | PartDone | WorkerLost | WorkerBroken
 
 
 class Executor(Protocol):
@@ -172,7 +182,8 @@ class ThreadExecutor(QueueingExecutor):
                 if job is None:
                     return
                 try:
-                    result = run_job(store, files, self.config, job, self.counter, slot, self.flag)
+                    result = run_job(store, files, self.config, job, self.counter, slot, self.flag,
+                                     on_part=lambda part, job=job: self._send(PartDone(job, part)))  # type: ignore[misc]
                 except BaseException as exc:  # noqa: BLE001 - run_job answers; this is a bug's safety net
                     result = PartResult(getattr(job, "number", -1), False, error_type=type(exc).__name__,
                                         error=str(exc), object_id=getattr(getattr(job, "target", None), "object_id", 0))

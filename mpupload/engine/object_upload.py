@@ -53,7 +53,7 @@ from ..wire import Event, Status
 from .aggregator import Aggregator
 from .cancel import CancelToken
 from .counter import CancelFlag
-from .executor import Executor, JobDone, WorkerBroken, WorkerLost
+from .executor import Executor, JobDone, PartDone, WorkerBroken, WorkerLost
 from .executors import Executors
 from .journaling import JournalKeeper
 from .leftovers import Leftovers
@@ -74,14 +74,14 @@ PUT_CANCEL_WAIT_S = 5.0
 MAX_PARTS_PER_JOB = 8
 
 
-def batch_size(left: int, slots: int) -> int:
+def batch_size(left: int, slots: int, most: int = MAX_PARTS_PER_JOB) -> int:
     """How many of the ``left`` parts the next job takes on an executor whose jobs cost (a cluster's tasks), when
     ``slots`` jobs run at once: guided self-scheduling. What is left divided by the slots, at least one part, at
     most :data:`MAX_PARTS_PER_JOB`. Asked each time a slot is free, with the slots there are then (workers join
     and leave), so the first jobs are large and the last ones single parts: fewer jobs, and a slot that ends early
     still finds small jobs to take, so the tail is no longer than with one part per job. Fewer parts than twice
-    the slots go one to a job."""
-    return max(1, min(MAX_PARTS_PER_JOB, left // max(1, slots)))
+    the slots go one to a job. ``most``: another cap (a store that signs a run of parts at once: its window)."""
+    return max(1, min(most, left // max(1, slots)))
 
 
 class Phase(enum.Enum):
@@ -533,15 +533,18 @@ class ObjectUpload:
         executor = self._executor = self.executors.for_parts()
         self._sent_base = executor.bytes_sent()
         # an executor whose jobs cost gets the parts a job per free slot, several to a job while many are left
-        # (batch_size); the others get them all now, one to a job
-        batching = bool(getattr(executor, "batches_parts", False))
+        # (batch_size); so does a store that signs each part's URL (brokered), up to the parts it signs at once;
+        # the others get them all now, one to a job
+        window = self._sign_window()
+        batching = bool(getattr(executor, "batches_parts", False)) or window > 1
+        most = window if window > 1 else MAX_PARTS_PER_JOB
         queue = collections.deque(pending)
         in_flight = jobs = 0
 
         def feed() -> None:
             nonlocal in_flight, jobs
             while queue and (not batching or in_flight < max(1, executor.workers)):
-                k = batch_size(len(queue), executor.workers) if batching else 1
+                k = batch_size(len(queue), executor.workers, most) if batching else 1
                 parts = tuple(PartJob(target, queue.popleft()) for _ in range(min(k, len(queue))))
                 executor.submit(parts[0] if len(parts) == 1 else BatchJob(parts))
                 in_flight += 1
@@ -575,11 +578,15 @@ class ObjectUpload:
                             raise E.WorkerCrashed(
                                 f"{event.too_many(deaths)}, then run the command again",
                                 bucket=self.bucket, key=self.key, upload_id=self.upload_id)
+                    elif isinstance(event, PartDone):  # a part of a batch still running: journaled at once
+                        if self._mine(event.job) and event.result.ok:
+                            self._part_done(event.result, done)
                     elif self._mine(event.job):
                         in_flight -= 1
                         if isinstance(event.result, BatchResult):
                             for result in event.result.results:
-                                self._part_done(result, done)
+                                if not (result.ok and result.number in done):  # (said already by a PartDone)
+                                    self._part_done(result, done)
                         else:
                             assert isinstance(event.result, PartResult)
                             self._part_done(event.result, done)
@@ -593,6 +600,12 @@ class ObjectUpload:
                 executor.cancel()
         if batching:
             log.debug("%d parts went in %d jobs", len(pending), jobs)
+
+    def _sign_window(self) -> int:
+        """How many parts a worker hashes and has signed at once: a store that signs each part's URL for its body
+        (brokered) says; 1 for the others."""
+        window = getattr(self.store, "sign_window", None)
+        return max(1, int(window(self.plan.part_size))) if window is not None else 1
 
     def _mine(self, job: object) -> bool:
         if isinstance(job, BatchJob):

@@ -25,8 +25,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .counter import ByteCounter, CancelFlag
-from .executor import ExecutorEvent, JobDone, QueueingExecutor, WorkerBroken, WorkerLost, drain
-from .worker import Job, JobResult, PartResult, WorkerConfig, worker_main
+from .executor import ExecutorEvent, JobDone, PartDone, QueueingExecutor, WorkerBroken, WorkerLost, drain
+from .worker import Job, JobResult, PartResult, PartSent, WorkerConfig, worker_main
 
 __all__ = ["LocalProcessExecutor", "WorkerHandle", "START_METHODS"]
 
@@ -154,9 +154,13 @@ class LocalProcessExecutor(QueueingExecutor):
 
     def _collect(self, worker: WorkerHandle, out: list[ExecutorEvent]) -> bool:
         """Every result waiting on a worker's pipe; False when the pipe is broken."""
-        results: list[JobResult]
+        results: list[JobResult | PartSent]
         results, alive = drain(worker.conn)
         for result in results:
+            if isinstance(result, PartSent):  # a part of its batch, before the batch's end
+                if worker.job is not None:
+                    out.append(PartDone(worker.job, result.result))
+                continue
             if isinstance(result, PartResult) and result.number == 0 and not result.ok:  # it could not start
                 out.append(WorkerBroken(result))
                 continue

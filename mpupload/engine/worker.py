@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -43,8 +44,10 @@ from .probe import etag_is_md5_answer
 from .reader import PartReader, ThrottledPartReader, digest_range
 from .throttle import Meter
 
-__all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "BatchJob", "BatchResult", "Job", "JobResult",
-           "worker_main", "run_job", "run_batch", "upload_one_part", "die_with_parent", "OpenFiles",
+__all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "BatchJob", "BatchResult", "PartSent", "Job",
+           "JobResult",
+           "worker_main", "run_job", "run_batch", "upload_one_part", "part_digests", "sign_ahead", "Digests",
+           "die_with_parent", "OpenFiles",
            "CHECKSUM_METADATA_PREFIX"]
 
 #: user metadata a directory run writes with a whole-object PutObject: ``mpupload-<algorithm>`` = the file's checksum
@@ -190,6 +193,15 @@ class BatchResult:
         return sum(r.size for r in self.results if r.ok)
 
 
+@dataclass(frozen=True)
+class PartSent:
+    """A part of a batch of parts that is on the store, said by the worker before its batch ends (so that the
+    coordinator journals it at once: a run killed mid-batch resumes from it). The batch's own result follows,
+    with every part."""
+
+    result: PartResult
+
+
 Job = PartJob | BatchJob
 JobResult = PartResult | BatchResult
 
@@ -295,7 +307,8 @@ def worker_main(
                 return
             if isinstance(job, BatchJob) and threads is None and config.put_threads > 1:
                 threads = ThreadPoolExecutor(config.put_threads, thread_name_prefix="mpupload-put")
-            conn.send(run_job(store, files, config, job, counter, slot, cancel, threads=threads))
+            conn.send(run_job(store, files, config, job, counter, slot, cancel, threads=threads,
+                              on_part=lambda result: conn.send(PartSent(result))))
     finally:
         files.close()
         if threads is not None:
@@ -303,21 +316,28 @@ def worker_main(
 
 
 def run_job(store: Store, files: OpenFiles, config: WorkerConfig, job: Job, counter: ByteCounter, slot: int,
-            cancel: CancelFlag, *, threads: ThreadPoolExecutor | None = None) -> JobResult:
-    """Run one job: a part (or one whole object) through ``files``, or a batch of whole objects."""
+            cancel: CancelFlag, *, threads: ThreadPoolExecutor | None = None,
+            on_part: Callable[[PartResult], None] | None = None) -> JobResult:
+    """Run one job: a part (or one whole object) through ``files``, or a batch of whole objects or of parts
+    (``on_part`` is told of each part of a batch of parts that is sent, before the batch ends)."""
     if isinstance(job, BatchJob):
-        return run_batch(store, config, job, counter, slot, cancel, threads=None if job.of_parts else threads)
+        return run_batch(store, config, job, counter, slot, cancel, threads=None if job.of_parts else threads,
+                         on_part=on_part if job.of_parts else None)
     return _run_part(store, files, config, job, counter, slot, cancel)
 
 
 def run_batch(store: Store, config: WorkerConfig, batch: BatchJob, counter: ByteCounter, slot: int,
-              cancel: CancelFlag, *, threads: ThreadPoolExecutor | None = None) -> BatchResult:
-    """Send every object of the batch with one PutObject each, ``threads`` at a time (in order without them).
+              cancel: CancelFlag, *, threads: ThreadPoolExecutor | None = None,
+              on_part: Callable[[PartResult], None] | None = None) -> BatchResult:
+    """Send every object of the batch with one PutObject each, ``threads`` at a time (in order without them); or
+    the parts of a batch of parts one after the other (their URLs signed ahead, in one request, by a store that
+    signs them: :func:`sign_ahead`), each part ``on_part`` as soon as it is sent.
 
     Each file is opened for its own PUT and closed after it: a batch of small files reads each once. A file that
     cannot be read, changes while it is read, or is refused fails that file only; a cancel stops what has not
     started (those files come back cancelled)."""
     shared = _LockedCounter(counter) if threads is not None else counter
+    known = sign_ahead(store, batch.jobs, cancel) if batch.of_parts else {}
 
     def one(job: PartJob) -> PartResult:
         if cancel.is_set():
@@ -328,9 +348,14 @@ def run_batch(store: Store, config: WorkerConfig, batch: BatchJob, counter: Byte
         except OSError as exc:
             return _unreadable(job, exc)
         try:
-            return upload_one_part(store, fd, config, job, shared, slot, cancel)  # type: ignore[arg-type]
+            result = upload_one_part(store, fd, config, job, shared, slot, cancel,  # type: ignore[arg-type]
+                                     known=known.get(job.number))
         finally:
             os.close(fd)
+        if on_part is not None and result.ok:
+            with contextlib.suppress(Exception):  # a pipe gone: the batch's result says it all (or the worker dies)
+                on_part(result)
+        return result
 
     if threads is None:
         results = tuple(one(job) for job in batch.jobs)
@@ -366,6 +391,53 @@ def _sleep_unless_cancelled(seconds: float, cancel: CancelFlag) -> None:
         time.sleep(min(0.05, left))
 
 
+#: a part's digests: its checksum (base64, ``None`` without an algorithm) and its raw MD5 (``None`` unless wanted)
+Digests = tuple[str | None, bytes | None]
+
+
+def part_digests(fd: int, job: PartJob, cancel: CancelFlag) -> Digests:
+    """Read the part once and compute what its target wants: the checksum of its algorithm, and its MD5."""
+    target = job.target
+    algo_hasher = new_hasher(target.algorithm) if target.algorithm is not None else None
+    md5_hasher = new_hasher(Algorithm.MD5) if target.md5 else None
+    hashers: list[Hasher] = [h for h in (algo_hasher, md5_hasher) if h is not None]
+    if hashers:
+        digest_range(fd, job.offset, job.length, hashers, cancel=cancel)
+    return (b64(algo_hasher.digest()) if algo_hasher is not None else None,
+            md5_hasher.digest() if md5_hasher is not None else None)
+
+
+def sign_ahead(store: Store, jobs: tuple[PartJob, ...], cancel: CancelFlag) -> dict[int, Digests]:
+    """For a store that signs each part's URL for its body (brokered: the API server signs), hash a run of parts of
+    one multipart upload first and have their URLs signed in one request; the digests by part number (the parts'
+    first attempts use them). Nothing when the store does not sign ahead, for a single part, or when anything
+    goes wrong: each part then hashes itself, and has its URL signed, as it is sent (and fails with its own
+    error)."""
+    sign = getattr(store, "sign_ahead", None)
+    target = jobs[0].target if jobs else None
+    if sign is None or target is None or target.upload_id is None or len(jobs) < 2 \
+            or any((job.target.upload_id, job.target.path) != (target.upload_id, target.path) for job in jobs):
+        return {}
+    digests: dict[int, Digests] = {}
+    try:
+        fd = os.open(target.path, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        for job in jobs:
+            digests[job.number] = part_digests(fd, job, cancel)
+        sign(target.upload_id, [(job.number, job.length,
+                                 Checksum(target.algorithm, digests[job.number][0])  # type: ignore[arg-type]
+                                 if target.algorithm is not None and digests[job.number][0] is not None else None,
+                                 b64(md5) if (md5 := digests[job.number][1]) is not None else None)
+                                for job in jobs])
+    except Exception:  # noqa: BLE001 - a cancel, an unreadable file, a refused sign: each part finds out itself
+        return {}
+    finally:
+        os.close(fd)
+    return digests
+
+
 def upload_one_part(
     store: Store,
     fd: int,
@@ -374,11 +446,14 @@ def upload_one_part(
     counter: ByteCounter,
     slot: int,
     cancel: CancelFlag,
+    *,
+    known: Digests | None = None,
 ) -> PartResult:
     """Checksum the part, upload it with retries; never raises (the result says what happened).
 
     A part of a multipart upload goes up with UploadPart; a target without an upload id is a whole object
-    sent with one PutObject, through the same checks and the same retry policy.
+    sent with one PutObject, through the same checks and the same retry policy. ``known``: the part's digests
+    computed just before (by :func:`sign_ahead`), used by the first attempt; a retry hashes the part again.
     """
     target = job.target
     put = target.upload_id is None
@@ -387,19 +462,14 @@ def upload_one_part(
         attempt += 1
         reader: PartReader | None = None
         try:
-            algo_hasher = new_hasher(target.algorithm) if target.algorithm is not None else None
-            md5_hasher = new_hasher(Algorithm.MD5) if target.md5 else None
-            hashers: list[Hasher] = [h for h in (algo_hasher, md5_hasher) if h is not None]
-            if hashers:
-                digest_range(fd, job.offset, job.length, hashers, cancel=cancel)
-            checksum = md5_hex = content_md5 = None
+            # the first attempt may use the digests the batch computed ahead (to sign the part's URL with others)
+            checksum, raw = known if known is not None and attempt == 1 else part_digests(fd, job, cancel)
+            md5_hex = content_md5 = None
             sent: Checksum | None = None
             checksum_param = boto_checksum_param(target.algorithm) if target.algorithm is not None else None
-            if algo_hasher is not None and target.algorithm is not None:
-                checksum = b64(algo_hasher.digest())
+            if checksum is not None and target.algorithm is not None:
                 sent = Checksum(target.algorithm, checksum)
-            if md5_hasher is not None:
-                raw = md5_hasher.digest()
+            if raw is not None:
                 md5_hex = raw.hex()
                 content_md5 = b64(raw)
             if config.throttle is None:

@@ -7,9 +7,13 @@ server signed:
 * ``create_multipart_upload`` — ``POST /api/v1/uploads`` with ``"brokered": true`` (always a multipart upload,
   one part for a small file: the workers then need only the upload's id). The **upload id is the server's record
   id**: every later call names it, and the progress reports go to the same record;
-* ``upload_part`` — ``POST /api/v1/uploads/{id}/parts/sign`` for the part, with its checksum (and its
-  ``Content-MD5`` when the server's storage checks only that) signed in, then a ``PUT`` of the body to the
-  signed URL, straight to the store. A URL refused as expired is signed again and the part sent again;
+* ``sign_ahead`` — ``POST /api/v1/uploads/{id}/parts/sign`` for several parts at once, each with its checksum
+  (and its ``Content-MD5`` when the server's storage checks only that) signed in: a worker given a run of parts
+  hashes them first and signs them in one request (:meth:`BrokeredStore.sign_window` parts at most), so the
+  server's cost per request and the round trip are shared;
+* ``upload_part`` — a ``PUT`` of the body to the part's signed URL, straight to the store: the one signed ahead
+  for this body (same checksum, not about to expire), else one signed now. A URL refused as expired is signed
+  again and the part sent again;
 * ``list_parts_page`` — ``GET /api/v1/uploads/{id}/parts`` (the server lists every page);
 * ``complete_multipart_upload`` — ``POST /api/v1/uploads/{id}/complete``: the server checks the parts against
   ListParts, completes and verifies the object;
@@ -33,6 +37,7 @@ import dataclasses
 import os
 import socket
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +65,11 @@ __all__ = ["BrokerConfig", "BrokeredStore", "fetch_storage"]
 
 #: how often a part whose URL expired before the store read it is signed and sent again
 RESIGN_ATTEMPTS = 2
+#: a worker hashes and signs at most this many bytes of parts ahead of sending them (they are read again to
+#: be sent: from the page cache, and nothing is held in memory)
+SIGN_AHEAD_BYTES = 128 * 1024 * 1024
+#: a URL signed ahead is used only while at least this share of its lifetime is left (else it is signed again)
+FRESH_SHARE = 0.25
 _HEADER_OF = {algorithm: f"x-amz-checksum-{algorithm.value}" for algorithm in CHECKSUM_FIELDS}
 
 
@@ -75,6 +85,8 @@ class BrokerConfig:
     space: str
     #: the server's storage checks ``Content-MD5`` only: every part sends its MD5, signed in
     content_md5_required: bool = False
+    #: the most parts the server signs in one request
+    max_sign_batch: int = 100
     #: TLS verification of the store's URLs: ``None`` the system's, a path a CA bundle, ``False`` none
     verify: bool | str | None = None
     connect_timeout_s: float = 10.0
@@ -108,6 +120,9 @@ class BrokeredStore(StoreBase):
         self._local = threading.local()
         #: storage key -> the record this process completed for it (what :meth:`head_object` answers first)
         self._completed: dict[str, dict[str, Any]] = {}
+        #: (upload id, part number) -> URLs signed ahead: (checksum, content_md5, request, use-before monotonic)
+        self._ahead: dict[tuple[str, int], tuple[str | None, str | None, PresignedRequest, float]] = {}
+        self._ahead_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config}
@@ -233,13 +248,48 @@ class BrokeredStore(StoreBase):
         record = self._api("POST", "/api/v1/uploads", "CreateMultipartUpload", body=body)
         return str(record["id"])
 
+    def sign_window(self, part_size: int) -> int:
+        """How many parts of ``part_size`` bytes a worker hashes and signs at once (1: sign each part as it goes):
+        at most :data:`SIGN_AHEAD_BYTES` of them, and at most what the server signs in one request."""
+        return max(1, min(self.config.max_sign_batch, SIGN_AHEAD_BYTES // max(1, part_size)))
+
+    def sign_ahead(self, upload_id: str, parts: Sequence[tuple[int, int, Checksum | None, str | None]]) -> None:
+        """Sign the URLs of ``(number, size, checksum, content_md5)`` parts in one request (in requests of at most
+        ``max_sign_batch``) and keep them for :meth:`upload_part`. A URL is used only for the body it was signed
+        for, and only while a quarter of its lifetime is left."""
+        step = max(1, self.config.max_sign_batch)
+        for start in range(0, len(parts), step):
+            chunk = parts[start:start + step]
+            signed_at = time.monotonic()
+            requests_ = self.sign_parts(upload_id, chunk)
+            with self._ahead_lock:
+                for (number, _size, checksum, md5), request in zip(chunk, requests_, strict=True):
+                    use_before = signed_at + request.expires_in * (1 - FRESH_SHARE)
+                    self._ahead[(upload_id, number)] = (checksum.value if checksum is not None else None, md5,
+                                                        request, use_before)
+
+    def _signed_for(self, upload_id: str, number: int, size: int, checksum: Checksum | None,
+                    content_md5: str | None) -> PresignedRequest:
+        """The URL signed ahead for this body when it is still fresh, else one signed now."""
+        with self._ahead_lock:
+            kept = self._ahead.pop((upload_id, number), None)
+        if kept is not None:
+            value, md5, request, use_before = kept
+            if value == (checksum.value if checksum is not None else None) and md5 == content_md5 \
+                    and time.monotonic() < use_before:
+                return request
+        return self.sign_parts(upload_id, [(number, size, checksum, content_md5)])[0]
+
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,
                     content_length: int, checksum: Checksum | None = None,
                     content_md5: str | None = None) -> dict[str, Any]:
         import requests
 
         for attempt in range(1, RESIGN_ATTEMPTS + 1):
-            signed = self.sign_parts(upload_id, [(part_number, content_length, checksum, content_md5)])[0]
+            if attempt == 1:
+                signed = self._signed_for(upload_id, part_number, content_length, checksum, content_md5)
+            else:
+                signed = self.sign_parts(upload_id, [(part_number, content_length, checksum, content_md5)])[0]
             headers = {**signed.headers, "Content-Length": str(content_length)}
             if attempt > 1 and hasattr(body, "seek"):
                 body.seek(0)

@@ -347,3 +347,51 @@ def test_read_back_verifies_the_bytes_when_the_store_checks_nothing(tmp_path: Pa
     path, data = make(tmp_path, 12 * MiB)
     result = run(path, store, verify="read-back")
     assert stored(store) == data and result.verified == "read-back" and store.calls["GetObject"] >= 1
+
+
+class SigningStore(MemoryStore):
+    """An in-memory store that, like the brokered one, signs each part's URL for its body: a worker gets runs of
+    at most ``window`` parts, hashes them and has them signed in one request; each part's PUT then names the
+    checksum it was signed for (checked here against what the store received)."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__(BUCKET)
+        self.window = window
+        self.requests: list[list[int]] = []
+        self.signed: dict[int, str | None] = {}
+
+    def sign_window(self, part_size: int) -> int:
+        return self.window
+
+    def sign_ahead(self, upload_id: str, parts: Any) -> None:
+        with self._lock:
+            self.requests.append([number for number, *_ in parts])
+            for number, _size, checksum, _md5 in parts:
+                self.signed[number] = checksum.value if checksum is not None else None
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,
+                    content_length: int, checksum: Any = None, content_md5: str | None = None) -> dict[str, Any]:
+        value = checksum.value if checksum is not None else None
+        with self._lock:
+            if content_length == len(probe.PROBE_BODY):  # the store probe's throwaway upload
+                pass
+            elif part_number not in self.signed:  # not signed ahead: signed alone, as it goes (a request of its own)
+                self.requests.append([part_number])
+                self.signed[part_number] = value
+            signed = self.signed.pop(part_number, value)
+        assert signed == value, (part_number, signed)
+        return super().upload_part(bucket, key, upload_id, part_number, body, content_length=content_length,
+                                   checksum=checksum, content_md5=content_md5)
+
+
+def test_a_store_that_signs_parts_gets_them_in_runs_signed_ahead(tmp_path: Path) -> None:
+    """17 parts, 2 workers, a window of 4: each part's URL was signed once, for the body it then sent, in runs of
+    at most 4 (guided: the last runs are single parts, signed as they go): in far fewer requests than parts."""
+    store = SigningStore(window=4)
+    path, data = make(tmp_path, 16 * PART + 123)
+    result = run(path, store, checksum=ChecksumMode.CRC32C)
+    assert stored(store) == data and result.parts_total == 17
+    assert sorted(n for request in store.requests for n in request) == list(range(1, 18)), store.requests
+    assert all(len(request) <= 4 for request in store.requests), store.requests
+    assert sum(len(request) == 4 for request in store.requests) >= 3, store.requests
+    assert len(store.requests) <= 9, store.requests

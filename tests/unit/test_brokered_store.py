@@ -82,3 +82,82 @@ def test_a_key_outside_the_user_s_space_is_refused_before_any_request() -> None:
     assert caught.value.code == "AccessDenied"
     with pytest.raises(StoreError):
         store.head_bucket("other")
+
+
+# -- parts signed ahead ---------------------------------------------------------------------------------------------
+
+class SignRecorder:
+    """``sign_parts`` of the store replaced: each request's part numbers, and URLs that say which request made
+    them."""
+
+    def __init__(self, expires_in: int = 900) -> None:
+        self.requests: list[list[int]] = []
+        self.expires_in = expires_in
+
+    def __call__(self, upload_id: str, parts: Any) -> list[Any]:
+        from mpupload.storage.port import PresignedRequest
+
+        self.requests.append([number for number, *_ in parts])
+        n = len(self.requests)
+        return [PresignedRequest("PUT", f"https://store/{upload_id}/{number}?request={n}", {}, self.expires_in)
+                for number, *_ in parts]
+
+
+def signing_store(monkeypatch: pytest.MonkeyPatch, *, max_sign_batch: int = 100,
+                  expires_in: int = 900) -> tuple[BrokeredStore, SignRecorder]:
+    store = BrokeredStore(BrokerConfig("http://api", "t", bucket="b", space="p/alice/", max_sign_batch=max_sign_batch))
+    recorder = SignRecorder(expires_in)
+    monkeypatch.setattr(store, "sign_parts", recorder)
+    return store, recorder
+
+
+def test_the_sign_window_is_128_mib_of_parts_within_the_server_s_batch() -> None:
+    store = BrokeredStore(BrokerConfig("http://api", "t", bucket="b", space="p/alice/"))
+    MiB = 1024 * 1024
+    assert store.sign_window(5 * MiB) == 25
+    assert store.sign_window(64 * MiB) == 2
+    assert store.sign_window(200 * MiB) == 1
+    assert store.sign_window(1024) == 100  # the server's most per request
+    small = BrokeredStore(BrokerConfig("http://api", "t", bucket="b", space="p/alice/", max_sign_batch=10))
+    assert small.sign_window(5 * MiB) == 10
+
+
+def test_a_url_signed_ahead_serves_its_own_body_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpupload.checksums import Algorithm
+    from mpupload.storage.port import Checksum
+
+    store, recorder = signing_store(monkeypatch)
+    crc = {n: Checksum(Algorithm.CRC32C, f"c{n}==") for n in (1, 2, 3)}
+    store.sign_ahead("u", [(n, 10, crc[n], f"m{n}") for n in (1, 2, 3)])
+    assert recorder.requests == [[1, 2, 3]]
+
+    assert store._signed_for("u", 1, 10, crc[1], "m1").url.endswith("/1?request=1")  # signed ahead: no request
+    assert recorder.requests == [[1, 2, 3]]
+    assert store._signed_for("u", 1, 10, crc[1], "m1").url.endswith("/1?request=2")  # used once: a retry signs
+    # a body that differs from the one signed ahead (the file changed in between) is signed for what is sent
+    other = Checksum(Algorithm.CRC32C, "zz==")
+    assert store._signed_for("u", 2, 10, other, "m2").url.endswith("/2?request=3")
+    assert store._signed_for("u", 3, 10, crc[3], "other-md5").url.endswith("/3?request=4")
+    assert store._signed_for("v", 3, 10, crc[3], "m3").url.endswith("/3?request=5")  # another upload's part 3
+    assert recorder.requests == [[1, 2, 3], [1], [2], [3], [3]]
+
+
+def test_a_url_signed_ahead_is_signed_again_when_most_of_its_life_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpupload.storage import brokered
+
+    store, recorder = signing_store(monkeypatch, expires_in=100)
+    clock = [1000.0]
+    monkeypatch.setattr(brokered.time, "monotonic", lambda: clock[0])
+    store.sign_ahead("u", [(1, 10, None, None), (2, 10, None, None)])
+    clock[0] += 74  # three quarters of its 100 s not gone yet: used
+    assert store._signed_for("u", 1, 10, None, None).url.endswith("request=1")
+    clock[0] += 2
+    assert store._signed_for("u", 2, 10, None, None).url.endswith("request=2")
+    assert recorder.requests == [[1, 2], [2]]
+
+
+def test_a_run_of_parts_longer_than_the_server_s_batch_goes_in_several_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store, recorder = signing_store(monkeypatch, max_sign_batch=2)
+    store.sign_ahead("u", [(n, 10, None, None) for n in range(1, 6)])
+    assert recorder.requests == [[1, 2], [3, 4], [5]]
