@@ -12,8 +12,8 @@ server signed:
   hashes them first and signs them in one request (:meth:`BrokeredStore.sign_window` parts at most), so the
   server's cost per request and the round trip are shared;
 * ``upload_part`` — a ``PUT`` of the body to the part's signed URL, straight to the store: the one signed ahead
-  for this body (same checksum, not about to expire), else one signed now. A URL refused as expired is signed
-  again and the part sent again;
+  for this body (same checksum, not about to expire), else one signed now. A URL the store refuses with 403
+  (expired, most likely: Ceph RGW does not say why) is signed again, once, and the part sent again;
 * ``list_parts_page`` — ``GET /api/v1/uploads/{id}/parts`` (the server lists every page);
 * ``complete_multipart_upload`` — ``POST /api/v1/uploads/{id}/complete``: the server checks the parts against
   ListParts, completes and verifies the object;
@@ -296,11 +296,19 @@ class BrokeredStore(StoreBase):
             try:
                 response = self._session().request(signed.method, signed.url, data=body, headers=headers,
                                                    timeout=self._timeout(), verify=_verify(self.config.verify))
+            except requests.exceptions.SSLError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" not in str(exc) and "certificate verify failed" not in str(exc):
+                    raise ConnectionError(f"sending part {part_number} to the store at {_origin(signed.url)} "
+                                          f"failed (TLS: {_without_query(str(exc))})") from None
+                raise E.UsageError(f"TLS certificate check failed for the store at {_origin(signed.url)} (the API "
+                                   "server's storage): pass --ca-bundle FILE with the CA that signed its "
+                                   "certificate, or --no-verify-ssl for a test store") from None
             except requests.Timeout as exc:
                 raise TimeoutError(f"the store did not answer part {part_number} in time") from exc
             except requests.RequestException as exc:
-                raise ConnectionError(f"sending part {part_number} to the store failed ({type(exc).__name__}: "
-                                      f"{exc})") from exc
+                # (never the URL's query in a message: it is a signature, valid for minutes)
+                raise ConnectionError(f"sending part {part_number} to the store at {_origin(signed.url)} failed "
+                                      f"({type(exc).__name__}: {_without_query(str(exc))})") from None
             if response.status_code < 300:
                 answer: dict[str, Any] = {"ETag": response.headers.get("ETag", "")}
                 for algorithm, name in CHECKSUM_FIELDS.items():
@@ -309,7 +317,7 @@ class BrokeredStore(StoreBase):
                         answer[name] = value
                 return answer
             error = _s3_error(response, "UploadPart")
-            if not (_expired(error) and attempt < RESIGN_ATTEMPTS and hasattr(body, "seek")):
+            if not (_maybe_expired(error) and attempt < RESIGN_ATTEMPTS and hasattr(body, "seek")):
                 raise error
         raise AssertionError("unreachable")
 
@@ -392,6 +400,21 @@ class BrokeredStore(StoreBase):
 
 # -- answers and errors ---------------------------------------------------------------------------------------------
 
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a URL: what an error may name (a signed URL's query is a credential)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _without_query(text: str) -> str:
+    """``text`` with every URL query cut out (requests names the URL it failed on, signature included)."""
+    import re
+
+    return re.sub(r"\?[^\s)'\"]*", "?...", text)
+
+
 def _verify(value: bool | str | None) -> bool | str:
     return True if value is None else value
 
@@ -421,8 +444,10 @@ def _denied(operation: str) -> StoreError:
                                            "holds the storage credentials", operation)
 
 
-def _expired(error: StoreError) -> bool:
-    return error.status == 403 and "expired" in error.message.lower()
+def _maybe_expired(error: StoreError) -> bool:
+    """A store's 403 to a URL the API server signed: most likely expired before the store saw it. AWS says so
+    ("Request has expired"); Ceph RGW answers a bare ``AccessDenied``. Either way it is signed again, once."""
+    return error.status == 403
 
 
 def _s3_error(response: Any, operation: str) -> StoreError:

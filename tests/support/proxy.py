@@ -11,6 +11,7 @@ Command line (run from the repository root)::
         [--slowdown COUNT]                                 # answer 503 SlowDown to the first COUNT UploadParts
         [--slowdown-puts COUNT]                            # ... and to the first COUNT PutObjects
         [--stall-part N [--stall-seconds S]]               # stop the first UploadPart of part N mid-body, once
+        [--hold-part N [--hold-seconds S]]                 # hold the first UploadPart of part N's head S s, once
         [--truncate-response COUNT]                        # cut the first COUNT answers to UploadParts
         [--delay-complete-response S]                      # hold each CompleteMultipartUpload answer S s
         [--log requests.jsonl]                             # one JSON line per client->server request
@@ -41,7 +42,7 @@ Faults.  An UploadPart here is any ``PUT`` whose query has ``partNumber`` and ``
 CompleteMultipartUpload is a ``POST`` whose query has ``uploadId`` and no ``uploads``.  Counts are taken over
 all connections, in the order the request heads arrive.  All modes combine (with each other, --flip-part,
 --throttle-bps, TLS and --log); one request gets at most one fault, tried in this order: slowdown, reset,
-stall, truncate (a request taken by one is not counted by the next ones), delay.
+stall, hold, truncate (a request taken by one is not counted by the next ones), delay.
 
 * ``--slowdown COUNT``: the first COUNT UploadParts are not forwarded.  The proxy answers
   ``HTTP/1.1 503 Slow Down`` (``Content-Type: application/xml``, ``Connection: close``, body
@@ -58,6 +59,9 @@ stall, truncate (a request taken by one is not counted by the next ones), delay.
   body: after 1 MiB of its body (at most its length - 1) has been forwarded, nothing is forwarded and the
   client socket is not read (its sends block once the socket buffers are full) for S seconds or until the
   proxy stops; then forwarding goes on.  Once.
+* ``--hold-part N`` (``--hold-seconds S``, default 10): the head of the first UploadPart of part N is held S
+  seconds, then forwarded with its body: the server sees the request S seconds late (a presigned URL that expires
+  meanwhile is refused). Once.
 * ``--truncate-response COUNT``: the answers to the first COUNT UploadParts (taken when their heads pass)
   are cut with a RST on both connections: after the middle of the body when it has a Content-Length > 0,
   right after the head for a chunked or read-until-close body, and one CRLF before the end of the head when
@@ -71,7 +75,7 @@ taken by a request whose connection ends before the answer comes, go to the next
 ``--log`` lines look like ``{"method": "PUT", "path": "/b/k", "query": "partNumber=2&uploadId=x",
 "content_length": 5242880, "flipped": true, "chunked": false, "fault": null, "complete": true}``, written
 when the request's body has passed (or the connection ended mid-request: ``"complete": false``), flushed
-each time.  ``fault`` is ``"reset"``, ``"slowdown"``, ``"stall"``, ``"truncate"``, ``"delay"`` or null.  The
+each time.  ``fault`` is ``"reset"``, ``"slowdown"``, ``"stall"``, ``"hold"``, ``"truncate"``, ``"delay"`` or null.  The
 line of a request whose answer is to be truncated waits for the cut (or for the connection's end, which
 makes it null), so lines are not always in arrival order.  A request answered with SlowDown after its
 ``Expect: 100-continue`` head has ``"complete": false`` (its body never came); a reset or stalled request
@@ -147,6 +151,8 @@ RESET_AFTER = 1024 * 1024
 STALL_AFTER = 1024 * 1024
 #: default length of the stall, seconds
 STALL_SECONDS = 3600.0
+#: default length of a --hold-part hold, seconds
+HOLD_SECONDS = 10.0
 #: seconds to keep reading (and dropping) what the client sends after the SlowDown answer
 LINGER_SECONDS = 5.0
 #: seconds to wait for written bytes to reach the kernel before a reset
@@ -262,10 +268,13 @@ class Faults:
         slowdown_puts: int = 0,
         stall_part: int | None = None,
         stall_seconds: float = STALL_SECONDS,
+        hold_part: int | None = None,
+        hold_seconds: float = HOLD_SECONDS,
         truncate_response: int = 0,
         delay_complete_response: float | None = None,
     ) -> None:
-        if reset_after < 0 or slowdown < 0 or slowdown_puts < 0 or truncate_response < 0 or stall_seconds < 0:
+        if reset_after < 0 or slowdown < 0 or slowdown_puts < 0 or truncate_response < 0 or stall_seconds < 0 \
+                or hold_seconds < 0:
             raise ValueError("fault counts, byte counts and durations must be >= 0")
         if delay_complete_response is not None and delay_complete_response < 0:
             raise ValueError("the Complete delay must be >= 0")
@@ -273,6 +282,8 @@ class Faults:
         self.reset_after = reset_after
         self.stall = OnceFault(stall_part)
         self.stall_seconds = stall_seconds
+        self.hold = OnceFault(hold_part)
+        self.hold_seconds = hold_seconds
         self.slowdown_left = slowdown
         self.slowdown_puts_left = slowdown_puts
         self.truncate_left = truncate_response
@@ -283,6 +294,7 @@ class Faults:
         return (
             self.reset.part is not None
             or self.stall.part is not None
+            or self.hold.part is not None
             or self.slowdown_left > 0
             or self.slowdown_puts_left > 0
             or self.truncate_left > 0
@@ -618,7 +630,11 @@ class RequestStream:
                     self.fault_kind = fault_kind
                     self.fault_at = after if length is None else min(after, length - 1)
                     break
-        if kind == "upload_part" and self.fault_kind is None and faults.take_truncate():
+        if kind == "upload_part" and has_body and self.fault_kind is None and faults.hold.claim(_part_number(q)):
+            faults.hold.fired()
+            entry["fault"] = "hold"
+            out.put(Fault("hold", faults.hold_seconds))  # before the head: the server sees nothing meanwhile
+        if kind == "upload_part" and self.fault_kind is None and entry["fault"] is None and faults.take_truncate():
             self.exchange.truncate = True
             entry["fault"] = "truncate"
         if kind == "complete" and faults.delay is not None:
@@ -882,6 +898,8 @@ class ProxyConfig:
     slowdown_puts: int = 0
     stall_part: int | None = None
     stall_seconds: float = STALL_SECONDS
+    hold_part: int | None = None
+    hold_seconds: float = HOLD_SECONDS
     truncate_response: int = 0
     delay_complete_response: float | None = None
 
@@ -893,6 +911,8 @@ class ProxyConfig:
             slowdown_puts=self.slowdown_puts,
             stall_part=self.stall_part,
             stall_seconds=self.stall_seconds,
+            hold_part=self.hold_part,
+            hold_seconds=self.hold_seconds,
             truncate_response=self.truncate_response,
             delay_complete_response=self.delay_complete_response,
         )
@@ -1006,6 +1026,8 @@ class Proxy:
                     await send(item)
                 elif item.kind == "stall":
                     await self._stall(cwriter.transport, item.seconds)
+                elif item.kind == "hold":
+                    await asyncio.sleep(item.seconds)
                 elif item.kind == "reset":
                     await self._flush(swriter)
                     self._rst(cwriter, swriter)
@@ -1119,6 +1141,8 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     p.add_argument("--slowdown-puts", type=int, default=0)
     p.add_argument("--stall-part", type=int)
     p.add_argument("--stall-seconds", type=float, default=STALL_SECONDS)
+    p.add_argument("--hold-part", type=int)
+    p.add_argument("--hold-seconds", type=float, default=HOLD_SECONDS)
     p.add_argument("--truncate-response", type=int, default=0)
     p.add_argument("--delay-complete-response", type=float)
     a = p.parse_args(argv)
@@ -1132,7 +1156,9 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         p.error("--reset-part must be >= 0")
     if a.stall_part is not None and a.stall_part < 1:
         p.error("--stall-part must be >= 1")
-    for name in ("reset_after", "slowdown", "slowdown_puts", "stall_seconds", "truncate_response"):
+    if a.hold_part is not None and a.hold_part < 1:
+        p.error("--hold-part must be >= 1")
+    for name in ("reset_after", "slowdown", "slowdown_puts", "stall_seconds", "hold_seconds", "truncate_response"):
         if getattr(a, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if a.delay_complete_response is not None and a.delay_complete_response < 0:
@@ -1153,6 +1179,8 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         slowdown_puts=a.slowdown_puts,
         stall_part=a.stall_part,
         stall_seconds=a.stall_seconds,
+        hold_part=a.hold_part,
+        hold_seconds=a.hold_seconds,
         truncate_response=a.truncate_response,
         delay_complete_response=a.delay_complete_response,
     )
@@ -1267,6 +1295,8 @@ def start_proxy(
     slowdown_puts: int = 0,
     stall_part: int | None = None,
     stall_seconds: float = STALL_SECONDS,
+    hold_part: int | None = None,
+    hold_seconds: float = HOLD_SECONDS,
     truncate_response: int = 0,
     delay_complete_response: float | None = None,
     listen_port: int = 0,
@@ -1305,6 +1335,8 @@ def start_proxy(
         cmd += ["--slowdown-puts", str(slowdown_puts)]
     if stall_part is not None:
         cmd += ["--stall-part", str(stall_part), "--stall-seconds", repr(float(stall_seconds))]
+    if hold_part is not None:
+        cmd += ["--hold-part", str(hold_part), "--hold-seconds", repr(float(hold_seconds))]
     if truncate_response:
         cmd += ["--truncate-response", str(truncate_response)]
     if delay_complete_response is not None:
