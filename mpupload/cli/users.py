@@ -66,6 +66,22 @@ def _quota(text: str) -> int | None:
     return size
 
 
+def _check_folder_name(name: str) -> None:
+    """A user name is also the folder of the user's brokered uploads (``PREFIX/<name>/``): one the storage's key
+    rules refuse could never upload there, so it is refused here, with the reason."""
+    from ..server.broker import check_key_segments
+    from ..server.limits import InputError
+
+    if "/" in name or name in (".", ".."):
+        raise UsageError(f"the user name {name[:40]!r} cannot be a folder of the storage (PREFIX/<name>/): choose "
+                         "one without '/' that is not '.' or '..'")
+    try:
+        check_key_segments(name, what="the user name")
+    except InputError as exc:
+        raise UsageError(f"{exc}: it is also the folder of the user's uploads (PREFIX/<name>/); choose another") \
+            from None
+
+
 def read_password(from_stdin: bool) -> str:
     """The new password: one stdin line, or a confirmed prompt on a terminal."""
     if from_stdin:
@@ -113,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MPUPLOAD_BROKER_URL"] = args.broker_url  # what announce_revocation publishes through
     if command == "add" and len(name) > MAX_USER_NAME_CHARS:
         raise UsageError(f"a user name is at most {MAX_USER_NAME_CHARS} characters, got {len(name)}")
+    if command == "add":
+        _check_folder_name(name)
     quota = _quota(args.quota) if getattr(args, "quota", None) is not None else None
     if command == "set":
         asyncio.run(_with_db(args.database_url, lambda s: admin.set_quota(s, name, quota)))

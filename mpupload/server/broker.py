@@ -14,6 +14,7 @@ plan, the per-user signing limiter. The routes are :mod:`.api.broker`. Every sto
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import threading
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from ..plan import UploadPlan
 
 __all__ = ["parse_storage", "confine_key", "BrokeredCreate", "PartToSign", "SignRequest", "PartDone",
-           "CompleteRequest", "plan_brokered", "part_size_of", "SignLimiter", "MAX_SIGN_BATCH", "broker_fields",
+           "CompleteRequest", "plan_brokered", "part_size_of", "SignLimiter", "UserLocks", "MAX_SIGN_BATCH",
+           "broker_fields",
            "CHECKSUM_ALGORITHMS", "DIGEST_BYTES"]
 
 #: the most parts one ``parts/sign`` request may ask for
@@ -276,3 +278,16 @@ def broker_fields(upload: Upload) -> dict[str, Any]:
     return {"brokered": True, "storage_key": upload.storage_key, "multipart": bool(upload.store_upload_id),
             "checksum_algorithm": upload.checksum_algorithm, "verified": upload.verified,
             "last_activity_at": upload.last_activity_at.isoformat() if upload.last_activity_at else None}
+
+
+class UserLocks:
+    """One user's brokered creates, one at a time in this process: the quota is checked and the new upload
+    recorded under the lock, so two creates at once cannot both pass a check that only one fits. Striped (a
+    fixed set of locks, by user id): bounded, whatever the number of users. Other replicas are held off by the
+    user's row, locked for the create's transaction (``SELECT ... FOR UPDATE``, on PostgreSQL)."""
+
+    def __init__(self, stripes: int = 64) -> None:
+        self._locks = [asyncio.Lock() for _ in range(stripes)]
+
+    def of(self, user_id: object) -> asyncio.Lock:
+        return self._locks[hash(user_id) % len(self._locks)]

@@ -277,10 +277,11 @@ def new_upload_id() -> str:
             return candidate
 
 
-async def create_upload(session: AsyncSession, user: User, new: NewUpload, max_uploads: int | None = None
-                        ) -> Upload:
+async def create_upload(session: AsyncSession, user: User, new: NewUpload, max_uploads: int | None = None, *,
+                        commit: bool = True) -> Upload:
     """Store a new pending record owned by ``user``; :class:`ProgressError` (409) once the user already has
-    ``max_uploads`` records."""
+    ``max_uploads`` records. ``commit=False``: added to the session only (the caller sets more and commits it
+    whole: a brokered record must never be seen without its brokered fields)."""
     if new.total_bytes < 0 or new.part_size < 0 or new.parts_total < 0:
         raise ProgressError("total_bytes, part_size and parts_total must not be negative")
     if max_uploads is not None:
@@ -301,7 +302,8 @@ async def create_upload(session: AsyncSession, user: User, new: NewUpload, max_u
         created_at=now, updated_at=now, files_total=new.files_total, files_done=counts, files_failed=counts,
         files_skipped=counts)
     session.add(upload)
-    await session.commit()
+    if commit:
+        await session.commit()
     return upload
 
 

@@ -43,10 +43,12 @@ class Api:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: another database than the SQLite file in ``tmp`` (a PostgreSQL one that replicas share)
+    database: str | None = None
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.tmp / 'server.db'}"
+        return self.database or f"sqlite:///{self.tmp / 'server.db'}"
 
     @property
     def url(self) -> str:

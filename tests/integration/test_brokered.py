@@ -67,11 +67,14 @@ def put(signed: dict[str, Any], data: bytes) -> httpx.Response:
 
 
 def serve(s3: S3Server, bucket: str, tmp_path: Path, **extra: str) -> Api:
-    env = {**s3.env(), "MPUPLOAD_STORAGE": f"s3://{bucket}/{PREFIX}",
-           "MPUPLOAD_STORAGE_ENDPOINT_URL": s3.endpoint_url, "MPUPLOAD_STORAGE_REGION": s3.region,
-           "MPUPLOAD_STORAGE_CONTENT_MD5": "1", "MPUPLOAD_SIGN_EXPIRES": str(EXPIRES_S),
-           "MPUPLOAD_SIGN_MAX_PER_MINUTE": "30", **extra}
-    return Api(tmp_path, env=env).prepare("alice", "bob")
+    return Api(tmp_path, env=serve_env(s3, bucket, **extra)).prepare("alice", "bob")
+
+
+def serve_env(s3: S3Server, bucket: str, **extra: str) -> dict[str, str]:
+    return {**s3.env(), "MPUPLOAD_STORAGE": f"s3://{bucket}/{PREFIX}",
+            "MPUPLOAD_STORAGE_ENDPOINT_URL": s3.endpoint_url, "MPUPLOAD_STORAGE_REGION": s3.region,
+            "MPUPLOAD_STORAGE_CONTENT_MD5": "1", "MPUPLOAD_SIGN_EXPIRES": str(EXPIRES_S),
+            "MPUPLOAD_SIGN_MAX_PER_MINUTE": "30", **extra}
 
 
 @pytest.fixture
@@ -240,6 +243,47 @@ def test_brokered_quota(served: tuple[Api, S3Server, str]) -> None:
     assert alice.post(f"/uploads/{first['id']}/abort", {}).status_code == 200
     listed = cli("users", "list", "--database-url", api.database_url)
     assert f"quota {12 * MiB}" in listed.stdout
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+@pytest.mark.parametrize("replicas", ["sqlite", "postgresql"])
+def test_creates_at_once_cannot_both_pass_the_quota(s3: S3Server, bucket: str, tmp_path: Path,
+                                                    replicas: str) -> None:
+    """Eight creates of 7 MiB at the same moment against a 12 MiB quota: exactly one passes (the check and the
+    record it allows are one step per user), the others are 413; only that one is on the store. On SQLite, one
+    server; on PostgreSQL, two replicas of one database, the creates spread over both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.server.support import create_pg_database, drop_pg_database
+
+    database = create_pg_database() if replicas == "postgresql" else None
+    servers: list[Api] = []
+    try:
+        first = Api(tmp_path / "a", env=serve_env(s3, bucket), database=database)
+        first.tmp.mkdir()
+        servers.append(first.prepare("alice"))
+        if database is not None:
+            second = Api(tmp_path / "b", env=serve_env(s3, bucket), database=database)
+            second.tmp.mkdir()
+            servers.append(second.start())
+        done = cli("users", "set", "alice", "--quota", "12MiB", "--database-url", first.database_url)
+        assert done.returncode == 0, done.stderr
+        token = first.token("alice")
+        clients = [Client(api, token) for api in servers]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: clients[n % len(clients)].post("/uploads", {
+                "brokered": True, "key": f"race-{n}.bin", "total_bytes": 7 * MiB, "part_size": 5 * MiB,
+                "checksum_algorithm": "crc32c"}), range(8)))
+        assert sorted(a.status_code for a in answers) == [200] + [413] * 7, [(a.status_code, a.text)
+                                                                               for a in answers]
+        assert len(store_uploads(s3, bucket)) == 1
+        [won] = [a.json() for a in answers if a.status_code == 200]
+        assert clients[0].post(f"/uploads/{won['id']}/abort", {}).status_code == 200
+    finally:
+        for api in servers:
+            api.stop()
+        if database is not None:
+            drop_pg_database(database)
 
 
 def test_server_without_storage_refuses_brokered(tmp_path: Path) -> None:

@@ -85,5 +85,12 @@ def test_users_add_refuses_what_could_never_sign_in(backend: Backend) -> None:
     assert long_name.returncode == 2 and long_name.stderr.count("\n") == 1, long_name.stderr
     assert "at most 150 characters" in long_name.stderr
     assert long_password.returncode == 2 and "at most 4096 bytes" in long_password.stderr, long_password.stderr
+    # a user name is also the folder of the user's brokered uploads: one the key rules refuse is refused here
+    folders = together(*(lambda bad=bad: cli("users", "add", bad, "--password-stdin", *db, stdin="pw-123456\n")
+                         for bad in ("team/alice", "..", "back\\slash", "bell\x07")))
+    for done in folders:
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "folder" in done.stderr and "PREFIX/<name>/" in done.stderr, done.stderr
     listed = cli("users", "list", *db)
     assert name not in listed.stdout and "n" * 151 not in listed.stdout
+    assert "team/alice" not in listed.stdout and "slash" not in listed.stdout

@@ -22,6 +22,7 @@ from .deps import ServerState, SessionDep, StateDep, UserDep
 
 if TYPE_CHECKING:
     from ...checksums import Algorithm
+    from ...plan import UploadPlan
     from ...storage.port import Store
 
 __all__ = ["router", "create_brokered", "abort_on_store"]
@@ -93,20 +94,30 @@ async def storage(user: UserDep, state: StateDep) -> dict[str, Any]:
 
 async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState,
                           session: AsyncSession) -> dict[str, Any]:
-    """Check the key, plan, create the multipart upload on the store (none for a single PutObject), record it."""
+    """Check the key, plan, create the multipart upload on the store (none for a single PutObject), record it.
+    A user's creates go one at a time (:class:`~..broker.UserLocks`, and the user's row locked for the
+    transaction on PostgreSQL): the quota check and the record it allows cannot interleave with another's."""
     store, bucket, prefix = _store(state)
     try:
         full_key = B.confine_key(prefix, user.name, body.key)
         plan = B.plan_brokered(body.total_bytes, body.part_size, multipart=body.multipart)
     except InputError as exc:
         raise HTTPException(422, str(exc)) from None
-    if user.quota_bytes is not None:
-        used = await quota_used(session, user)
-        if used + body.total_bytes > user.quota_bytes:
-            total = used + body.total_bytes
-            raise HTTPException(413, f"over your quota: {body.total_bytes} more bytes would make {total}"
-                                     f" of {user.quota_bytes} (brokered uploads in flight and stored): abort "
-                                     "unfinished uploads or ask the server's operator for a larger quota")
+    async with state.create_locks.of(user.id):
+        if user.quota_bytes is not None:
+            await session.execute(select(User.id).where(User.id == user.id).with_for_update())
+            used = await quota_used(session, user)
+            if used + body.total_bytes > user.quota_bytes:
+                total = used + body.total_bytes
+                raise HTTPException(413, f"over your quota: {body.total_bytes} more bytes would make {total}"
+                                         f" of {user.quota_bytes} (brokered uploads in flight and stored): abort "
+                                         "unfinished uploads or ask the server's operator for a larger quota")
+        return await _create_recorded(body, user, state, session, store, bucket, full_key, plan)
+
+
+async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerState, session: AsyncSession,
+                           store: Store, bucket: str, full_key: str, plan: UploadPlan) -> dict[str, Any]:
+    """The store's multipart upload (none for a single PutObject) and its record, committed."""
     from ...checksums import Algorithm
 
     algorithm = None if body.checksum_algorithm == "none" else Algorithm(body.checksum_algorithm)
@@ -117,7 +128,7 @@ async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState
                         total_bytes=body.total_bytes, part_size=plan.part_size, parts_total=plan.parts_total,
                         host=body.host)
     try:
-        upload = await svc.create_upload(session, user, new, state.settings.max_uploads_per_user)
+        upload = await svc.create_upload(session, user, new, state.settings.max_uploads_per_user, commit=False)
     except svc.ProgressError as exc:
         if store_upload_id is not None:
             await _call(store.short_lived().abort_and_confirm, bucket, full_key, store_upload_id)

@@ -14,7 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..auth import LoginRateLimiter, token_user
-from ..broker import SignLimiter
+from ..broker import SignLimiter, UserLocks
 from ..bus.base import Bus
 from ..db.models import User
 from ..settings import Settings
@@ -39,6 +39,8 @@ class ServerState:
     #: the server's storage for brokered uploads (``None``: none configured)
     store: Store | None = None
     sign_limiter: SignLimiter = field(default_factory=lambda: SignLimiter(20_000))
+    #: a user's brokered creates, one at a time (the quota check and the record it allows)
+    create_locks: UserLocks = field(default_factory=UserLocks)
 
 
 async def server_state(request: Request) -> ServerState:
