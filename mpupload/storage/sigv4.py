@@ -21,6 +21,10 @@ The algorithm (AWS's "Create a signed AWS API request"):
 4. ``Authorization: AWS4-HMAC-SHA256 Credential=<access key>/<scope>, SignedHeaders=<names>,
    Signature=<hex HMAC of the string to sign>``.
 
+:func:`presign` is the query-string form of the same signature (a presigned URL, for the API server's brokered
+uploads): the ``X-Amz-*`` parameters go in the query and are part of the canonical query string, the payload
+is ``UNSIGNED-PAYLOAD`` and is not a header, and the signature is appended as ``X-Amz-Signature``.
+
 Time comes in as an argument (:func:`amz_date`), so a signature is a pure function of its inputs.
 """
 
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 __all__ = ["Credentials", "SignedRequest", "UNSIGNED_PAYLOAD", "ALGORITHM", "amz_date", "quote_key",
-           "canonical_query", "signing_key", "sign"]
+           "canonical_query", "signing_key", "sign", "presign"]
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -135,3 +139,44 @@ def sign(
     added["authorization"] = (f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
                               f"SignedHeaders={signed_headers}, Signature={signature}")
     return SignedRequest(added, canonical)
+
+
+def presign(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    credentials: Credentials,
+    *,
+    region: str,
+    timestamp: str,
+    expires: int,
+    params: Mapping[str, str] | None = None,
+    service: str = "s3",
+) -> str:
+    """The query string of a presigned request: ``params`` (e.g. ``partNumber``, ``uploadId``), the ``X-Amz-*``
+    authentication parameters, and ``X-Amz-Signature``. ``path`` is already encoded (:func:`quote_key`);
+    ``headers`` are the ones the request must then carry (``host`` among them), all signed."""
+    date = timestamp[:8]
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = {name.lower(): _trim(str(value)) for name, value in headers.items()
+               if name.lower() not in _UNSIGNED_HEADERS}
+    names = sorted(to_sign)
+    signed_headers = ";".join(names)
+    query = dict(params or {})
+    query.update({"X-Amz-Algorithm": ALGORITHM, "X-Amz-Credential": f"{credentials.access_key}/{scope}",
+                  "X-Amz-Date": timestamp, "X-Amz-Expires": str(int(expires)), "X-Amz-SignedHeaders": signed_headers})
+    if credentials.token:
+        query["X-Amz-Security-Token"] = credentials.token
+    canonical_qs = canonical_query(query)
+    canonical = "\n".join((
+        method,
+        path,
+        canonical_qs,
+        "".join(f"{n}:{to_sign[n]}\n" for n in names),
+        signed_headers,
+        UNSIGNED_PAYLOAD,
+    ))
+    string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = hmac.new(signing_key(credentials.secret_key, date, region, service), string_to_sign.encode(),
+                         "sha256").hexdigest()
+    return f"{canonical_qs}&X-Amz-Signature={signature}"
