@@ -3,6 +3,7 @@ HTTP; the client side is plain HTTP here (sign, PUT to the presigned URLs, compl
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from collections.abc import Iterator
@@ -128,6 +129,12 @@ def test_brokered_multipart_upload(served: tuple[Api, S3Server, str]) -> None:
     # Content-MD5); moto's server checks neither Content-MD5 nor x-amz-checksum-* and keeps it (the part is
     # sent again below, as a client does after a refusal)
     first = alice.signed(upload_id, parts[:1])[0]
+    # a sign records the upload's activity for the reaper at most every 30 s, not once a request (no database
+    # write for each): the signs just after the create leave the create's time
+    alice.signed(upload_id, parts[1:2])
+    created, touched = (dt.datetime.fromisoformat(value).replace(tzinfo=None) for value in (
+        plan["last_activity_at"], alice.get(f"/uploads/{upload_id}").json()["last_activity_at"]))
+    assert touched == created
     assert set(first["headers"]) == {"x-amz-checksum-crc32c", "Content-MD5"}
     assert "content-md5%3Bhost%3Bx-amz-checksum-crc32c" in first["url"]  # both signed into the URL
     tampered = put(first, bytes(len(parts[0][1])))

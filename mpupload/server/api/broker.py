@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import broker as B
 from .. import uploads as svc
-from ..db.models import Upload, UploadStatus, User, utcnow
+from ..db.models import Upload, UploadStatus, User, as_utc, utcnow
 from ..limits import InputError
 from .deps import ServerState, SessionDep, StateDep, UserDep
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
 S = UploadStatus
+
+#: a sign request records the upload's activity (for the reaper) at most this often, and at most a tenth of
+#: ``--stale-after``: not a database write per request
+ACTIVITY_EVERY_S = 30.0
 
 NO_STORAGE = ("this server has no storage for brokered uploads: upload to s3://BUCKET/KEY with your own "
               "credentials, or ask the server's operator to start it with --storage")
@@ -195,8 +199,10 @@ async def sign(upload_id: str, body: B.SignRequest, user: UserDep, state: StateD
 
     now = utcnow()
     parts = await _call(sign_all)
-    upload.last_activity_at = now
-    await session.commit()
+    last = upload.last_activity_at
+    if last is None or (now - as_utc(last)).total_seconds() >= min(ACTIVITY_EVERY_S, settings.stale_after_s / 10):
+        upload.last_activity_at = now  # (what the reaper reads: written at most this often, not per request)
+        await session.commit()
     return {"id": upload.id, "expires_in": expires,
             "expires_at": (now + dt.timedelta(seconds=expires)).isoformat(), "parts": parts}
 
