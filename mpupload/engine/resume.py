@@ -146,6 +146,11 @@ def _object_size(store: Store, bucket: str, key: str) -> int | None:
         return None
 
 
+def _md5_like(etag: str) -> bool:
+    """An ETag that could be an MD5: 32 hex digits."""
+    return len(etag) == 32 and all(c in "0123456789abcdefABCDEF" for c in etag)
+
+
 def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_md5: bool, threads: int,
                  cancel: CancelFlag | None = None) -> None:
     """Fill ``state.reusable`` with the listed parts whose size and digest match the local bytes."""
@@ -163,7 +168,7 @@ def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_
             candidates.append(listed)
     if not candidates:
         return
-    if not etag_is_md5 and not any(c.checksum for c in candidates):
+    if not etag_is_md5 and not any(c.checksum or _md5_like(c.etag) for c in candidates):
         log.warning("%d stored parts cannot be checked against the file (no MD5 ETags, no checksums): "
                     "they are uploaded again", len(candidates))
         return
@@ -180,7 +185,9 @@ def verify_parts(state: ResumeState, path: str, *, trust_journal: bool, etag_is_
             os.close(fd)
         if algo is not None and listed.checksum is not None:
             return listed if b64(algo.digest()) == listed.checksum else None
-        if not (etag_is_md5 and md5.digest().hex() == listed.etag.lower()):
+        # an ETag that is the MD5 of the local bytes proves the part, even on a store not known to give MD5 ETags
+        # (a brokered upload's: its client cannot probe the store); one that is not is sent again
+        if not ((etag_is_md5 or _md5_like(listed.etag)) and md5.digest().hex() == listed.etag.lower()):
             return None
         # a store that lists no checksum for the part (moto keeps none for a bare header): the local one goes
         # with it, so that Complete lists it and the object's composite checksum can be known

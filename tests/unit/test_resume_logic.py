@@ -354,6 +354,20 @@ def test_verify_parts_with_checksums(src: tuple[Path, bytes]) -> None:
     assert sorted(state.reusable) == [1, 3]
 
 
+def test_an_etag_that_is_the_local_md5_proves_a_part_on_any_store(src: tuple[Path, bytes]) -> None:
+    """A store not known to give MD5 ETags (a brokered upload's, which cannot be probed): a part whose ETag is
+    the MD5 of the local bytes is the same part; one whose ETag is another MD5, or opaque, is sent again."""
+    path, data = src
+    listed = {
+        1: ListedPart(1, PART, _md5(_chunk(data, 1)), None),
+        2: ListedPart(2, PART, _md5(b"other bytes"), None),
+        3: ListedPart(3, FILE_SIZE - 2 * PART, "opaque-etag", None),
+    }
+    state = _state(listed)
+    verify_parts(state, str(path), trust_journal=False, etag_is_md5=False, threads=2)
+    assert sorted(state.reusable) == [1]
+
+
 def test_verify_parts_without_md5_etags_or_checksums_reuses_nothing(tmp_path: Path) -> None:
     listed = {1: ListedPart(1, PART, "opaque", None)}
     state = _state(listed)
