@@ -123,19 +123,9 @@ def sign(
     to_sign.update(added)
     names = sorted(to_sign)
     signed_headers = ";".join(names)
-    canonical = "\n".join((
-        method,
-        path,
-        query,
-        "".join(f"{n}:{to_sign[n]}\n" for n in names),
-        signed_headers,
-        payload_hash,
-    ))
-    date = timestamp[:8]
-    scope = f"{date}/{region}/{service}/aws4_request"
-    string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    signature = hmac.new(signing_key(credentials.secret_key, date, region, service), string_to_sign.encode(),
-                         "sha256").hexdigest()
+    scope = f"{timestamp[:8]}/{region}/{service}/aws4_request"
+    canonical, signature = _signature(method, path, query, to_sign, payload_hash, credentials.secret_key,
+                                      timestamp=timestamp, region=region, service=service)
     added["authorization"] = (f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
                               f"SignedHeaders={signed_headers}, Signature={signature}")
     return SignedRequest(added, canonical)
@@ -156,27 +146,37 @@ def presign(
     """The query string of a presigned request: ``params`` (e.g. ``partNumber``, ``uploadId``), the ``X-Amz-*``
     authentication parameters, and ``X-Amz-Signature``. ``path`` is already encoded (:func:`quote_key`);
     ``headers`` are the ones the request must then carry (``host`` among them), all signed."""
-    date = timestamp[:8]
-    scope = f"{date}/{region}/{service}/aws4_request"
+    scope = f"{timestamp[:8]}/{region}/{service}/aws4_request"
     to_sign = {name.lower(): _trim(str(value)) for name, value in headers.items()
                if name.lower() not in _UNSIGNED_HEADERS}
-    names = sorted(to_sign)
-    signed_headers = ";".join(names)
+    signed_headers = ";".join(sorted(to_sign))
     query = dict(params or {})
     query.update({"X-Amz-Algorithm": ALGORITHM, "X-Amz-Credential": f"{credentials.access_key}/{scope}",
                   "X-Amz-Date": timestamp, "X-Amz-Expires": str(int(expires)), "X-Amz-SignedHeaders": signed_headers})
     if credentials.token:
         query["X-Amz-Security-Token"] = credentials.token
     canonical_qs = canonical_query(query)
+    _, signature = _signature(method, path, canonical_qs, to_sign, UNSIGNED_PAYLOAD, credentials.secret_key,
+                              timestamp=timestamp, region=region, service=service)
+    return f"{canonical_qs}&X-Amz-Signature={signature}"
+
+
+def _signature(method: str, path: str, query: str, headers: Mapping[str, str], payload_hash: str, secret_key: str,
+               *, timestamp: str, region: str, service: str) -> tuple[str, str]:
+    """The canonical request of a request whose signed ``headers`` are lower-case and trimmed, and its
+    signature (hex)."""
+    names = sorted(headers)
     canonical = "\n".join((
         method,
         path,
-        canonical_qs,
-        "".join(f"{n}:{to_sign[n]}\n" for n in names),
-        signed_headers,
-        UNSIGNED_PAYLOAD,
+        query,
+        "".join(f"{n}:{headers[n]}\n" for n in names),
+        ";".join(names),
+        payload_hash,
     ))
+    date = timestamp[:8]
+    scope = f"{date}/{region}/{service}/aws4_request"
     string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    signature = hmac.new(signing_key(credentials.secret_key, date, region, service), string_to_sign.encode(),
+    signature = hmac.new(signing_key(secret_key, date, region, service), string_to_sign.encode(),
                          "sha256").hexdigest()
-    return f"{canonical_qs}&X-Amz-Signature={signature}"
+    return canonical, signature
