@@ -12,6 +12,11 @@ GiB (the whole process tree, ``wait4``), and the API server's CPU per signed par
 minus its CPU during a direct run (both push progress), divided by the parts signed.
 
     python -m benchmarks.brokered --size 1GiB --runs 3 --out benchmarks/results/brokered.json
+    python -m benchmarks.brokered --tree 10000 --runs 3 --out benchmarks/results/brokered-tree.json
+
+``--tree N`` uploads a directory instead: N files of 64 KiB in nested folders (the datasets benchmark's ``small``
+tree), to ``s3://bench/direct/run-K/`` and to ``sets/run-K/`` (a brokered run: one record, the files' PutObject
+URLs signed in batches through it). "Per signed part" then reads "per signed object".
 """
 
 from __future__ import annotations
@@ -78,13 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GiB")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--part-size", default=None, help="--part-size for both (default: mpupload's)")
+    p.add_argument("--tree", type=int, default=0, metavar="N",
+                   help="upload a tree of N files of 64 KiB instead of one file of --size")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     size = bench.parse_size(args.size)
     rows: dict[str, list[dict[str, Any]]] = {"direct": [], "brokered": []}
     with tempfile.TemporaryDirectory(prefix="mpupload-brokered-bench-") as tmp:
         work = Path(tmp)
-        file = bench.make_file(work, size)
+        if args.tree:
+            from benchmarks.datasets import small_tree, write_tree
+
+            spec = small_tree(args.tree, 64 * 1024)
+            file = write_tree(spec, work)
+            size = sum(n for _, n in spec.files)
+        else:
+            file = bench.make_file(work, size)
+        slash = "/" if args.tree else ""
         with bench.running_server("discard", work) as store:
             api, api_url, _ = serve(work, store.url)
             try:
@@ -100,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                             env = {**base, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                                    "AWS_DEFAULT_REGION": "us-east-1"}
                             argv_ = [sys.executable, "-m", "mpupload", "upload", str(file),
-                                     f"s3://{bench.BUCKET}/direct/run-{run}", "--endpoint-url", store.url,
+                                     f"s3://{bench.BUCKET}/direct/run-{run}{slash}", "--endpoint-url", store.url,
                                      "--progress", "json", *extra]
                         else:
                             env = {**base, "HOME": str(work / "home")}
-                            argv_ = [sys.executable, "-m", "mpupload", "upload", str(file), f"sets/run-{run}",
+                            argv_ = [sys.executable, "-m", "mpupload", "upload", str(file), f"sets/run-{run}{slash}",
                                      "--progress", "json", *extra]
                         before = cpu_of(api.pid)
                         code, wall, measured, tail = bench.measure(argv_, env, False, 600, work, known)
@@ -125,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 api.terminate()
                 api.wait(20)
     doc = summarize(rows, size)
+    if args.tree:
+        doc["tree"] = {"files": args.tree, "file_bytes": 64 * 1024}
     text = json.dumps(doc, indent=2)
     print(text)
     if args.out:

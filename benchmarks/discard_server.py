@@ -614,7 +614,7 @@ class Handler:
             return self.list_parts(bucket, key, req)
         if "x-amz-copy-source" in req.headers:
             raise S3Error(501, "NotImplemented", "copies are not served: bodies are discarded")
-        if m == "PUT" and not req.query:
+        if m == "PUT" and all(name.startswith("X-Amz-") for name in req.query):  # (a presigned URL's query)
             return self.put_object(bucket, key, req, body)
         if m == "HEAD" and not set(req.query) - {"versionId"}:
             return self.head_object(bucket, key, req)

@@ -34,9 +34,11 @@ def is_brokered(destination: str) -> bool:
     return not destination.startswith("s3://")
 
 
-def brokered_destination(args: argparse.Namespace) -> tuple[BrokeredStore, str, str, ApiTarget]:
-    """The brokered store, the storage bucket and the full key (``PREFIX/<user>/KEY``), and the API server; every
-    refusal is one line with the contract's exit code, before anything is sent."""
+def brokered_destination(args: argparse.Namespace, *, run: bool = False
+                         ) -> tuple[BrokeredStore, str, str, ApiTarget]:
+    """The brokered store, the storage bucket and the full key (``PREFIX/<user>/KEY``; for a directory ``run``
+    the full PREFIX, ending in ``/``), and the API server; every refusal is one line with the contract's exit
+    code, before anything is sent."""
     from ..client import ApiAuthError, ApiError, ApiNotFound, ApiRefused, resolve_target
     from ..storage.brokered import BrokerConfig, BrokeredStore, fetch_storage
 
@@ -71,7 +73,14 @@ def brokered_destination(args: argparse.Namespace) -> tuple[BrokeredStore, str, 
     except ApiError as exc:
         raise E.UsageError(f"{what}, and the API server does not answer: {exc}") from None
     key = destination
-    if not key or key.endswith("/"):
+    if run:
+        if key and not key.endswith("/"):
+            raise E.UsageError(f"a directory, or several sources, go under a PREFIX: end the destination with / "
+                               f"({key}/)")
+        if key.startswith("/"):
+            raise E.UsageError(f"{key!r} is absolute: a PREFIX in the API server's storage is relative to your "
+                               "space (drop the leading /)")
+    elif not key or key.endswith("/"):
         key += os.path.basename(str(args.source).rstrip("/")) or "upload"
     verify: bool | str | None = None
     if getattr(args, "no_verify_ssl", False):

@@ -96,12 +96,13 @@ def check_reporting(args: argparse.Namespace) -> Reporting | None:
 def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: str, key: str, source: Source | None,
                     plan: UploadPlan | None, record_id: str | None, options: UploadOptions,
                     token: CancelToken, registration: dict[str, Any] | None = None,
-                    brokered: bool = False) -> PushSink:
+                    brokered: bool = False, run_id: str | None = None) -> PushSink:
     """Register the upload (its final plan, after the resume decision) and return the sink that reports it.
 
     ``record_id`` is the record an interrupted run kept in its journal: ``--resume`` continues it.
     ``registration`` is a directory run's body (else it is made from ``source`` and ``plan``). A ``brokered``
-    upload registers nothing: the server makes its record when it creates the upload, and the sink reports to it.
+    upload registers nothing: the server makes its record when it creates the upload, and the sink reports to it
+    (a brokered directory run's record is ``run_id``, made before the run starts).
     """
     target = reporting.target
     if registration is None:
@@ -110,7 +111,7 @@ def start_reporting(args: argparse.Namespace, reporting: Reporting, *, bucket: s
     say = warn_line(args.quiet)
     warning = reporting.warning
     if brokered:
-        record_id = None  # the record is the upload's: the sink takes its id from the started event
+        record_id = run_id  # the record is the upload's: else the sink takes its id from the started event
     elif warning is None:
         record_id, warning = _register(target, registration, record_id if options.resume else None)
     else:

@@ -268,11 +268,8 @@ def upload_store(args: argparse.Namespace) -> StoreConfig:
 def run(args: argparse.Namespace) -> int:
     from .brokered import is_brokered
 
-    if is_brokered(args.destination) and (len(args.source) > 1 or os.path.isdir(args.source[0])):
-        raise E.UsageError(f"{args.destination!r} has no s3://, so it is a key in the API server's storage: a "
-                           "directory or several sources cannot go there yet; upload each file, or give "
-                           "s3://BUCKET/PREFIX/")
-    if is_dataset(args):
+    if is_dataset(args) or (is_brokered(args.destination) and args.destination.endswith("/")
+                            and any(getattr(args, flag, None) for flag, _ in DATASET_FLAGS)):
         from .dataset import run_dataset
 
         return run_dataset(args)

@@ -46,7 +46,8 @@ from .throttle import Meter
 
 __all__ = ["WorkerConfig", "PartTarget", "PartJob", "PartResult", "BatchJob", "BatchResult", "PartSent", "Job",
            "JobResult",
-           "worker_main", "run_job", "run_batch", "upload_one_part", "part_digests", "sign_ahead", "Digests",
+           "worker_main", "run_job", "run_batch", "upload_one_part", "part_digests", "sign_ahead", "sign_puts_ahead",
+           "Digests",
            "die_with_parent", "OpenFiles",
            "CHECKSUM_METADATA_PREFIX"]
 
@@ -101,6 +102,9 @@ class PartTarget:
     #: fails the job with SourceChanged (it changed while it was read). An inode of -1 is not compared: a cluster
     #: worker reads the file on another host, where a shared filesystem may number inodes differently
     fingerprint: tuple[int, int, int] | None = None
+    #: PutObject only: the store's group the object is written in (a brokered directory run's record id: the API
+    #: server signs the object's URL in it); ``None`` for a store that has none
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -337,7 +341,7 @@ def run_batch(store: Store, config: WorkerConfig, batch: BatchJob, counter: Byte
     cannot be read, changes while it is read, or is refused fails that file only; a cancel stops what has not
     started (those files come back cancelled)."""
     shared = _LockedCounter(counter) if threads is not None else counter
-    known = sign_ahead(store, batch.jobs, cancel) if batch.of_parts else {}
+    known = sign_ahead(store, batch.jobs, cancel) if batch.of_parts else sign_puts_ahead(store, batch.jobs, cancel)
 
     def one(job: PartJob) -> PartResult:
         if cancel.is_set():
@@ -349,7 +353,7 @@ def run_batch(store: Store, config: WorkerConfig, batch: BatchJob, counter: Byte
             return _unreadable(job, exc)
         try:
             result = upload_one_part(store, fd, config, job, shared, slot, cancel,  # type: ignore[arg-type]
-                                     known=known.get(job.number))
+                                     known=known.get(job.number if batch.of_parts else job.target.object_id))
         finally:
             os.close(fd)
         if on_part is not None and result.ok:
@@ -435,6 +439,39 @@ def sign_ahead(store: Store, jobs: tuple[PartJob, ...], cancel: CancelFlag) -> d
         return {}
     finally:
         os.close(fd)
+    return digests
+
+
+def sign_puts_ahead(store: Store, jobs: tuple[PartJob, ...], cancel: CancelFlag) -> dict[int, Digests]:
+    """For a store that signs each object's URL for its body (a brokered directory run), hash a batch's small files
+    first and have their PutObject URLs signed in one request; the digests by object id (each file's first
+    attempt uses them). Nothing for another store, or when anything goes wrong: each file then hashes itself,
+    and has its URL signed, as it is sent (and fails with its own error)."""
+    sign = getattr(store, "sign_puts", None)
+    group = jobs[0].target.group if jobs else None
+    if sign is None or group is None or any(job.target.group != group for job in jobs):
+        return {}
+    digests: dict[int, Digests] = {}
+    objects = []
+    try:
+        for job in jobs:
+            target = job.target
+            try:
+                fd = os.open(target.path, os.O_RDONLY)
+            except OSError:
+                continue  # the file's own attempt reports it
+            try:
+                found = digests[target.object_id] = part_digests(fd, job, cancel)
+            finally:
+                os.close(fd)
+            objects.append((target.key, job.length,
+                            Checksum(target.algorithm, found[0]) if target.algorithm is not None
+                            and found[0] is not None else None,
+                            b64(found[1]) if found[1] is not None else None))
+        if objects:
+            sign(group, objects)
+    except Exception:  # noqa: BLE001 - a cancel, a refused sign: each file finds out itself
+        return {}
     return digests
 
 

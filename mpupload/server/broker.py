@@ -24,13 +24,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .db.models import Upload
-from .limits import INT64_MAX, MAX_FILENAME_BYTES, MAX_HOST_CHARS, MAX_KEY_BYTES, InputError, check_int, check_text
+from .limits import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_FILENAME_BYTES,
+    MAX_HOST_CHARS,
+    MAX_KEY_BYTES,
+    InputError,
+    check_int,
+    check_text,
+)
 
 if TYPE_CHECKING:
     from ..plan import UploadPlan
 
 __all__ = ["parse_storage", "confine_key", "BrokeredCreate", "PartToSign", "SignRequest", "PartDone",
-           "CompleteRequest", "plan_brokered", "part_size_of", "SignLimiter", "UserLocks", "MAX_SIGN_BATCH",
+           "CompleteRequest", "ObjectToSign", "ObjectsSignRequest", "check_object", "confine_prefix", "under",
+           "plan_brokered", "part_size_of", "SignLimiter", "UserLocks", "MAX_SIGN_BATCH",
            "broker_fields",
            "CHECKSUM_ALGORITHMS", "DIGEST_BYTES"]
 
@@ -131,9 +141,27 @@ class BrokeredCreate:
     #: a multipart upload even when the object fits in one part (the CLI asks for it: its workers then need only
     #: the upload's id, whatever the size)
     multipart: bool = False
+    #: a directory run: ``key`` is the PREFIX its objects go under (``""`` or ending in ``/``), ``total_bytes``
+    #: the bytes of every file (what the quota is checked against), ``files_total`` the files; no store upload
+    dataset: bool = False
+    files_total: int | None = None
+    #: a large file of the brokered directory run with this record id: its key is under the run's PREFIX, its
+    #: bytes are the run's (not checked against the quota again)
+    parent_id: str | None = None
 
     def __post_init__(self) -> None:
         check_text("key", self.key, max_bytes=MAX_KEY_BYTES)
+        if self.dataset:
+            if self.key and not self.key.endswith("/"):
+                raise InputError("a directory run's key is a PREFIX: empty, or ending in '/'")
+            if self.files_total is None:
+                raise InputError("a directory run needs files_total")
+            if self.parent_id is not None:
+                raise InputError("a directory run has no parent_id")
+        if self.files_total is not None:
+            check_int("files_total", self.files_total, INT32_MAX)
+        if self.parent_id is not None:
+            check_text("parent_id", self.parent_id, max_chars=32)
         check_text("filename", self.filename, max_bytes=MAX_FILENAME_BYTES)
         check_text("host", self.host, max_chars=MAX_HOST_CHARS)
         check_int("total_bytes", self.total_bytes, INT64_MAX)
@@ -172,6 +200,67 @@ class SignRequest:
             raise InputError(f"parts asks for {len(self.parts)} URLs; at most {MAX_SIGN_BATCH} per request")
         if len({p.number for p in self.parts}) != len(self.parts):
             raise InputError("parts names a part number twice")
+
+
+@dataclass(frozen=True)
+class ObjectToSign:
+    """One small file of a brokered directory run: its key (relative to the user's space, under the run's PREFIX),
+    its size and digests."""
+
+    key: str
+    size: int
+    checksum: str | None = None
+    content_md5: str | None = None
+
+    def __post_init__(self) -> None:
+        check_text("key", self.key, max_bytes=MAX_KEY_BYTES)
+        check_int("size", self.size, MAX_PART_SIZE)
+        if self.checksum is not None:
+            check_text("checksum", self.checksum, max_bytes=64)
+        if self.content_md5 is not None:
+            _digest("content_md5", self.content_md5, "md5")
+
+
+@dataclass(frozen=True)
+class ObjectsSignRequest:
+    """``POST /api/v1/uploads/{id}/objects/sign``: PutObject URLs for small files of a brokered directory run."""
+
+    objects: list[ObjectToSign] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.objects:
+            raise InputError(f"objects is empty: ask for 1 to {MAX_SIGN_BATCH} objects")
+        if len(self.objects) > MAX_SIGN_BATCH:
+            raise InputError(f"objects asks for {len(self.objects)} URLs; at most {MAX_SIGN_BATCH} per request")
+        if len({o.key for o in self.objects}) != len(self.objects):
+            raise InputError("objects names a key twice")
+
+
+def check_object(upload: Upload, obj: ObjectToSign, *, content_md5_required: bool) -> str | None:
+    """Refuse an object that carries the wrong checksum for its run (:class:`InputError`); the run's checksum
+    algorithm (``None``: none)."""
+    name = upload.checksum_algorithm or "none"
+    algorithm = None if name == "none" else name
+    if algorithm is not None:
+        if obj.checksum is None:
+            raise InputError(f"{obj.key} needs its {algorithm} checksum (base64)")
+        _digest(f"{obj.key}'s checksum", obj.checksum, algorithm)
+    elif obj.checksum is not None:
+        raise InputError(f"this run signs no checksum: {obj.key} must not carry one")
+    if content_md5_required and obj.content_md5 is None:
+        raise InputError(f"{obj.key} needs its content_md5 (base64): this server's storage checks it")
+    return algorithm
+
+
+def confine_prefix(prefix: str, username: str, key_prefix: str) -> str:
+    """The full storage PREFIX (ending in ``/``) of a directory run's ``key_prefix`` (``""`` or ending in
+    ``/``) in ``username``'s space; :class:`InputError` as :func:`confine_key`."""
+    return confine_key(prefix, username, key_prefix + "k")[:-1]
+
+
+def under(prefix: str, key: str) -> bool:
+    """Whether the full storage ``key`` is an object under the full ``prefix`` (which ends in ``/``)."""
+    return key.startswith(prefix) and len(key) > len(prefix)
 
 
 @dataclass(frozen=True)
@@ -277,7 +366,8 @@ def broker_fields(upload: Upload) -> dict[str, Any]:
     """What a brokered record adds to its JSON."""
     return {"brokered": True, "storage_key": upload.storage_key, "multipart": bool(upload.store_upload_id),
             "checksum_algorithm": upload.checksum_algorithm, "verified": upload.verified,
-            "last_activity_at": upload.last_activity_at.isoformat() if upload.last_activity_at else None}
+            "last_activity_at": upload.last_activity_at.isoformat() if upload.last_activity_at else None,
+            "parent_id": upload.parent_id}
 
 
 class UserLocks:

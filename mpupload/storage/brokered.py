@@ -51,6 +51,7 @@ from .port import (
     Body,
     Checksum,
     CompletedPart,
+    ListedObject,
     ListedUpload,
     ObjectsPage,
     PagePart,
@@ -117,6 +118,12 @@ class BrokeredStore(StoreBase):
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
+        #: a brokered directory run's record id, once :meth:`open_run` made it (the coordinator's store): its large
+        #: files' multipart uploads are created in it, and its small files' URLs signed through it
+        self.run_id: str | None = None
+        #: storage key -> (run id, checksum, content_md5, request, use-before monotonic): PutObject URLs signed ahead
+        #: (:meth:`sign_puts`), and the run a key's URL is signed in again
+        self._puts: dict[str, tuple[str, str | None, str | None, PresignedRequest | None, float]] = {}
         self._local = threading.local()
         #: storage key -> the record this process completed for it (what :meth:`head_object` answers first)
         self._completed: dict[str, dict[str, Any]] = {}
@@ -217,6 +224,10 @@ class BrokeredStore(StoreBase):
         if record is None:
             found = [r for r in self._records() if r.get("storage_key") == key and r.get("status") == "completed"]
             if not found:
+                # an object put by a directory run has no record of its own: the server's listing of it
+                for obj in self.list_objects_page(bucket, key).objects:
+                    if obj.key == key:
+                        return {"ContentLength": obj.size, "ETag": f'"{obj.etag.strip(chr(34))}"'}
                 raise StoreError("404", 404, "Not Found", "HeadObject")
             record = max(found, key=lambda r: str(r.get("updated_at") or ""))
         return _head_of(record)
@@ -228,7 +239,29 @@ class BrokeredStore(StoreBase):
     def put_object(self, bucket: str, key: str, body: Any, *, content_length: int, checksum: Checksum | None = None,
                    content_md5: str | None = None, if_none_match: bool = False,
                    object_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        raise _denied("PutObject")
+        """A small file of a brokered directory run: a PUT to the URL the server signed for this body in the run
+        (:meth:`sign_puts`; signed now when none is fresh). ``object_args`` are not sent: the URL is signed for
+        the body's digests only. Outside a run there is no PutObject here."""
+        self._relative(bucket, key)
+        with self._ahead_lock:
+            kept = self._puts.get(key)
+        run_id = kept[0] if kept is not None else self.run_id
+        if run_id is None:
+            raise _denied("PutObject")
+        if if_none_match:
+            raise StoreError("NotImplemented", 501, "a brokered upload cannot refuse to overwrite (--no-overwrite)")
+        value = checksum.value if checksum is not None else None
+
+        def signed_for(attempt: int) -> PresignedRequest:
+            if attempt == 1 and kept is not None and kept[3] is not None \
+                    and (kept[1], kept[2]) == (value, content_md5) and time.monotonic() < kept[4]:
+                return kept[3]
+            return self._sign_objects(run_id, [(key, content_length, checksum, content_md5)])[0][1]
+
+        answer = self._send(signed_for, body, content_length, "PutObject", f"{key.rsplit('/', 1)[-1]}")
+        with self._ahead_lock:
+            self._puts.pop(key, None)
+        return answer
 
     def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
                       if_match: str | None = None) -> None:
@@ -244,7 +277,8 @@ class BrokeredStore(StoreBase):
         body = {"brokered": True, "key": self._relative(bucket, key), "total_bytes": size,
                 "part_size": part_size or 0, "multipart": True,
                 "checksum_algorithm": algorithm.value if algorithm is not None else "none",
-                "filename": os.path.basename(key), "host": socket.gethostname()}
+                "filename": os.path.basename(key), "host": socket.gethostname(),
+                **({"parent_id": self.run_id} if self.run_id is not None else {})}
         record = self._api("POST", "/api/v1/uploads", "CreateMultipartUpload", body=body)
         return str(record["id"])
 
@@ -283,13 +317,20 @@ class BrokeredStore(StoreBase):
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Any, *,
                     content_length: int, checksum: Checksum | None = None,
                     content_md5: str | None = None) -> dict[str, Any]:
+        def signed_for(attempt: int) -> PresignedRequest:
+            if attempt == 1:
+                return self._signed_for(upload_id, part_number, content_length, checksum, content_md5)
+            return self.sign_parts(upload_id, [(part_number, content_length, checksum, content_md5)])[0]
+
+        return self._send(signed_for, body, content_length, "UploadPart", f"part {part_number}")
+
+    def _send(self, signed_for: Any, body: Any, content_length: int, operation: str, what: str) -> dict[str, Any]:
+        """Send ``body`` to the URL ``signed_for(attempt)`` gives, straight to the store; a 403 (an expired URL,
+        most likely) is signed again and sent again, once. The answer as S3's: the ETag and checksums."""
         import requests
 
         for attempt in range(1, RESIGN_ATTEMPTS + 1):
-            if attempt == 1:
-                signed = self._signed_for(upload_id, part_number, content_length, checksum, content_md5)
-            else:
-                signed = self.sign_parts(upload_id, [(part_number, content_length, checksum, content_md5)])[0]
+            signed = signed_for(attempt)
             headers = {**signed.headers, "Content-Length": str(content_length)}
             if attempt > 1 and hasattr(body, "seek"):
                 body.seek(0)
@@ -298,16 +339,16 @@ class BrokeredStore(StoreBase):
                                                    timeout=self._timeout(), verify=_verify(self.config.verify))
             except requests.exceptions.SSLError as exc:
                 if "CERTIFICATE_VERIFY_FAILED" not in str(exc) and "certificate verify failed" not in str(exc):
-                    raise ConnectionError(f"sending part {part_number} to the store at {_origin(signed.url)} "
+                    raise ConnectionError(f"sending {what} to the store at {_origin(signed.url)} "
                                           f"failed (TLS: {_without_query(str(exc))})") from None
                 raise E.UsageError(f"TLS certificate check failed for the store at {_origin(signed.url)} (the API "
                                    "server's storage): pass --ca-bundle FILE with the CA that signed its "
                                    "certificate, or --no-verify-ssl for a test store") from None
             except requests.Timeout as exc:
-                raise TimeoutError(f"the store did not answer part {part_number} in time") from exc
+                raise TimeoutError(f"the store did not answer {what} in time") from exc
             except requests.RequestException as exc:
                 # (never the URL's query in a message: it is a signature, valid for minutes)
-                raise ConnectionError(f"sending part {part_number} to the store at {_origin(signed.url)} failed "
+                raise ConnectionError(f"sending {what} to the store at {_origin(signed.url)} failed "
                                       f"({type(exc).__name__}: {_without_query(str(exc))})") from None
             if response.status_code < 300:
                 answer: dict[str, Any] = {"ETag": response.headers.get("ETag", "")}
@@ -316,10 +357,54 @@ class BrokeredStore(StoreBase):
                     if value:
                         answer[name] = value
                 return answer
-            error = _s3_error(response, "UploadPart")
+            error = _s3_error(response, operation)
             if not (_maybe_expired(error) and attempt < RESIGN_ATTEMPTS and hasattr(body, "seek")):
                 raise error
         raise AssertionError("unreachable")
+
+    # -- a brokered directory run ---------------------------------------------------------------------------------
+    def open_run(self, prefix: str, *, total_bytes: int, files_total: int, name: str,
+                 algorithm: Algorithm | None) -> str:
+        """The server's record of a directory run to the full storage ``prefix`` (the user's space and a PREFIX
+        ending in ``/``): the quota is checked for ``total_bytes`` now. Its id is the run's (:attr:`run_id`)."""
+        body = {"brokered": True, "dataset": True, "key": self._relative(self.config.bucket, prefix),
+                "total_bytes": total_bytes, "files_total": files_total, "filename": name,
+                "checksum_algorithm": algorithm.value if algorithm is not None else "none",
+                "host": socket.gethostname()}
+        record = self._api("POST", "/api/v1/uploads", "CreateRun", body=body)
+        self.run_id = str(record["id"])
+        return self.run_id
+
+    def sign_puts(self, run_id: str, objects: Sequence[tuple[str, int, Checksum | None, str | None]]) -> None:
+        """Have the PutObject URLs of ``(storage key, size, checksum, content_md5)`` objects of run ``run_id``
+        signed (in requests of at most ``max_sign_batch``) and keep them for :meth:`put_object`, which uses a URL
+        only for the body it was signed for, while a quarter of its lifetime is left."""
+        step = max(1, self.config.max_sign_batch)
+        with self._ahead_lock:  # (the run a key is signed in again, should this fail)
+            for key, *_ in objects:
+                self._puts[key] = (run_id, None, None, None, 0.0)
+        for start in range(0, len(objects), step):
+            chunk = objects[start:start + step]
+            signed_at = time.monotonic()
+            signed = self._sign_objects(run_id, chunk)
+            with self._ahead_lock:
+                for (key, _size, checksum, md5), (_, request) in zip(chunk, signed, strict=True):
+                    self._puts[key] = (run_id, checksum.value if checksum is not None else None, md5, request,
+                                       signed_at + request.expires_in * (1 - FRESH_SHARE))
+
+    def _sign_objects(self, run_id: str, objects: Sequence[tuple[str, int, Checksum | None, str | None]]
+                      ) -> list[tuple[str, PresignedRequest]]:
+        body = {"objects": [{"key": self._relative(self.config.bucket, key), "size": size,
+                             **({"checksum": checksum.value} if checksum is not None else {}),
+                             **({"content_md5": md5} if md5 is not None else {})}
+                            for key, size, checksum, md5 in objects]}
+        answer = self._api("POST", f"/api/v1/uploads/{run_id}/objects/sign", "SignObjects", body=body,
+                           upload_id=run_id)
+        expires = int(answer.get("expires_in") or 0)
+        space = self.config.space
+        return [(space + str(o["key"]), PresignedRequest(str(o["method"]), str(o["url"]),
+                                                         dict(o.get("headers") or {}), expires))
+                for o in answer["objects"]]
 
     def sign_parts(self, upload_id: str, parts: Sequence[tuple[int, int, Checksum | None, str | None]]
                    ) -> list[PresignedRequest]:
@@ -391,7 +476,20 @@ class BrokeredStore(StoreBase):
         return UploadsPage(tuple(found), False, None, None)
 
     def list_objects_page(self, bucket: str, prefix: str, *, token: str | None = None) -> ObjectsPage:
-        raise _denied("ListObjectsV2")
+        """One page of the objects under ``prefix`` in the user's space, as the server lists them."""
+        from urllib.parse import urlencode
+
+        space = self.config.space
+        if bucket != self.config.bucket or not (prefix.startswith(space) or space.startswith(prefix)):
+            raise StoreError("AccessDenied", 403, f"s3://{bucket}/{prefix} is outside your space s3://"
+                                                  f"{self.config.bucket}/{space} on the API server's storage")
+        query = {"prefix": prefix[len(space):] if prefix.startswith(space) else "",
+                 **({"token": token} if token is not None else {})}
+        answer = self._api("GET", f"/api/v1/storage/objects?{urlencode(query)}", "ListObjectsV2")
+        objects = tuple(ListedObject(space + str(o["key"]), int(o.get("size") or 0), str(o.get("etag") or ""))
+                        for o in answer.get("objects") or [])
+        next_token = answer.get("next_token")
+        return ObjectsPage(objects, next_token is not None, str(next_token) if next_token is not None else None)
 
     def _records(self) -> list[dict[str, Any]]:
         answer = self._api("GET", "/api/v1/uploads", "ListUploads")
@@ -430,6 +528,10 @@ def _head_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """A HeadObject-like answer from a completed brokered record: its size, ETag and, when the server verified
     the object by its checksum, that checksum."""
     head: dict[str, Any] = {"ContentLength": int(record.get("total_bytes") or 0)}
+    if record.get("multipart") and record.get("part_size"):
+        # the part size it was sent with, as a direct directory run stores it in the object's metadata
+        # (``mpupload-part-size``): --skip-existing compares a multipart ETag with it
+        head["Metadata"] = {"mpupload-part-size": str(record["part_size"])}
     etag = record.get("etag")
     if etag:
         head["ETag"] = f'"{str(etag).strip(chr(34))}"'

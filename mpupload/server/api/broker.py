@@ -11,13 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import broker as B
 from .. import uploads as svc
 from ..db.models import Upload, UploadStatus, User, as_utc, utcnow
-from ..limits import InputError
+from ..limits import InputError, check_text
 from .deps import ServerState, SessionDep, StateDep, UserDep
 
 if TYPE_CHECKING:
@@ -102,25 +102,114 @@ async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState
     A user's creates go one at a time (:class:`~..broker.UserLocks`, and the user's row locked for the
     transaction on PostgreSQL): the quota check and the record it allows cannot interleave with another's."""
     store, bucket, prefix = _store(state)
+    if body.dataset:
+        return await _create_run(body, user, state, session, bucket, prefix)
     try:
         full_key = B.confine_key(prefix, user.name, body.key)
         plan = B.plan_brokered(body.total_bytes, body.part_size, multipart=body.multipart)
     except InputError as exc:
         raise HTTPException(422, str(exc)) from None
+    if body.parent_id is not None:
+        # a large file of a brokered directory run: inside the run's PREFIX and its declared bytes
+        async with state.create_locks.of(user.id):
+            parent = await _run_of(session, user, body.parent_id)
+            await _account(session, parent, [(full_key, body.total_bytes)])
+            return await _create_recorded(body, user, state, session, store, bucket, full_key, plan,
+                                          parent_id=parent.id)
     async with state.create_locks.of(user.id):
-        if user.quota_bytes is not None:
-            await session.execute(select(User.id).where(User.id == user.id).with_for_update())
-            used = await quota_used(session, user)
-            if used + body.total_bytes > user.quota_bytes:
-                total = used + body.total_bytes
-                raise HTTPException(413, f"over your quota: {body.total_bytes} more bytes would make {total}"
-                                         f" of {user.quota_bytes} (brokered uploads in flight and stored): abort "
-                                         "unfinished uploads or ask the server's operator for a larger quota")
+        await _check_quota(session, user, body.total_bytes)
         return await _create_recorded(body, user, state, session, store, bucket, full_key, plan)
 
 
+async def _create_run(body: B.BrokeredCreate, user: User, state: ServerState, session: AsyncSession,
+                      bucket: str, prefix: str) -> dict[str, Any]:
+    """The record of a brokered directory run: nothing on the store yet (its small files are PutObjects signed in
+    batches, its large files multipart uploads of their own). The quota is checked once, for every byte of the
+    run, and each object it signs is counted against that."""
+    try:
+        full_prefix = B.confine_prefix(prefix, user.name, body.key)
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    async with state.create_locks.of(user.id):
+        await _check_quota(session, user, body.total_bytes)
+        new = svc.NewUpload(filename=body.filename or body.key or "/", bucket=bucket, key=full_prefix,
+                            total_bytes=body.total_bytes, parts_total=body.files_total or 0, host=body.host,
+                            files_total=body.files_total)
+        try:
+            upload = await svc.create_upload(session, user, new, state.settings.max_uploads_per_user, commit=False)
+        except svc.ProgressError as exc:
+            raise HTTPException(exc.status_code, str(exc)) from None
+        upload.brokered = True
+        upload.storage_key = full_prefix
+        upload.checksum_algorithm = body.checksum_algorithm
+        upload.last_activity_at = utcnow()
+        await session.commit()
+    await svc.publish(state.bus, upload, state.settings.live_after_s)
+    record = _record(upload, state)
+    record.update(content_md5_required=state.settings.storage_content_md5, max_sign_batch=B.MAX_SIGN_BATCH,
+                  sign_expires_s=state.settings.sign_expires_s)
+    return record
+
+
+async def _check_quota(session: AsyncSession, user: User, more: int) -> None:
+    """413 when ``more`` bytes would take the user over their quota (the user's row locked on PostgreSQL: the
+    caller holds the user's create lock, and the transaction ends with the record it allows)."""
+    if user.quota_bytes is None:
+        return
+    await session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    used = await quota_used(session, user)
+    if used + more > user.quota_bytes:
+        raise HTTPException(413, f"over your quota: {more} more bytes would make {used + more} of "
+                                 f"{user.quota_bytes} (brokered uploads in flight and stored): abort unfinished "
+                                 "uploads or ask the server's operator for a larger quota")
+
+
+def is_run(upload: Upload) -> bool:
+    """A brokered directory run's record (its objects are signed through it; nothing of its own on the store)."""
+    return bool(upload.brokered) and upload.files_total is not None and not upload.store_upload_id
+
+
+async def _run_of(session: AsyncSession, user: User, run_id: str) -> Upload:
+    """The user's active brokered directory run ``run_id`` (404 as any upload that is not theirs; 409 when it is
+    not a run, or no longer active)."""
+    run = await _brokered(session, user, run_id, active=True)
+    if not is_run(run):
+        raise HTTPException(409, f"upload {run_id} is not a brokered directory run")
+    return run
+
+
+async def _account(session: AsyncSession, run: Upload, objects: list[tuple[str, int]]) -> None:
+    """Record the run's objects with their sizes (a key signed again is counted once, at its latest size): 422
+    for a key outside the run's PREFIX, 413 when they would take the run past the bytes it declared."""
+    from ..db.models import BrokeredObject
+
+    prefix = run.storage_key or ""
+    for key, _ in objects:
+        if not B.under(prefix, key):
+            raise HTTPException(422, f"{key} is outside this run's prefix {prefix}")
+    keys = [key for key, _ in objects]
+    known = dict((await session.execute(
+        select(BrokeredObject.key, BrokeredObject.size)
+        .where(BrokeredObject.upload_id == run.id, BrokeredObject.key.in_(keys)))).tuples().all())
+    grows = sum(size - known.get(key, 0) for key, size in objects)
+    if grows > 0:
+        counted = (await session.execute(
+            select(func.coalesce(func.sum(BrokeredObject.size), 0))
+            .where(BrokeredObject.upload_id == run.id))).scalar_one()
+        if int(counted) + grows > run.total_bytes:
+            raise HTTPException(413, f"this run declared {run.total_bytes} bytes; these objects would make "
+                                     f"{int(counted) + grows}: start a new run for the files added since")
+    for key, size in objects:
+        if key not in known:
+            session.add(BrokeredObject(upload_id=run.id, key=key, size=size))
+        elif known[key] != size:
+            await session.execute(update(BrokeredObject).where(BrokeredObject.upload_id == run.id,
+                                                               BrokeredObject.key == key).values(size=size))
+
+
 async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerState, session: AsyncSession,
-                           store: Store, bucket: str, full_key: str, plan: UploadPlan) -> dict[str, Any]:
+                           store: Store, bucket: str, full_key: str, plan: UploadPlan, *,
+                           parent_id: str | None = None) -> dict[str, Any]:
     """The store's multipart upload (none for a single PutObject) and its record, committed."""
     from ...checksums import Algorithm
 
@@ -138,6 +227,7 @@ async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerStat
             await _call(store.short_lived().abort_and_confirm, bucket, full_key, store_upload_id)
         raise HTTPException(exc.status_code, str(exc)) from None
     upload.brokered = True
+    upload.parent_id = parent_id
     upload.store_upload_id = store_upload_id
     upload.storage_key = full_key
     upload.checksum_algorithm = body.checksum_algorithm
@@ -151,11 +241,13 @@ async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerStat
 
 
 async def quota_used(session: AsyncSession, user: User) -> int:
-    """The user's brokered bytes in flight (not completed, not stopped or failed) and stored (completed)."""
+    """The user's brokered bytes in flight (not completed, not stopped or failed) and stored (completed); a
+    directory run's large files are counted in the run's bytes, not again."""
     counted = [*svc.ACTIVE, S.COMPLETED]
     total = (await session.execute(
         select(func.coalesce(func.sum(Upload.total_bytes), 0))
-        .where(Upload.owner_id == user.id, Upload.brokered.is_(True), Upload.status.in_(counted)))).scalar_one()
+        .where(Upload.owner_id == user.id, Upload.brokered.is_(True), Upload.status.in_(counted),
+               Upload.parent_id.is_(None)))).scalar_one()
     return int(total)
 
 
@@ -166,6 +258,8 @@ async def sign(upload_id: str, body: B.SignRequest, user: UserDep, state: StateD
     that) signed in. A single-PutObject upload has one part, number 1: its URL is a PutObject."""
     store, bucket, _ = _store(state)
     upload = await _brokered(session, user, upload_id, active=True)
+    if is_run(upload):
+        raise HTTPException(409, f"upload {upload_id} is a directory run: sign its objects with objects/sign")
     settings = state.settings
     try:
         checked = [(part, B.check_part(upload, part, content_md5_required=settings.storage_content_md5))
@@ -199,12 +293,81 @@ async def sign(upload_id: str, body: B.SignRequest, user: UserDep, state: StateD
 
     now = utcnow()
     parts = await _call(sign_all)
-    last = upload.last_activity_at
-    if last is None or (now - as_utc(last)).total_seconds() >= min(ACTIVITY_EVERY_S, settings.stale_after_s / 10):
-        upload.last_activity_at = now  # (what the reaper reads: written at most this often, not per request)
-        await session.commit()
+    await _touch(session, upload, now, settings.stale_after_s)
     return {"id": upload.id, "expires_in": expires,
             "expires_at": (now + dt.timedelta(seconds=expires)).isoformat(), "parts": parts}
+
+
+async def _touch(session: AsyncSession, upload: Upload, now: dt.datetime, stale_after_s: float) -> None:
+    """Record the upload's activity (what the reaper reads), at most every :data:`ACTIVITY_EVERY_S` and every
+    tenth of ``--stale-after``: not a database write per request. Commits what the session holds."""
+    last = upload.last_activity_at
+    if last is None or (now - as_utc(last)).total_seconds() >= min(ACTIVITY_EVERY_S, stale_after_s / 10):
+        upload.last_activity_at = now
+    await session.commit()
+
+
+@router.post("/uploads/{upload_id}/objects/sign")
+async def sign_objects(upload_id: str, body: B.ObjectsSignRequest, user: UserDep, state: StateDep,
+                       session: SessionDep) -> dict[str, Any]:
+    """PutObject URLs for small files of a brokered directory run, each with its checksum (and Content-MD5 when
+    the storage checks only that) signed in. Every key must be under the run's PREFIX, and the run's objects
+    together within the bytes it declared (413): a run cannot write more than the quota allowed it."""
+    store, bucket, prefix = _store(state)
+    run = await _run_of(session, user, upload_id)
+    settings = state.settings
+    try:
+        checked = [(obj, B.confine_key(prefix, user.name, obj.key),
+                    B.check_object(run, obj, content_md5_required=settings.storage_content_md5))
+                   for obj in body.objects]
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    wait = state.sign_limiter.take(user.id, len(body.objects))
+    if wait is not None:
+        raise HTTPException(429, f"too many URLs signed in the last minute (at most {settings.sign_max_per_minute})"
+                                 f": try again in {int(wait)} s", headers={"Retry-After": str(int(wait))})
+    await _account(session, run, [(full, obj.size) for obj, full, _ in checked])
+    expires = settings.sign_expires_s
+
+    from ...checksums import Algorithm
+    from ...storage.port import Checksum
+
+    def sign_all() -> list[dict[str, Any]]:
+        signed = []
+        for obj, full, algorithm in checked:
+            checksum = Checksum(Algorithm(algorithm), obj.checksum) if algorithm is not None and obj.checksum \
+                else None
+            request = store.presign_put_object(bucket, full, checksum=checksum, content_md5=obj.content_md5,
+                                               expires_in=expires)
+            signed.append({"key": obj.key, "size": obj.size, "method": request.method, "url": request.url,
+                           "headers": dict(request.headers)})
+        return signed
+
+    now = utcnow()
+    objects = await _call(sign_all)
+    await _touch(session, run, now, settings.stale_after_s)  # (and commits the objects counted)
+    return {"id": run.id, "expires_in": expires, "expires_at": (now + dt.timedelta(seconds=expires)).isoformat(),
+            "objects": objects}
+
+
+@router.get("/storage/objects")
+async def list_objects(user: UserDep, state: StateDep, prefix: str = "", token: str | None = None
+                       ) -> dict[str, Any]:
+    """One page (up to 1,000) of the objects under ``prefix`` in the viewer's space, keys relative to it: what a
+    directory run's ``--skip-existing`` and ``--resume`` compare their files with."""
+    store, bucket, storage_prefix = _store(state)
+    try:
+        space = B.confine_key(storage_prefix, user.name, "k")[:-1]
+        if prefix:
+            B.check_key_segments(prefix.rstrip("/") or "/", what="prefix")
+        if token is not None:
+            check_text("token", token, max_bytes=4096)
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    page = await _call(store.list_objects_page, bucket, space + prefix, token=token)
+    return {"objects": [{"key": o.key[len(space):], "size": o.size, "etag": o.etag}
+                        for o in page.objects if o.key.startswith(space)],
+            "next_token": page.next_token if page.truncated else None}
 
 
 @router.get("/uploads/{upload_id}/parts")
@@ -256,6 +419,9 @@ async def complete(upload_id: str, body: B.CompleteRequest, user: UserDep, state
 
     store, bucket, _ = _store(state)
     upload = await _brokered(session, user, upload_id, active=True)
+    if is_run(upload):
+        raise HTTPException(409, f"upload {upload_id} is a directory run: its objects are complete once put, and "
+                                 "the run ends with its last progress report")
     key, algorithm = upload.storage_key or upload.key, _algorithm(upload)
     expected_checksum: str | None = None
     md5s = [unb64(p.content_md5) for p in sorted(body.parts, key=lambda p: p.number) if p.content_md5]
@@ -367,7 +533,9 @@ async def abort_on_store(session: AsyncSession, state: ServerState, upload: Uplo
     store that refuses is :class:`HTTPException` 502."""
     store, bucket, _ = _store(state)
     outcome = "nothing to abort (a single PutObject)"
-    if upload.store_upload_id:
+    if is_run(upload):
+        outcome = await _abort_children(session, state, upload)
+    elif upload.store_upload_id:
         result = await _call(store.abort_and_confirm, bucket, upload.storage_key or upload.key,
                              upload.store_upload_id)
         if not result.gone:
@@ -376,6 +544,17 @@ async def abort_on_store(session: AsyncSession, state: ServerState, upload: Uplo
     if upload.status is not S.STOPPED:
         await _finish(session, state, upload, S.STOPPED, error=reason)
     return outcome
+
+
+async def _abort_children(session: AsyncSession, state: ServerState, run: Upload) -> str:
+    """Abort every active large file of a brokered directory run (what its small files put stays, as in a
+    direct run); the outcome in words."""
+    children = list((await session.execute(
+        select(Upload).where(Upload.parent_id == run.id, Upload.owner_id == run.owner_id,
+                             Upload.status.in_(list(svc.ACTIVE))))).scalars())
+    for child in children:
+        await abort_on_store(session, state, child, reason=f"its directory run {run.id} was stopped")
+    return f"{len(children)} multipart upload(s) of the run aborted; the objects already put stay"
 
 
 @router.post("/uploads/{upload_id}/abort")

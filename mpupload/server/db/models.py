@@ -121,6 +121,8 @@ class Upload(Base):
     checksum_algorithm: Mapped[str | None] = mapped_column(String(16), nullable=True)
     verified: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_activity_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: a large file of a brokered directory run: the run's record (migration 0007)
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class Sample(Base):
@@ -165,3 +167,14 @@ class UploadFile(Base):
         nullable=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class BrokeredObject(Base):
+    """An object a brokered directory run had signed, with its size (migration 0007): one row per (run, key)."""
+
+    __tablename__ = "brokered_objects"
+    __table_args__ = (PrimaryKeyConstraint("upload_id", "key", name="pk_brokered_objects"),)
+
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
