@@ -63,7 +63,7 @@ from .errors import StoreError
 from .port import Checksum
 from .sigv4 import Credentials, amz_date, quote_key, sign
 
-__all__ = ["LeanPut", "UseBotocore", "parse_error", "lean_enabled", "LEAN_PUT_ENV", "LEAN_MAX_BYTES",
+__all__ = ["LeanPut", "Wire", "UseBotocore", "parse_error", "lean_enabled", "LEAN_PUT_ENV", "LEAN_MAX_BYTES",
            "LEAN_ARGS"]
 
 log = logging.getLogger("mpupload")
@@ -223,14 +223,11 @@ class LeanPut:
         self._client = client
         self._credentials = credentials
         self._http_session = http_session
-        self._connect_timeout = float(config.connect_timeout)
-        self._read_timeout = float(config.read_timeout)
-        self._keepalive = bool(getattr(config, "tcp_keepalive", False))
-        self._context: ssl.SSLContext | None = None
-        self._verify = getattr(http_session, "_verify", True)
+        self._wire = Wire(connect_timeout=float(config.connect_timeout), read_timeout=float(config.read_timeout),
+                          keepalive=bool(getattr(config, "tcp_keepalive", False)),
+                          verify=getattr(http_session, "_verify", True))
         self._pid = os.getpid()
         self._targets: dict[str, _Target | None] = {}
-        self._local = threading.local()
         self._user_agent = f"mpupload/{__version__} lean-put botocore/{botocore_version}"
         model = client.meta.service_model.operation_model("PutObject")
         self._operation = model
@@ -363,28 +360,28 @@ class LeanPut:
         attempt = 0
         while True:
             attempt += 1
-            conn = self._connection(target)
+            conn = self._wire.connection(target.scheme, target.host, target.port)
             reused = conn.sock is not None and conn.used > 0
             frozen = self._credentials.get_frozen_credentials()
             signed = sign("PUT", path, headers, Credentials(frozen.access_key, frozen.secret_key, frozen.token),
                           region=target.region, service=target.service,
                           timestamp=amz_date(now() if now is not None else _dt.datetime.now(_dt.UTC)))
             try:
-                status, reason, answer_headers, error_body = self._exchange(conn, path, headers, signed.headers,
-                                                                             body)
+                status, reason, answer_headers, error_body = self._wire.exchange(conn, "PUT", path, headers,
+                                                                                 signed.headers, body)
             except _Stale:
                 # the server closed an idle keep-alive connection just as we wrote on it: once more, on a new one
-                self._drop(target)
+                self._wire.drop(target.scheme, target.host, target.port)
                 if attempt == 1 and reused and _rewind(body):
                     continue
                 raise _Stale.botocore_error(target) from None
             except BaseException:
-                self._drop(target)
+                self._wire.drop(target.scheme, target.host, target.port)
                 raise
             conn.used += 1
             if 200 <= status < 300:
                 return self._answer(status, answer_headers)
-            self._drop(target)
+            self._wire.drop(target.scheme, target.host, target.port)
             error = parse_error(status, error_body, reason)
             if status in _REDIRECT_STATUSES or error.code in _REDIRECT_CODES:
                 raise UseBotocore(f"{error.code}: {error.message}") from error
@@ -412,15 +409,59 @@ class LeanPut:
         headers["User-Agent"] = self._user_agent
         return headers
 
-    def _exchange(self, conn: Conn, path: str, headers: Mapping[str, str], signed: Mapping[str, str],
-                  body: Any) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _answer(self, status: int, headers: list[tuple[str, str]]) -> dict[str, Any]:
+        lowered = {name.lower(): value for name, value in headers}
+        answer: dict[str, Any] = {}
+        for header, name, type_name in self._answer_fields:
+            value = lowered.get(header)
+            if value is None:
+                continue
+            if type_name == "boolean":
+                answer[name] = value.strip().lower() == "true"
+            elif type_name in ("long", "integer"):
+                try:
+                    answer[name] = int(value)
+                except ValueError:
+                    continue
+            else:
+                answer[name] = value
+        answer["ResponseMetadata"] = {
+            "RequestId": lowered.get("x-amz-request-id", ""), "HostId": lowered.get("x-amz-id-2", ""),
+            "HTTPStatusCode": status, "HTTPHeaders": lowered, "RetryAttempts": 0}
+        return answer
+
+    def close(self) -> None:
+        """Close this thread's connections (others close when their threads end)."""
+        self._wire.close()
+
+
+class Wire:
+    """Persistent HTTP(S) connections, per process and per thread, and one request written on them: what the lean
+    PutObject and a brokered client's PUT to a URL the API server signed share (the request is theirs, signed or
+    presigned; this writes it and reads the answer).
+
+    Errors: a refused TLS certificate, a timeout and a failed connect as botocore's exceptions (so
+    :mod:`.errors` reads them as it reads botocore's own); a connection that failed while the request was written
+    or before an answer came as :class:`_Stale` (the caller decides whether to send it again, on a new one)."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float, keepalive: bool,
+                 verify: bool | str | None) -> None:
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._keepalive = keepalive
+        self._verify = verify
+        self._context: ssl.SSLContext | None = None
+        self._local = threading.local()
+
+    def exchange(self, conn: Conn, method: str, path: str, headers: Mapping[str, str], signed: Mapping[str, str],
+                 body: Any) -> tuple[int, str, list[tuple[str, str]], bytes]:
         """Write the request, read the answer: (status, reason, headers, the body of an error answer).
 
         Only the network's errors are translated here; the body's own (a file that cannot be read or that
         changed, a cancel) pass through as they are."""
         if conn.sock is None:
             self._connect(conn)
-        conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         for name, value in headers.items():
             conn.putheader(name, value)
         for name, value in signed.items():
@@ -495,28 +536,7 @@ class LeanPut:
     def _url(conn: Conn, path: str) -> str:
         return f"{'https' if isinstance(conn, _TLSConnection) else 'http'}://{conn.host}:{conn.port}{path}"
 
-    def _answer(self, status: int, headers: list[tuple[str, str]]) -> dict[str, Any]:
-        lowered = {name.lower(): value for name, value in headers}
-        answer: dict[str, Any] = {}
-        for header, name, type_name in self._answer_fields:
-            value = lowered.get(header)
-            if value is None:
-                continue
-            if type_name == "boolean":
-                answer[name] = value.strip().lower() == "true"
-            elif type_name in ("long", "integer"):
-                try:
-                    answer[name] = int(value)
-                except ValueError:
-                    continue
-            else:
-                answer[name] = value
-        answer["ResponseMetadata"] = {
-            "RequestId": lowered.get("x-amz-request-id", ""), "HostId": lowered.get("x-amz-id-2", ""),
-            "HTTPStatusCode": status, "HTTPHeaders": lowered, "RetryAttempts": 0}
-        return answer
 
-    # -- connections, per process and thread ---------------------------------------------------------------------
     def _pool(self) -> dict[tuple[str, str, int], Conn]:
         local = self._local
         pid = os.getpid()
@@ -528,25 +548,27 @@ class LeanPut:
         pool: dict[tuple[str, str, int], Conn] = local.conns
         return pool
 
-    def _connection(self, target: _Target) -> Conn:
+    def connection(self, scheme: str, host: str, port: int) -> Conn:
+        """This thread's connection to ``scheme://host:port`` (made, not connected, when there is none)."""
         pool = self._pool()
-        key = (target.scheme, target.host, target.port)
+        key = (scheme, host, port)
         conn = pool.get(key)
         if conn is None:
-            if target.scheme == "https":
+            if scheme == "https":
                 if self._context is None:
                     self._context = ssl_context(self._verify)
-                conn = _TLSConnection(target.host, target.port, connect_timeout=self._connect_timeout,
+                conn = _TLSConnection(host, port, connect_timeout=self._connect_timeout,
                                       read_timeout=self._read_timeout, keepalive=self._keepalive,
                                       context=self._context)
             else:
-                conn = _Connection(target.host, target.port, connect_timeout=self._connect_timeout,
+                conn = _Connection(host, port, connect_timeout=self._connect_timeout,
                                    read_timeout=self._read_timeout, keepalive=self._keepalive)
             pool[key] = conn
         return conn
 
-    def _drop(self, target: _Target) -> None:
-        conn = self._pool().pop((target.scheme, target.host, target.port), None)
+    def drop(self, scheme: str, host: str, port: int) -> None:
+        """Close this thread's connection to ``scheme://host:port`` (after any error: its state is unknown)."""
+        conn = self._pool().pop((scheme, host, port), None)
         if conn is not None:
             try:
                 conn.close()
