@@ -38,7 +38,6 @@ import os
 import socket
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,42 +324,65 @@ class BrokeredStore(StoreBase):
         return self._send(signed_for, body, content_length, "UploadPart", f"part {part_number}")
 
     def _send(self, signed_for: Any, body: Any, content_length: int, operation: str, what: str) -> dict[str, Any]:
-        """Send ``body`` to the URL ``signed_for(attempt)`` gives, straight to the store; a 403 (an expired URL,
-        most likely) is signed again and sent again, once. The answer as S3's: the ETag and checksums."""
-        import requests
+        """Send ``body`` to the URL ``signed_for(attempt)`` gives, straight to the store, on this thread's
+        persistent connection (:class:`~.lean.Wire`, as the lean PutObject's); a 403 (an expired URL, most likely)
+        is signed again and sent again, once. The answer as S3's: the ETag and checksums."""
+        from urllib.parse import urlsplit
 
-        for attempt in range(1, RESIGN_ATTEMPTS + 1):
+        from .lean import _rewind, _Stale
+
+        wire = self._wire()
+        attempt = 0
+        stale_retried = False
+        while True:
+            attempt += 1
             signed = signed_for(attempt)
-            headers = {**signed.headers, "Content-Length": str(content_length)}
-            if attempt > 1 and hasattr(body, "seek"):
-                body.seek(0)
+            url = urlsplit(signed.url)
+            scheme, host = url.scheme, url.hostname or ""
+            port = url.port or (443 if scheme == "https" else 80)
+            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            headers = {"Host": url.netloc, **signed.headers, "Content-Length": str(content_length),
+                       "User-Agent": "mpupload"}
+            conn = wire.connection(scheme, host, port)
+            reused = conn.sock is not None and conn.used > 0
             try:
-                response = self._session().request(signed.method, signed.url, data=body, headers=headers,
-                                                   timeout=self._timeout(), verify=_verify(self.config.verify))
-            except requests.exceptions.SSLError as exc:
-                if "CERTIFICATE_VERIFY_FAILED" not in str(exc) and "certificate verify failed" not in str(exc):
-                    raise ConnectionError(f"sending {what} to the store at {_origin(signed.url)} "
-                                          f"failed (TLS: {_without_query(str(exc))})") from None
-                raise E.UsageError(f"TLS certificate check failed for the store at {_origin(signed.url)} (the API "
-                                   "server's storage): pass --ca-bundle FILE with the CA that signed its "
-                                   "certificate, or --no-verify-ssl for a test store") from None
-            except requests.Timeout as exc:
-                raise TimeoutError(f"the store did not answer {what} in time") from exc
-            except requests.RequestException as exc:
-                # (never the URL's query in a message: it is a signature, valid for minutes)
+                status, reason, answer_headers, error_body = wire.exchange(conn, signed.method, path, headers, {},
+                                                                           body)
+            except _Stale as exc:
+                wire.drop(scheme, host, port)
+                if reused and not stale_retried and _rewind(body):
+                    # the store closed an idle keep-alive connection just as we wrote on it: again, on a new one
+                    stale_retried, attempt = True, attempt - 1
+                    continue
+                cause = exc.cause
                 raise ConnectionError(f"sending {what} to the store at {_origin(signed.url)} failed "
-                                      f"({type(exc).__name__}: {_without_query(str(exc))})") from None
-            if response.status_code < 300:
-                answer: dict[str, Any] = {"ETag": response.headers.get("ETag", "")}
+                                      f"({type(cause).__name__}: {_without_query(str(cause))})") from None
+            except BaseException as exc:
+                wire.drop(scheme, host, port)
+                raise _network_error(exc, what, signed.url) from None
+            conn.used += 1
+            if 200 <= status < 300:
+                lowered = {name.lower(): value for name, value in answer_headers}
+                answer: dict[str, Any] = {"ETag": lowered.get("etag", "")}
                 for algorithm, name in CHECKSUM_FIELDS.items():
-                    value = response.headers.get(_HEADER_OF[algorithm])
+                    value = lowered.get(_HEADER_OF[algorithm])
                     if value:
                         answer[name] = value
                 return answer
-            error = _s3_error(response, operation)
-            if not (_maybe_expired(error) and attempt < RESIGN_ATTEMPTS and hasattr(body, "seek")):
+            wire.drop(scheme, host, port)
+            error = _s3_error(status, error_body, reason, operation)
+            if not (_maybe_expired(error) and attempt < RESIGN_ATTEMPTS and _rewind(body)):
                 raise error
-        raise AssertionError("unreachable")
+
+    def _wire(self) -> Any:
+        wire = self._local.__dict__.get("wire")
+        if wire is None:
+            from .lean import Wire
+
+            wire = self._local.wire = Wire(connect_timeout=self.config.connect_timeout_s,
+                                           read_timeout=self.config.read_timeout_s, keepalive=True,
+                                           verify=self.config.verify)
+        return wire
 
     # -- a brokered directory run ---------------------------------------------------------------------------------
     def open_run(self, prefix: str, *, total_bytes: int, files_total: int, name: str,
@@ -513,8 +535,29 @@ def _without_query(text: str) -> str:
     return re.sub(r"\?[^\s)'\"]*", "?...", text)
 
 
-def _verify(value: bool | str | None) -> bool | str:
-    return True if value is None else value
+def _network_error(exc: BaseException, what: str, url: str) -> BaseException:
+    """A failure of the connection to the store as the error it stands for, never naming the URL's query: an
+    untrusted certificate is a :class:`~mpupload.errors.UsageError` (exit 2: what to pass), a timeout the builtin
+    :class:`TimeoutError`, any other network failure :class:`ConnectionError` (both retried); the body's own
+    errors (an unreadable or changed file, a cancel) as they are."""
+    try:
+        from botocore import exceptions as bx
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return exc
+    if isinstance(exc, bx.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+            return E.UsageError(f"TLS certificate check failed for the store at {_origin(url)} (the API server's "
+                                "storage): pass --ca-bundle FILE with the CA that signed its certificate, or "
+                                "--no-verify-ssl for a test store")
+        return ConnectionError(f"sending {what} to the store at {_origin(url)} failed (TLS: "
+                               f"{_without_query(str(exc))})")
+    if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectTimeoutError, TimeoutError)):
+        return TimeoutError(f"the store at {_origin(url)} did not answer {what} in time")
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, OSError)) \
+            and not isinstance(exc, (FileNotFoundError, PermissionError)):
+        return ConnectionError(f"sending {what} to the store at {_origin(url)} failed ({type(exc).__name__}: "
+                               f"{_without_query(str(exc))})")
+    return exc
 
 
 def _algorithm(name: object) -> Algorithm | None:
@@ -552,16 +595,12 @@ def _maybe_expired(error: StoreError) -> bool:
     return error.status == 403
 
 
-def _s3_error(response: Any, operation: str) -> StoreError:
-    """The store's XML error answer as a :class:`StoreError` (its code, else the HTTP status)."""
-    code, message = str(response.status_code), ""
-    try:
-        root = ET.fromstring(response.content or b"")
-        code = root.findtext("Code") or code
-        message = root.findtext("Message") or ""
-    except ET.ParseError:
-        message = (response.text or "").strip()[:200]
-    return StoreError(code, response.status_code, message or response.reason or code, operation)
+def _s3_error(status: int, body: bytes, reason: str, operation: str) -> StoreError:
+    """The store's error answer as a :class:`StoreError`: S3's XML code and message, else the HTTP status."""
+    from .lean import parse_error
+
+    found = parse_error(status, body, reason)
+    return StoreError(found.code, status, found.message, operation)
 
 
 def _api_error(response: Any, operation: str, upload_id: str | None) -> Exception:

@@ -53,10 +53,11 @@ def test_a_bad_key_or_the_quota_is_bad_input_and_a_rejected_token_is_auth() -> N
 def test_the_store_s_xml_error_keeps_its_code() -> None:
     xml = ("<?xml version='1.0'?><Error><Code>BadDigest</Code><Message>The Content-MD5 you specified did not "
            "match what we received.</Message></Error>")
-    error = _s3_error(Answer(400, text=xml), "UploadPart")
+    error = _s3_error(400, xml.encode(), "Bad Request", "UploadPart")
     assert error.code == "BadDigest" and error.status == 400 and "Content-MD5" in error.message
+    assert error.operation == "UploadPart"
     assert is_retryable(error)  # sent again: the worker hashes the part again, and a new URL is signed
-    bare = _s3_error(Answer(503, text="", reason="Service Unavailable"), "UploadPart")
+    bare = _s3_error(503, b"", "Service Unavailable", "UploadPart")
     assert bare.code == "503" and is_retryable(bare)
 
 
