@@ -609,6 +609,10 @@ class DatasetUpload:
         # a store that signs each object's URL in a group (a brokered run: the API server's record of it) takes no
         # object arguments: what is signed is the body's digests, and the server's storage decides the rest
         group = getattr(self.store, "run_id", None)
+        # a batch's URLs are signed in one request: as many files as the server signs at once (its cost is per
+        # request), still within the batch's bytes
+        window = getattr(self.store, "sign_window", None)
+        most = max(d.batch_files, int(window(1))) if group is not None and window is not None else d.batch_files
         for i in self._small:
             inode_here = -1 if remote else p.inode[i]
             args = tuple(object_args(opts, p.rels[i]).items()) if group is None else ()
@@ -618,7 +622,7 @@ class DatasetUpload:
                                 fingerprint=(p.size[i], p.mtime[i], inode_here), group=group)
             jobs.append(PartJob(target, Part(1, 0, p.size[i])))
             size += p.size[i]
-            if len(jobs) >= d.batch_files or size >= d.batch_bytes:
+            if len(jobs) >= most or size >= d.batch_bytes:
                 batch_id += 1
                 yield BatchJob(tuple(jobs), batch_id)
                 jobs, size = [], 0

@@ -94,6 +94,12 @@ def _storage(settings: Settings) -> Any:
                                   max_pool_connections=16))
 
 
+def _warm_signer(store: Any) -> None:
+    """Build the storage's presigning client (a failure is the first sign request's to report)."""
+    with contextlib.suppress(Exception):
+        store.presign_client  # noqa: B018 - built on first use
+
+
 def create_app(settings: Settings, *, bus: Bus | None = None) -> FastAPI:
     """A ready-to-serve ASGI app for ``settings`` (FastAPI, with the progress endpoint in front, and the HTTP
     edge checks of :mod:`.edge` in front of that; forwarded headers are read only from trusted proxies)."""
@@ -118,6 +124,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
         started = False
         watcher: asyncio.Task[None] | None = None
         reaper: asyncio.Task[None] | None = None
+        warm: asyncio.Task[None] | None = None
         # the login's dummy hash, off the event loop and not at import (a login that needs it first waits)
         dummy = asyncio.create_task(asyncio.to_thread(prepare_dummy_hash), name="dummy-hash")
         try:
@@ -141,6 +148,9 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
             watcher = asyncio.create_task(sessions.run(chosen_bus), name="sessions-watcher")
             if app.state.server.store is not None:  # brokered uploads left idle are aborted (see .reaper)
                 reaper = asyncio.create_task(run_reaper(app.state.server), name="reaper")
+                # the signing client, built now off the event loop: not by the first sign request (about a
+                # second of CPU; every sign request of that moment would wait for it)
+                warm = asyncio.create_task(asyncio.to_thread(_warm_signer, app.state.server.store), name="signer")
             # Everything imported and built so far lives as long as the process: keep it out of the cyclic
             # collector's generations, and collect less often (every report allocates; pauses show in p99).
             gc.freeze()
@@ -149,7 +159,7 @@ def _build(settings: Settings, bus: Bus | None) -> FastAPI:
         finally:
             with contextlib.suppress(Exception):
                 await dummy
-            for task in (watcher, reaper):
+            for task in (watcher, reaper, warm):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -61,6 +62,7 @@ class Boto3Store(StoreBase):
         self._lean: LeanPut | Literal[False] | None = None
         self._presign_client: Any = None
         self._presign_pid = 0
+        self._presign_lock = threading.Lock()
 
     @classmethod
     def over_client(cls, client: Any, config: StoreConfig | None = None) -> Boto3Store:
@@ -101,6 +103,7 @@ class Boto3Store(StoreBase):
         self._lean = None
         self._presign_client = None
         self._presign_pid = 0
+        self._presign_lock = threading.Lock()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Boto3Store) and other.config == self.config
@@ -231,9 +234,12 @@ class Boto3Store(StoreBase):
         """A SigV4 client for presigning (built once per process; presigning sends nothing)."""
         client = self._presign_client
         if client is None or self._presign_pid != os.getpid():
-            client = self.config.make_client(signature_version="s3v4")
-            self._presign_client = client
-            self._presign_pid = os.getpid()
+            with self._presign_lock:  # the server's sign requests come on many threads at once: one client
+                client = self._presign_client
+                if client is None or self._presign_pid != os.getpid():
+                    client = self.config.make_client(signature_version="s3v4")
+                    self._presign_client = client
+                    self._presign_pid = os.getpid()
         return client
 
     def _presign(self, operation: str, method: str, params: dict[str, Any], checksum: Checksum | None,
@@ -277,12 +283,15 @@ class Boto3Store(StoreBase):
         """The lean path of the presigning client (built with it, once per process; ``False``: none)."""
         client = self.presign_client
         lean = getattr(self, "_presign_lean_of", None)
-        if lean is None or lean[0] is not client:
+        if lean is None or lean[0] is not client or lean[1] is None:
             from .lean import LeanPut
 
-            lean = (client, LeanPut.for_client(client))
-            self._presign_lean_of = lean
-        return lean[1]
+            with self._presign_lock:
+                lean = getattr(self, "_presign_lean_of", None)
+                if lean is None or lean[0] is not client or lean[1] is None:
+                    lean = (client, LeanPut.for_client(client) or False)
+                    self._presign_lean_of = lean
+        return lean[1] or None
 
     def presign_upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, *,
                             checksum: Checksum | None = None, content_md5: str | None = None,
