@@ -189,3 +189,52 @@ def test_stop_of_a_run_with_the_cli_killed_aborts_its_large_file(served: tuple[A
     assert stored_keys(s3, bucket, base) == {base + rel: len(data) for rel, data in tree.items()}
     assert stored(s3, bucket, base + "big/large0.bin") == tree["big/large0.bin"]
     assert store_uploads(s3, bucket) == []
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_skip_existing_compares_with_the_user_s_space_as_the_server_lists_it(served: tuple[Api, S3Server, str],
+                                                                            tmp_path: Path) -> None:
+    """A second run with ``--skip-existing`` skips every file the first put (small ones by their MD5 against the
+    listed ETag, the large one by its record's part size), and sends only a file that changed since."""
+    api, s3, bucket = served
+    env = user_env(api, tmp_path / "home")
+    tree = make_tree(tmp_path / "data", small=12, large=1)
+    first = run(env, str(tmp_path / "data"), "again/", "--part-size", "5MiB", *ca_args(s3))
+    assert first.returncode == 0, first.stderr
+    changed = "d1/sub1/f001.bin"
+    (tmp_path / "data" / changed).write_bytes(b"changed since" + tree[changed][13:])
+    second = run(env, str(tmp_path / "data"), "again/", "--part-size", "5MiB", "--skip-existing", "--progress",
+                 "json", *ca_args(s3))
+    assert second.returncode == 0, second.stderr
+    final = events(second.stdout)[-1]
+    assert final["event"] == "completed" and final["files_total"] == len(tree), final
+    assert final["files_skipped"] == len(tree) - 1, final
+    assert stored(s3, bucket, f"{PREFIX}/alice/again/{changed}") == (tmp_path / "data" / changed).read_bytes()
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_the_reaper_stops_an_idle_run_and_aborts_its_large_file(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """A run whose CLI is gone (nothing signs or reports for ``--stale-after``) is stopped by the reaper, and its
+    large file's multipart upload is aborted on the store with it."""
+    from tests.integration.test_brokered import serve
+
+    api = serve(s3, bucket, tmp_path, MPUPLOAD_STALE_AFTER="3s")
+    try:
+        env = user_env(api, tmp_path / "home")
+        url = f"{api.url}/api/v1/uploads"
+        made = httpx.post(url, json={"brokered": True, "dataset": True, "key": "idle/", "total_bytes": 6 * MiB,
+                                     "files_total": 1, "checksum_algorithm": "none"}, headers=auth(env), timeout=10)
+        assert made.status_code == 200, made.text
+        run_id = made.json()["id"]
+        child = httpx.post(url, json={"brokered": True, "key": "idle/big", "total_bytes": 6 * MiB,
+                                      "part_size": 5 * MiB, "multipart": True, "checksum_algorithm": "none",
+                                      "parent_id": run_id}, headers=auth(env), timeout=10)
+        assert child.status_code == 200, child.text
+        assert store_uploads(s3, bucket) == [f"{PREFIX}/alice/idle/big"]
+        until(lambda: {r["id"]: r["status"] for r in records(api, env)}.get(run_id) == "stopped", 60,
+              "the reaper to stop the idle run", every=0.25)
+        until(lambda: store_uploads(s3, bucket) == [], 30, "the large file's abort")
+        after = {r["id"]: r for r in records(api, env)}
+        assert after[child.json()["id"]]["status"] == "stopped"
+    finally:
+        api.stop()
