@@ -1,4 +1,5 @@
-"""``mpupload upload FILE KEY``: a destination without ``s3://`` is a key in the API server's storage (issue 15).
+"""``mpupload upload FILE KEY`` and ``mpupload upload DIR... PREFIX/``: a destination without ``s3://`` is a key (or
+a PREFIX) in the API server's storage (issue 15).
 
 The server holds the storage credentials; this process holds only the user's API token and reads no AWS
 credentials. Before anything starts, the server is asked where the user's space is (``GET /api/v1/storage``):

@@ -22,7 +22,13 @@ server signed:
 * ``head_object`` — the newest completed brokered record of the key: the object as the server found it when it
   verified it (the user cannot read the storage).
 
-What a user cannot do without storage credentials (read an object back, list objects, PutObject, delete) is
+A brokered **directory run** (:meth:`BrokeredStore.open_run`) is one server record: its small files are
+PutObjects whose URLs a worker has signed a batch at a time (``sign_puts``: ``POST /api/v1/uploads/{run}/
+objects/sign``, each with its digests signed in), its large files multipart uploads created in it
+(``parent_id``); ``list_objects_page`` is the server's listing of the user's space (``GET /api/v1/storage/
+objects``). The bodies go on the lean PutObject's persistent connections (:class:`~.lean.Wire`).
+
+What a user cannot do without storage credentials (read an object back, a PutObject outside a run, delete) is
 refused as ``AccessDenied``: the CLI refuses the options that need it before anything starts.
 
 Engine keys are full storage keys (``PREFIX/<user>/KEY``, the ``space`` :data:`BrokerConfig` carries); the
