@@ -181,10 +181,16 @@ class PartToSign:
     def __post_init__(self) -> None:
         check_int("number", self.number, MAX_PARTS)
         check_int("size", self.size, MAX_PART_SIZE)
-        if self.checksum is not None:
-            check_text("checksum", self.checksum, max_bytes=64)
-        if self.content_md5 is not None:
-            _digest("content_md5", self.content_md5, "md5")
+        _check_digests(self.checksum, self.content_md5)
+
+
+def _check_digests(checksum: str | None, content_md5: str | None) -> None:
+    """A part's or an object's digests as sent: a checksum of at most 64 bytes (its algorithm's length is checked
+    against the upload's), an MD5 in base64."""
+    if checksum is not None:
+        check_text("checksum", checksum, max_bytes=64)
+    if content_md5 is not None:
+        _digest("content_md5", content_md5, "md5")
 
 
 @dataclass(frozen=True)
@@ -215,10 +221,7 @@ class ObjectToSign:
     def __post_init__(self) -> None:
         check_text("key", self.key, max_bytes=MAX_KEY_BYTES)
         check_int("size", self.size, MAX_PART_SIZE)
-        if self.checksum is not None:
-            check_text("checksum", self.checksum, max_bytes=64)
-        if self.content_md5 is not None:
-            _digest("content_md5", self.content_md5, "md5")
+        _check_digests(self.checksum, self.content_md5)
 
 
 @dataclass(frozen=True)

@@ -139,16 +139,7 @@ async def _create_run(body: B.BrokeredCreate, user: User, state: ServerState, se
             upload = await svc.create_upload(session, user, new, state.settings.max_uploads_per_user, commit=False)
         except svc.ProgressError as exc:
             raise HTTPException(exc.status_code, str(exc)) from None
-        upload.brokered = True
-        upload.storage_key = full_prefix
-        upload.checksum_algorithm = body.checksum_algorithm
-        upload.last_activity_at = utcnow()
-        await session.commit()
-    await svc.publish(state.bus, upload, state.settings.live_after_s)
-    record = _record(upload, state)
-    record.update(content_md5_required=state.settings.storage_content_md5, max_sign_batch=B.MAX_SIGN_BATCH,
-                  sign_expires_s=state.settings.sign_expires_s)
-    return record
+        return await _created(session, state, upload, body, storage_key=full_prefix)
 
 
 async def _check_quota(session: AsyncSession, user: User, more: int) -> None:
@@ -226,10 +217,17 @@ async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerStat
         if store_upload_id is not None:
             await _call(store.short_lived().abort_and_confirm, bucket, full_key, store_upload_id)
         raise HTTPException(exc.status_code, str(exc)) from None
-    upload.brokered = True
     upload.parent_id = parent_id
     upload.store_upload_id = store_upload_id
-    upload.storage_key = full_key
+    return await _created(session, state, upload, body, storage_key=full_key)
+
+
+async def _created(session: AsyncSession, state: ServerState, upload: Upload, body: B.BrokeredCreate, *,
+                   storage_key: str) -> dict[str, Any]:
+    """Complete a new brokered record with its brokered fields and commit it whole (it is never seen without
+    them); publish it; the answer: the record and how its parts are signed."""
+    upload.brokered = True
+    upload.storage_key = storage_key
     upload.checksum_algorithm = body.checksum_algorithm
     upload.last_activity_at = utcnow()
     await session.commit()
