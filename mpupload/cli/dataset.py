@@ -77,7 +77,8 @@ def run_dataset(args: argparse.Namespace) -> int:
             run_id = None
             if brokered:
                 run_id = broker.open_run(prefix, total_bytes=prepared.bytes_total, files_total=prepared.files_total,
-                                         name=str(registration["filename"]), algorithm=checksum_algorithm(options))
+                                         name=str(registration["filename"]), algorithm=checksum_algorithm(options),
+                                         resume=options.resume)
             if reporting and reporting[0] is not None:
                 push = start_reporting(args, reporting[0], bucket=bucket, key=prefix, source=None, plan=None,
                                        record_id=None, options=options, token=token, registration=registration,

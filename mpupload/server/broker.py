@@ -148,6 +148,9 @@ class BrokeredCreate:
     #: a large file of the brokered directory run with this record id: its key is under the run's PREFIX, its
     #: bytes are the run's (not checked against the quota again)
     parent_id: str | None = None
+    #: a directory run that continues the user's earlier runs to the same PREFIX (``--resume``): they end, and
+    #: their large files' uploads (resumed at part level) become this run's
+    resume: bool = False
 
     def __post_init__(self) -> None:
         check_text("key", self.key, max_bytes=MAX_KEY_BYTES)

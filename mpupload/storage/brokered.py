@@ -392,11 +392,12 @@ class BrokeredStore(StoreBase):
 
     # -- a brokered directory run ---------------------------------------------------------------------------------
     def open_run(self, prefix: str, *, total_bytes: int, files_total: int, name: str,
-                 algorithm: Algorithm | None) -> str:
+                 algorithm: Algorithm | None, resume: bool = False) -> str:
         """The server's record of a directory run to the full storage ``prefix`` (the user's space and a PREFIX
-        ending in ``/``): the quota is checked for ``total_bytes`` now. Its id is the run's (:attr:`run_id`)."""
+        ending in ``/``): the quota is checked for ``total_bytes`` now. Its id is the run's (:attr:`run_id`).
+        ``resume``: it continues the user's earlier runs to the prefix (they end; their large files are its)."""
         body = {"brokered": True, "dataset": True, "key": self._relative(self.config.bucket, prefix),
-                "total_bytes": total_bytes, "files_total": files_total, "filename": name,
+                "total_bytes": total_bytes, "files_total": files_total, "filename": name, "resume": resume,
                 "checksum_algorithm": algorithm.value if algorithm is not None else "none",
                 "host": socket.gethostname()}
         record = self._api("POST", "/api/v1/uploads", "CreateRun", body=body)

@@ -238,3 +238,51 @@ def test_the_reaper_stops_an_idle_run_and_aborts_its_large_file(s3: S3Server, bu
         assert after[child.json()["id"]]["status"] == "stopped"
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_resume_after_kill_9_continues_the_run_within_the_quota(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    """kill -9 of a run half-way through its large file, then ``--resume``: the new run continues the old one (the
+    old record ends, "continued by a --resume run", so the quota counts the run once: a quota that one run fits
+    and two would not lets it through), and the large file's upload resumes at part level as the new run's."""
+    from tests.integration.test_brokered import serve_env
+    from tests.integration.test_brokered_cli import storage_env
+
+    api = Api(tmp_path, env=serve_env(s3, bucket, **storage_env(s3))).prepare("alice", "bob")
+    try:
+        tree = make_tree(tmp_path / "data", small=4, large=1)
+        total = sum(len(data) for data in tree.values())
+        quota = cli("users", "set", "alice", "--quota", str(total + total // 2), "--database-url", api.database_url)
+        assert quota.returncode == 0, quota.stderr
+        env = user_env(api, tmp_path / "home")
+        first = start(env, str(tmp_path / "data"), "res/", "--part-size", "5MiB", "--workers", "1",
+                      "--max-bandwidth", "2MiB/s", *ca_args(s3))
+        try:
+            until(lambda: _parts_on_store(s3, bucket) >= 1, timeout=90, what="a part of the large file on the store")
+        finally:
+            first.popen.send_signal(signal.SIGKILL)
+            first.popen.wait(timeout=30)
+        [old_run] = [r for r in records(api, env) if r.get("files_total") is not None]
+        [child] = [r for r in records(api, env) if r.get("parent_id")]
+        done = run(env, str(tmp_path / "data"), "res/", "--part-size", "5MiB", "--resume", "--progress", "json",
+                   *ca_args(s3))
+        assert done.returncode == 0, done.stderr
+        after = {r["id"]: r for r in records(api, env)}
+        assert after[old_run["id"]]["status"] == "stopped", after[old_run["id"]]
+        assert after[old_run["id"]]["error"] == "continued by a --resume run"
+        new_run = events(done.stdout)[-1]["upload_id"]
+        assert new_run != old_run["id"] and after[new_run]["status"] == "completed"
+        assert after[child["id"]]["parent_id"] == new_run and after[child["id"]]["status"] == "completed"
+        base = f"{PREFIX}/alice/res/"
+        assert stored_keys(s3, bucket, base) == {base + rel: len(data) for rel, data in tree.items()}
+        assert stored(s3, bucket, base + "big/large0.bin") == tree["big/large0.bin"]
+        assert store_uploads(s3, bucket) == []
+    finally:
+        api.stop()
+
+
+def _parts_on_store(s3: S3Server, bucket: str) -> int:
+    client = s3.client()
+    listed = client.list_multipart_uploads(Bucket=bucket, Prefix=f"{PREFIX}/").get("Uploads", [])
+    return sum(len(client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []))
+               for u in listed)

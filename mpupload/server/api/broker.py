@@ -131,7 +131,8 @@ async def _create_run(body: B.BrokeredCreate, user: User, state: ServerState, se
     except InputError as exc:
         raise HTTPException(422, str(exc)) from None
     async with state.create_locks.of(user.id):
-        await _check_quota(session, user, body.total_bytes)
+        earlier = await _runs_continued(session, user, full_prefix) if body.resume else []
+        await _check_quota(session, user, body.total_bytes)  # (the runs it continues no longer count)
         new = svc.NewUpload(filename=body.filename or body.key or "/", bucket=bucket, key=full_prefix,
                             total_bytes=body.total_bytes, parts_total=body.files_total or 0, host=body.host,
                             files_total=body.files_total)
@@ -139,7 +140,32 @@ async def _create_run(body: B.BrokeredCreate, user: User, state: ServerState, se
             upload = await svc.create_upload(session, user, new, state.settings.max_uploads_per_user, commit=False)
         except svc.ProgressError as exc:
             raise HTTPException(exc.status_code, str(exc)) from None
-        return await _created(session, state, upload, body, storage_key=full_prefix)
+        if earlier:
+            await session.flush()
+            await session.execute(update(Upload).where(
+                Upload.parent_id.in_([run.id for run in earlier]), Upload.owner_id == user.id,
+                Upload.status.in_(list(svc.ACTIVE))).values(parent_id=upload.id))
+        record = await _created(session, state, upload, body, storage_key=full_prefix)
+    for run in earlier:
+        await svc.publish(state.bus, run, state.settings.live_after_s)
+    return record
+
+
+async def _runs_continued(session: AsyncSession, user: User, full_prefix: str) -> list[Upload]:
+    """The user's active brokered runs to ``full_prefix``, ended (stopped: continued by a ``--resume`` run, which
+    takes over their large files' uploads: the quota counts the run once)."""
+    runs = list((await session.execute(
+        select(Upload).where(Upload.owner_id == user.id, Upload.brokered.is_(True),
+                             Upload.files_total.is_not(None), Upload.store_upload_id.is_(None),
+                             Upload.storage_key == full_prefix, Upload.status.in_(list(svc.ACTIVE)))
+        .with_for_update())).scalars())
+    now = utcnow()
+    for run in runs:
+        run.status = S.STOPPED
+        run.error = "continued by a --resume run"
+        run.version += 1
+        run.updated_at = now
+    return runs
 
 
 async def _check_quota(session: AsyncSession, user: User, more: int) -> None:
