@@ -132,6 +132,30 @@ def test_a_run_signs_only_under_its_prefix_and_within_its_bytes(served: tuple[Ap
 
 
 @pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_sign_requests_at_once_cannot_together_pass_a_run_s_bytes(served: tuple[Api, S3Server, str],
+                                                                  tmp_path: Path) -> None:
+    """Eight requests at the same moment, each for 30 bytes of a run that declared 100: exactly three pass (the
+    count and the objects it allows are not interleaved)."""
+    import concurrent.futures
+
+    api, _, _ = served
+    env = user_env(api, tmp_path / "home")
+    url = f"{api.url}/api/v1/uploads"
+    made = httpx.post(url, json={"brokered": True, "dataset": True, "key": "race/", "total_bytes": 100,
+                                 "files_total": 8, "checksum_algorithm": "none"}, headers=auth(env), timeout=10)
+    assert made.status_code == 200, made.text
+    sign = f"{url}/{made.json()['id']}/objects/sign"
+
+    def one(i: int) -> int:
+        body = {"objects": [{"key": f"race/f{i}", "size": 30, "content_md5": "1B2M2Y8AsgTpgAmY7PhCfg=="}]}
+        return httpx.post(sign, json=body, headers=auth(env), timeout=30).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(one, range(8)))
+    assert codes == [200] * 3 + [413] * 5, codes
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
 def test_a_run_over_the_quota_is_refused_before_anything_is_sent(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     """The quota is checked once, for every byte of the run: a tree larger than what is left is one line, exit 2,
     and nothing reaches the store."""

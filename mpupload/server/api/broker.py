@@ -350,7 +350,13 @@ async def sign_objects(upload_id: str, body: B.ObjectsSignRequest, user: UserDep
     if wait is not None:
         raise HTTPException(429, f"too many URLs signed in the last minute (at most {settings.sign_max_per_minute})"
                                  f": try again in {int(wait)} s", headers={"Retry-After": str(int(wait))})
-    await _account(session, run, [(full, obj.size) for obj, full, _ in checked])
+    now = utcnow()
+    async with state.create_locks.of(user.id):
+        # a run's requests are counted one at a time (the user's lock here, the run's row across PostgreSQL
+        # replicas): requests at once cannot together pass the bytes the run declared
+        await session.execute(select(Upload.id).where(Upload.id == run.id).with_for_update())
+        await _account(session, run, [(full, obj.size) for obj, full, _ in checked])
+        await _touch(session, run, now, settings.stale_after_s)  # (and commits the objects counted)
     expires = settings.sign_expires_s
 
     from ...checksums import Algorithm
@@ -367,9 +373,7 @@ async def sign_objects(upload_id: str, body: B.ObjectsSignRequest, user: UserDep
                            "headers": dict(request.headers)})
         return signed
 
-    now = utcnow()
     objects = await _call(sign_all)
-    await _touch(session, run, now, settings.stale_after_s)  # (and commits the objects counted)
     return {"id": run.id, "expires_in": expires, "expires_at": (now + dt.timedelta(seconds=expires)).isoformat(),
             "objects": objects}
 
