@@ -187,11 +187,26 @@ def test_ctrl_c_aborts_on_the_store_and_resume_after_kill_9_sends_the_rest(serve
     args = (str(file), "sets/big.bin", "--part-size", "5MiB", "--workers", "1", "--max-bandwidth", "4MiB/s",
             "--progress", "json")
 
+    kept, active = stop_then_kill(api, s3, bucket, env, args)
+    done = run(env, str(file), "sets/big.bin", "--part-size", "5MiB", "--resume", "--progress", "json", timeout=240)
+    assert done.returncode == 0, done.stderr
+    evs = events(done.stdout)
+    assert evs[0]["resumed_parts"] >= kept >= 2, (evs[0], kept)
+    assert evs[-1]["upload_id"] == active["id"]
+    assert stored(s3, bucket, f"{PREFIX}/alice/sets/big.bin") == file.read_bytes()
+    assert store_uploads(s3, bucket) == []
+
+
+
+def stop_then_kill(api: Api, s3: S3Server, bucket: str, env: dict[str, str], args: tuple[str, ...],
+                   timeout: float = 60) -> tuple[int, dict[str, Any]]:
+    """Run ``upload *args`` and Ctrl+C it once a part is on the store: exit 130, its record stopped, nothing left
+    on the store. Run it again and kill -9 it once two parts are there. The parts it kept, and its record."""
     cli = start(env, *args)
     try:
-        until(lambda: _parts(s3, bucket) >= 1, 60, "a part on the store")
+        until(lambda: _parts(s3, bucket) >= 1, timeout, "a part on the store")
         cli.popen.send_signal(signal.SIGINT)
-        assert cli.wait(30) == 130, cli.stderr
+        assert cli.wait(timeout) == 130, cli.stderr
     finally:
         cli.kill_group()
     [record] = records(api, env)
@@ -200,21 +215,13 @@ def test_ctrl_c_aborts_on_the_store_and_resume_after_kill_9_sends_the_rest(serve
 
     cli = start(env, *args)
     try:
-        until(lambda: _parts(s3, bucket) >= 2, 60, "two parts on the store")
+        until(lambda: _parts(s3, bucket) >= 2, timeout, "two parts on the store")
         cli.popen.send_signal(signal.SIGKILL)
         cli.popen.wait(30)
     finally:
         cli.kill_group()
-    kept = _parts(s3, bucket)
-    active = [r for r in records(api, env) if r["status"] not in ("stopped",)]
-    assert len(active) == 1, active
-    done = run(env, str(file), "sets/big.bin", "--part-size", "5MiB", "--resume", "--progress", "json", timeout=240)
-    assert done.returncode == 0, done.stderr
-    evs = events(done.stdout)
-    assert evs[0]["resumed_parts"] >= kept >= 2, (evs[0], kept)
-    assert evs[-1]["upload_id"] == active[0]["id"]
-    assert stored(s3, bucket, f"{PREFIX}/alice/sets/big.bin") == file.read_bytes()
-    assert store_uploads(s3, bucket) == []
+    [active] = [r for r in records(api, env) if r["status"] != "stopped"]
+    return _parts(s3, bucket), active
 
 
 def _parts(s3: S3Server, bucket: str) -> int:
