@@ -4,6 +4,11 @@
   serving progress reports.
 * Tokens are opaque random strings (``secrets.token_urlsafe(32)``) handed out once; the database keeps only
   their SHA-256, an expiry and a revoked flag.
+* A **worker token** (:func:`issue_worker_token`) is made from a login token for one brokered upload or run, for
+  a cluster's workers: it signs that record's URLs and nothing else (:func:`token_signer`), it is dead once the
+  record is no longer active, it expires with the login token, and logging out revokes it. Every other way in
+  (:func:`token_session`, and so every REST route, GraphQL and its subscriptions, the progress reports) knows
+  only login tokens: a worker token is refused there as an unknown one.
 * :class:`LoginRateLimiter` counts *failed* logins per (client address, user name) and per client address in
   a sliding window, in bounded memory. It lives in the process: with several replicas each one counts on its
   own, so the effective limit is the configured one times the number of replicas.
@@ -23,13 +28,15 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db.models import Token, User, as_utc, utcnow
+from ..wire import ACTIVE_STATUSES
+from .db.models import Token, Upload, User, as_utc, utcnow
 
 __all__ = ["hash_password", "verify_password", "prepare_dummy_hash", "hash_token", "issue_token", "token_user",
-           "token_session", "token_row_valid", "revoke_token", "revoke_user_tokens", "LoginRateLimiter"]
+           "token_session", "token_row_valid", "revoke_token", "revoke_user_tokens", "issue_worker_token",
+           "token_signer", "LoginRateLimiter"]
 
 _HASHER = PasswordHasher()
 #: verified against when the user does not exist, so an unknown name costs the same time as a wrong password;
@@ -95,12 +102,14 @@ async def token_user(session: AsyncSession, token: str) -> User | None:
 
 
 async def token_session(session: AsyncSession, token: str) -> tuple[User, int] | None:
-    """The user a token belongs to and the token's row id, or ``None`` when it is unknown, expired or revoked.
+    """The user a login token belongs to and the token's row id, or ``None`` when it is unknown, expired or
+    revoked, or a worker token.
 
     A long-lived connection keeps both and re-checks them with :func:`token_row_valid`: ids are never reused
     (migration 0003), so a removed user's connection can never act as a later one."""
     row = (await session.execute(
-        select(Token, User).join(User, User.id == Token.user_id).where(Token.token_hash == hash_token(token))
+        select(Token, User).join(User, User.id == Token.user_id)
+        .where(Token.token_hash == hash_token(token), Token.upload_id.is_(None))
     )).first()
     if row is None:
         return None
@@ -108,6 +117,40 @@ async def token_session(session: AsyncSession, token: str) -> tuple[User, int] |
     if tok.revoked or as_utc(tok.expires_at) <= utcnow():
         return None
     return user, tok.id
+
+
+async def issue_worker_token(session: AsyncSession, user_id: int, login_token: str, upload: Upload, *,
+                             commit: bool = True) -> tuple[str, dt.datetime]:
+    """A worker token for ``upload`` (the caller checked it is the user's and brokered), made with the login
+    token ``login_token``: it expires when that does. The plain token (shown once) and its expiry."""
+    parent = (await session.execute(select(Token.id, Token.expires_at).where(
+        Token.token_hash == hash_token(login_token), Token.upload_id.is_(None)))).one()
+    token = secrets.token_urlsafe(32)
+    expires_at = as_utc(parent.expires_at)
+    session.add(Token(token_hash=hash_token(token), user_id=user_id, expires_at=expires_at, revoked=False,
+                      upload_id=upload.id, parent_id=parent.id))
+    if commit:
+        await session.commit()
+    return token, expires_at
+
+
+async def token_signer(session: AsyncSession, token: str) -> tuple[User, str | None] | None:
+    """Who may sign brokered URLs with ``token``: a login token's user (and ``None``), a **worker** token's user
+    and the record it signs for; ``None`` when the token is unknown, expired or revoked, or a worker token's
+    record is no longer active. One query: the sign routes are the hot path of a brokered upload."""
+    row = (await session.execute(
+        select(Token, User, Upload.status).join(User, User.id == Token.user_id)
+        .outerjoin(Upload, and_(Upload.id == Token.upload_id, Upload.owner_id == Token.user_id))
+        .where(Token.token_hash == hash_token(token))
+    )).first()
+    if row is None:
+        return None
+    tok, user, status = row
+    if tok.revoked or as_utc(tok.expires_at) <= utcnow():
+        return None
+    if tok.upload_id is None:
+        return user, None
+    return (user, tok.upload_id) if status in ACTIVE_STATUSES else None
 
 
 async def token_row_valid(session: AsyncSession, token_id: int, user_id: int) -> bool:
@@ -118,9 +161,13 @@ async def token_row_valid(session: AsyncSession, token_id: int, user_id: int) ->
 
 
 async def revoke_token(session: AsyncSession, token: str) -> int | None:
-    """Revoke one token (logout); its row id (None when there is no such token)."""
+    """Revoke one token (logout), and the worker tokens made with it; its row id (None when there is no such
+    token)."""
     token_id = (await session.execute(select(Token.id).where(Token.token_hash == hash_token(token)))).scalar()
-    await session.execute(update(Token).where(Token.token_hash == hash_token(token)).values(revoked=True))
+    if token_id is None:
+        return None
+    await session.execute(update(Token).where(or_(Token.id == token_id, Token.parent_id == token_id))
+                          .values(revoked=True))
     await session.commit()
     return token_id
 

@@ -151,9 +151,13 @@ class BrokeredCreate:
     #: a directory run that continues the user's earlier runs to the same PREFIX (``--resume``): they end, and
     #: their large files' uploads (resumed at part level) become this run's
     resume: bool = False
+    #: the answer carries a worker token for the new record (a cluster's workers sign with it, not the login)
+    worker_token: bool = False
 
     def __post_init__(self) -> None:
         check_text("key", self.key, max_bytes=MAX_KEY_BYTES)
+        if self.worker_token and self.parent_id is not None:
+            raise InputError("a large file of a run has no worker token of its own: its run's signs for it")
         if self.dataset:
             if self.key and not self.key.endswith("/"):
                 raise InputError("a directory run's key is a PREFIX: empty, or ending in '/'")

@@ -429,8 +429,10 @@ async def _prune(session: AsyncSession, upload_id: str, history_limit: int) -> N
 def _ingest_statements() -> tuple[Any, Any, Any]:
     """The hot path's statements, built once (a statement built per call costs more than running it)."""
     t, samples, tokens = (cast(Table, model.__table__) for model in (Upload, Sample, Token))
+    # (a login token: a worker token only signs URLs)
     owner = (select(tokens.c.user_id).where(tokens.c.token_hash == bindparam("token_hash"),
-                                           tokens.c.revoked.is_(False), tokens.c.expires_at > bindparam("now"))
+                                           tokens.c.revoked.is_(False), tokens.c.expires_at > bindparam("now"),
+                                           tokens.c.upload_id.is_(None))
              .scalar_subquery())
     keep = {name: func.coalesce(bindparam(f"r_{name}", type_=t.c[name].type), t.c[name]) for name in _REPORTED}
     resume = and_(t.c.status.in_((S.STOPPED, S.FAILED)), bindparam("r_active", type_=Boolean()))

@@ -114,7 +114,8 @@ async def list_users(session: AsyncSession, out: TextIO) -> int:
     """Print ``NAME  created ...  tokens N`` per user (N: live tokens)."""
     now = utcnow()
     rows = (await session.execute(select(User).order_by(User.name))).scalars().all()
-    tokens = (await session.execute(select(Token.user_id, Token.expires_at).where(Token.revoked.is_(False)))).all()
+    tokens = (await session.execute(select(Token.user_id, Token.expires_at).where(Token.revoked.is_(False),
+                                                                        Token.upload_id.is_(None)))).all()
     live: dict[int, int] = {}
     for user_id, expires_at in tokens:
         if as_utc(expires_at) > now:

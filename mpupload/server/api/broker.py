@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import broker as B
 from .. import uploads as svc
+from ..auth import issue_worker_token
 from ..db.models import Upload, UploadStatus, User, as_utc, utcnow
 from ..limits import InputError, check_text
-from .deps import ServerState, SessionDep, StateDep, UserDep
+from .deps import ServerState, SessionDep, SignerDep, StateDep, TokenDep, UserDep
 
 if TYPE_CHECKING:
     from ...checksums import Algorithm
@@ -70,11 +71,16 @@ def _record(upload: Upload, state: ServerState) -> dict[str, Any]:
     return {**svc.upload_dict(upload, state.settings.live_after_s), **B.broker_fields(upload)}
 
 
-async def _brokered(session: AsyncSession, user: User, upload_id: str, *, active: bool) -> Upload:
+async def _brokered(session: AsyncSession, user: User, upload_id: str, *, active: bool,
+                    scope: str | None = None) -> Upload:
+    """The user's brokered record ``upload_id``: 404 when it is not theirs, or outside a worker token's
+    ``scope`` (its record, and for a run the uploads in it); 409 when it is not brokered, or (``active``) ended."""
     try:
         upload = await svc.get_upload(session, user, upload_id)
     except svc.NotFound:
         raise _not_found(upload_id) from None
+    if scope is not None and scope not in (upload.id, upload.parent_id):
+        raise _not_found(upload_id)
     if not upload.brokered:
         raise HTTPException(409, f"upload {upload_id} is not brokered: its client holds the storage credentials")
     if active and upload.status not in svc.ACTIVE:
@@ -96,14 +102,17 @@ async def storage(user: UserDep, state: StateDep) -> dict[str, Any]:
             "sign_expires_s": state.settings.sign_expires_s, "checksum_algorithms": list(B.CHECKSUM_ALGORITHMS)}
 
 
-async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState,
-                          session: AsyncSession) -> dict[str, Any]:
+async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState, session: AsyncSession,
+                          login_token: str) -> dict[str, Any]:
     """Check the key, plan, create the multipart upload on the store (none for a single PutObject), record it.
     A user's creates go one at a time (:class:`~..broker.UserLocks`, and the user's row locked for the
-    transaction on PostgreSQL): the quota check and the record it allows cannot interleave with another's."""
+    transaction on PostgreSQL): the quota check and the record it allows cannot interleave with another's.
+    ``"worker_token": true``: the answer has a worker token for the new record too (``worker_token``), made
+    with ``login_token`` in the same transaction (see :func:`worker_token`)."""
     store, bucket, prefix = _store(state)
+    grant = login_token if body.worker_token else None
     if body.dataset:
-        return await _create_run(body, user, state, session, bucket, prefix)
+        return await _create_run(body, user, state, session, bucket, prefix, grant)
     try:
         full_key = B.confine_key(prefix, user.name, body.key)
         plan = B.plan_brokered(body.total_bytes, body.part_size, multipart=body.multipart)
@@ -118,11 +127,11 @@ async def create_brokered(body: B.BrokeredCreate, user: User, state: ServerState
                                           parent_id=parent.id)
     async with state.create_locks.of(user.id):
         await _check_quota(session, user, body.total_bytes)
-        return await _create_recorded(body, user, state, session, store, bucket, full_key, plan)
+        return await _create_recorded(body, user, state, session, store, bucket, full_key, plan, grant=grant)
 
 
 async def _create_run(body: B.BrokeredCreate, user: User, state: ServerState, session: AsyncSession,
-                      bucket: str, prefix: str) -> dict[str, Any]:
+                      bucket: str, prefix: str, grant: str | None) -> dict[str, Any]:
     """The record of a brokered directory run: nothing on the store yet (its small files are PutObjects signed in
     batches, its large files multipart uploads of their own). The quota is checked once, for every byte of the
     run, and each object it signs is counted against that."""
@@ -145,7 +154,7 @@ async def _create_run(body: B.BrokeredCreate, user: User, state: ServerState, se
             await session.execute(update(Upload).where(
                 Upload.parent_id.in_([run.id for run in earlier]), Upload.owner_id == user.id,
                 Upload.status.in_(list(svc.ACTIVE))).values(parent_id=upload.id))
-        record = await _created(session, state, upload, body, storage_key=full_prefix)
+        record = await _created(session, state, upload, body, storage_key=full_prefix, grant=grant)
     for run in earlier:
         await svc.publish(state.bus, run, state.settings.live_after_s)
     return record
@@ -186,10 +195,10 @@ def is_run(upload: Upload) -> bool:
     return bool(upload.brokered) and upload.files_total is not None and not upload.store_upload_id
 
 
-async def _run_of(session: AsyncSession, user: User, run_id: str) -> Upload:
-    """The user's active brokered directory run ``run_id`` (404 as any upload that is not theirs; 409 when it is
-    not a run, or no longer active)."""
-    run = await _brokered(session, user, run_id, active=True)
+async def _run_of(session: AsyncSession, user: User, run_id: str, scope: str | None = None) -> Upload:
+    """The user's active brokered directory run ``run_id`` (404 as any upload that is not theirs, or outside a
+    worker token's ``scope``; 409 when it is not a run, or no longer active)."""
+    run = await _brokered(session, user, run_id, active=True, scope=scope)
     if not is_run(run):
         raise HTTPException(409, f"upload {run_id} is not a brokered directory run")
     return run
@@ -226,7 +235,7 @@ async def _account(session: AsyncSession, run: Upload, objects: list[tuple[str, 
 
 async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerState, session: AsyncSession,
                            store: Store, bucket: str, full_key: str, plan: UploadPlan, *,
-                           parent_id: str | None = None) -> dict[str, Any]:
+                           parent_id: str | None = None, grant: str | None = None) -> dict[str, Any]:
     """The store's multipart upload (none for a single PutObject) and its record, committed."""
     from ...checksums import Algorithm
 
@@ -245,22 +254,29 @@ async def _create_recorded(body: B.BrokeredCreate, user: User, state: ServerStat
         raise HTTPException(exc.status_code, str(exc)) from None
     upload.parent_id = parent_id
     upload.store_upload_id = store_upload_id
-    return await _created(session, state, upload, body, storage_key=full_key)
+    return await _created(session, state, upload, body, storage_key=full_key, grant=grant)
 
 
 async def _created(session: AsyncSession, state: ServerState, upload: Upload, body: B.BrokeredCreate, *,
-                   storage_key: str) -> dict[str, Any]:
+                   storage_key: str, grant: str | None = None) -> dict[str, Any]:
     """Complete a new brokered record with its brokered fields and commit it whole (it is never seen without
-    them); publish it; the answer: the record and how its parts are signed."""
+    them), with the worker token ``grant`` (a login token) asks for; publish it; the answer: the record, how its
+    parts are signed, and the worker token."""
     upload.brokered = True
     upload.storage_key = storage_key
     upload.checksum_algorithm = body.checksum_algorithm
     upload.last_activity_at = utcnow()
+    worker: tuple[str, dt.datetime] | None = None
+    if grant is not None:
+        await session.flush()
+        worker = await issue_worker_token(session, upload.owner_id, grant, upload, commit=False)
     await session.commit()
     await svc.publish(state.bus, upload, state.settings.live_after_s)
     record = _record(upload, state)
     record.update(content_md5_required=state.settings.storage_content_md5, max_sign_batch=B.MAX_SIGN_BATCH,
                   sign_expires_s=state.settings.sign_expires_s)
+    if worker is not None:
+        record.update(worker_token=worker[0], worker_token_expires_at=_stamp(worker[1]))
     return record
 
 
@@ -275,13 +291,44 @@ async def quota_used(session: AsyncSession, user: User) -> int:
     return int(total)
 
 
+@router.post("/uploads/{upload_id}/worker-token")
+async def worker_token(upload_id: str, user: UserDep, token: TokenDep, state: StateDep,
+                       session: SessionDep) -> dict[str, Any]:
+    """A token for a cluster's workers (see :mod:`..auth`): it signs this upload's URLs (a run's: and those of the
+    large files' uploads in it), nothing else, and only while the upload is active (one stopped, being resumed,
+    can have one: it signs once the upload is active again); it expires with the login token that asked for it.
+    Asked with a login token only (a worker token is refused as an unknown one); for a brokered upload or run of
+    the user's own, not completed, not inside a run. It replaces the upload's earlier worker tokens."""
+    from ..db.models import Token
+
+    _store(state)
+    upload = await _brokered(session, user, upload_id, active=False)
+    if upload.status is S.COMPLETED:
+        raise HTTPException(409, f"upload {upload_id} is completed: start a new upload")
+    if upload.parent_id is not None:
+        raise HTTPException(409, f"upload {upload_id} is inside the run {upload.parent_id}: ask for the run's "
+                                 "worker token")
+    # the coordinator asking replaces the earlier one (killed, its upload being resumed): what its workers still
+    # run stops signing
+    await session.execute(update(Token).where(Token.upload_id == upload.id, Token.revoked.is_(False))
+                          .values(revoked=True))
+    plain, expires_at = await issue_worker_token(session, user.id, token, upload)
+    return {"id": upload.id, "token": plain, "expires_at": _stamp(expires_at)}
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
 @router.post("/uploads/{upload_id}/parts/sign")
-async def sign(upload_id: str, body: B.SignRequest, user: UserDep, state: StateDep,
+async def sign(upload_id: str, body: B.SignRequest, signer: SignerDep, state: StateDep,
                session: SessionDep) -> dict[str, Any]:
     """Presigned URLs for a batch of parts, each with its checksum (and Content-MD5 when the storage checks only
-    that) signed in. A single-PutObject upload has one part, number 1: its URL is a PutObject."""
+    that) signed in. A single-PutObject upload has one part, number 1: its URL is a PutObject. A worker token
+    signs its own upload's parts only (another upload is 404)."""
     store, bucket, _ = _store(state)
-    upload = await _brokered(session, user, upload_id, active=True)
+    user = signer.user
+    upload = await _brokered(session, user, upload_id, active=True, scope=signer.scope)
     if is_run(upload):
         raise HTTPException(409, f"upload {upload_id} is a directory run: sign its objects with objects/sign")
     settings = state.settings
@@ -332,13 +379,14 @@ async def _touch(session: AsyncSession, upload: Upload, now: dt.datetime, stale_
 
 
 @router.post("/uploads/{upload_id}/objects/sign")
-async def sign_objects(upload_id: str, body: B.ObjectsSignRequest, user: UserDep, state: StateDep,
+async def sign_objects(upload_id: str, body: B.ObjectsSignRequest, signer: SignerDep, state: StateDep,
                        session: SessionDep) -> dict[str, Any]:
     """PutObject URLs for small files of a brokered directory run, each with its checksum (and Content-MD5 when
     the storage checks only that) signed in. Every key must be under the run's PREFIX, and the run's objects
     together within the bytes it declared (413): a run cannot write more than the quota allowed it."""
     store, bucket, prefix = _store(state)
-    run = await _run_of(session, user, upload_id)
+    user = signer.user
+    run = await _run_of(session, user, upload_id, scope=signer.scope)
     settings = state.settings
     try:
         checked = [(obj, B.confine_key(prefix, user.name, obj.key),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..auth import LoginRateLimiter, token_user
+from ..auth import LoginRateLimiter, token_signer, token_user
 from ..broker import SignLimiter, UserLocks
 from ..bus.base import Bus
 from ..db.models import User
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ...storage.port import Store
 
 __all__ = ["ServerState", "server_state", "db_session", "bearer_token", "current_user", "StateDep", "SessionDep",
-           "UserDep", "TokenDep", "unauthorized"]
+           "UserDep", "TokenDep", "unauthorized", "Signer", "SignerDep"]
 
 
 @dataclass
@@ -83,3 +83,24 @@ async def current_user(session: SessionDep, token: TokenDep) -> User:
 
 
 UserDep = Annotated[User, Depends(current_user)]
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Who asks for signed URLs: a user's login token (``scope`` ``None``), or a worker token that signs for one
+    brokered record (``scope``: its id; a run's, for the large files' uploads in it too)."""
+
+    user: User
+    scope: str | None = None
+
+
+async def current_signer(session: SessionDep, token: TokenDep) -> Signer:
+    """A login token's user, or a worker token's user and record; 401 otherwise."""
+    found = await token_signer(session, token)
+    if found is None:
+        raise unauthorized("invalid, expired or revoked token (a worker token dies with its upload): sign in "
+                           "again with mpupload login")
+    return Signer(*found)
+
+
+SignerDep = Annotated[Signer, Depends(current_signer)]

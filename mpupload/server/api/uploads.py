@@ -14,7 +14,7 @@ from .. import broker
 from .. import files as files_svc
 from .. import uploads as svc
 from . import broker as broker_api
-from .deps import SessionDep, StateDep, UserDep
+from .deps import SessionDep, StateDep, TokenDep, UserDep
 
 __all__ = ["router"]
 
@@ -33,7 +33,7 @@ _BROKERED = TypeAdapter(broker.BrokeredCreate)
 
 
 @router.post("/uploads")
-async def create(body: Annotated[dict[str, Any], Body()], user: UserDep, state: StateDep,
+async def create(body: Annotated[dict[str, Any], Body()], user: UserDep, token: TokenDep, state: StateDep,
                  session: SessionDep) -> dict[str, Any]:
     """A record of an upload its client makes with its own credentials; with ``"brokered": true``, an upload to
     the server's storage that the server creates and signs (:mod:`.broker`)."""
@@ -42,7 +42,7 @@ async def create(body: Annotated[dict[str, Any], Body()], user: UserDep, state: 
         raise HTTPException(422, "brokered must be true or false")
     try:
         if brokered:
-            return await broker_api.create_brokered(_BROKERED.validate_python(body), user, state, session)
+            return await broker_api.create_brokered(_BROKERED.validate_python(body), user, state, session, token)
         new = _NEW_UPLOAD.validate_python({k: v for k, v in body.items() if k != "brokered"})
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(), body=None) from None

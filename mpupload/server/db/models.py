@@ -75,6 +75,11 @@ class Token(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: a worker token (migration 0008): it signs URLs for this brokered record only (a run: and its large files'
+    #: uploads), and only while the record is active; null: a login token
+    upload_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    #: the login token a worker token was made with (logging out revokes both)
+    parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class Upload(Base):
