@@ -82,13 +82,20 @@ def check_options(options: UploadOptions) -> None:
 def cluster_settings(options: UploadOptions, store: StoreConfig | Store) -> tuple[ClusterSpec | None, Store | None]:
     """A cluster run's :class:`~.engine.dask_executor.ClusterSpec` and the store its workers get: this process's
     settings with the endpoint and region resolved here (every worker must talk to the same store), and this
-    process's credentials only with ``--cluster-pass-credentials``. ``(None, None)``: not a cluster run."""
+    process's credentials only with ``--cluster-pass-credentials``; a brokered store's workers get a store that
+    signs with a worker token (:meth:`~.storage.brokered.BrokeredStore.for_cluster`). ``(None, None)``: not a
+    cluster run."""
     if not options.cluster:
         if options.cluster_pass_credentials:
             raise E.UsageError("--cluster-pass-credentials goes with --cluster")
         return None, None
     from .engine.dask_executor import ClusterSpec
 
+    for_cluster = getattr(store, "for_cluster", None)
+    if for_cluster is not None:  # a brokered store: the workers sign with a worker token, never the user's
+        if options.cluster_pass_credentials:
+            raise E.UsageError("--cluster-pass-credentials: a brokered upload has no storage credentials to pass")
+        return ClusterSpec(options.cluster, concurrency=options.workers), for_cluster()
     if isinstance(store, Boto3Store):
         store = store.config
     if not isinstance(store, StoreConfig):

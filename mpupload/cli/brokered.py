@@ -5,7 +5,9 @@ The server holds the storage credentials; this process holds only the user's API
 credentials. Before anything starts, the server is asked where the user's space is (``GET /api/v1/storage``):
 no server configured, or a server without storage, is one line and exit 2; a token it rejects, exit 3. The
 options that need the user's own access to the store (reading the object back, object options, another
-endpoint, a cluster) are refused here, with what to do instead.
+endpoint, passing credentials to a cluster) are refused here, with what to do instead. On a cluster
+(``--cluster``) the workers sign with a worker token the server makes for the upload or run, never with the
+user's token (:meth:`~mpupload.storage.brokered.BrokeredStore.for_cluster`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ __all__ = ["is_brokered", "brokered_destination"]
 S3_ONLY = (("endpoint_url", "--endpoint-url"), ("region", "--region"), ("profile", "--profile"),
            ("addressing_style", "--addressing-style"), ("content_type", "--content-type"),
            ("metadata", "--metadata"), ("storage_class", "--storage-class"), ("sse", "--sse"),
-           ("sse_kms_key_id", "--sse-kms-key-id"), ("no_overwrite", "--no-overwrite"), ("cluster", "--cluster"),
+           ("sse_kms_key_id", "--sse-kms-key-id"), ("no_overwrite", "--no-overwrite"),
            ("cluster_pass_credentials", "--cluster-pass-credentials"))
 
 
@@ -47,9 +49,8 @@ def brokered_destination(args: argparse.Namespace, *, run: bool = False
     what = (f"{destination!r} has no s3://, so it is a key in the API server's storage (a brokered upload, the "
             "server holds the storage credentials)")
     for attribute, flag in S3_ONLY:
-        if getattr(args, attribute, None) or (attribute == "cluster" and os.environ.get("MPUPLOAD_CLUSTER")):
-            source = "MPUPLOAD_CLUSTER" if attribute == "cluster" and not args.cluster else flag
-            raise E.UsageError(f"{what}: {source} is not possible there; give s3://BUCKET/KEY to upload with your "
+        if getattr(args, attribute, None):
+            raise E.UsageError(f"{what}: {flag} is not possible there; give s3://BUCKET/KEY to upload with your "
                                "own credentials")
     if args.verify == "read-back":
         raise E.UsageError(f"{what}: --verify read-back needs to read the object, which only the server may; the "

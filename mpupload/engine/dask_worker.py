@@ -222,8 +222,9 @@ class _Process:
     def store(self, config: WorkerConfig) -> Store:
         """This process's store for these settings (a Boto3Store builds its client once, then every task shares it)."""
         settings = getattr(config.store, "config", None)
-        # passed credentials are not part of a StoreConfig's equality: they key the cache too
-        key = (settings, settings.credentials) if settings is not None else config.store
+        # passed credentials are not part of a StoreConfig's equality: they key the cache too (a brokered store's
+        # settings hold its token)
+        key = (settings, getattr(settings, "credentials", None)) if settings is not None else config.store
         with self.lock:
             store = self._stores.get(key)
             if store is None:
@@ -485,8 +486,10 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
     config = getattr(spec.config.store, "config", None)
     if config is not None:
         try:
-            with _process().connect_lock:
-                credentials = config.resolved_credentials() is not None
+            resolve = getattr(config, "resolved_credentials", None)  # (none for a brokered store: URLs are signed)
+            if resolve is not None:
+                with _process().connect_lock:
+                    credentials = resolve() is not None
             _process().store(spec.config)
         except Exception as exc:  # noqa: BLE001 - a profile missing here, a bad CA bundle path ...
             client_error = f"{type(exc).__name__}: {exc}"

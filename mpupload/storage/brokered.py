@@ -28,6 +28,12 @@ objects/sign``, each with its digests signed in), its large files multipart uplo
 (``parent_id``); ``list_objects_page`` is the server's listing of the user's space (``GET /api/v1/storage/
 objects``). The bodies go on the lean PutObject's persistent connections (:class:`~.lean.Wire`).
 
+On a **cluster** (:meth:`BrokeredStore.for_cluster`) the workers never get the user's token: they get a store whose
+token is a *worker token* the server made for the upload or run (asked for with its create, ``"worker_token":
+true``; for an upload being resumed, ``POST /api/v1/uploads/{id}/worker-token``). It signs that record's URLs
+and nothing else, it dies with the record, and logging out revokes it. Until the coordinator has it (the workers'
+check before the first byte), the workers' store carries no token at all.
+
 What a user cannot do without storage credentials (read an object back, a PutObject outside a run, delete) is
 refused as ``AccessDenied``: the CLI refuses the options that need it before anything starts.
 
@@ -135,6 +141,8 @@ class BrokeredStore(StoreBase):
         #: (upload id, part number) -> URLs signed ahead: (checksum, content_md5, request, use-before monotonic)
         self._ahead: dict[tuple[str, int], tuple[str | None, str | None, PresignedRequest, float]] = {}
         self._ahead_lock = threading.Lock()
+        #: the store a cluster's workers get (:meth:`for_cluster`): it signs with a worker token, once there is one
+        self._workers: BrokeredStore | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config}
@@ -152,6 +160,30 @@ class BrokeredStore(StoreBase):
 
     def short_lived(self) -> BrokeredStore:
         return BrokeredStore(self.config.short_lived())
+
+    def for_cluster(self) -> BrokeredStore:
+        """The store a cluster's workers get: the same settings with **no** token until the upload or run is
+        created (or resumed) here; then with its worker token (see the module docstring)."""
+        if self._workers is None:
+            self._workers = BrokeredStore(dataclasses.replace(self.config, token=""))
+            if self.run_id is not None:
+                self._grant(self.run_id)
+        return self._workers
+
+    def _wants_grant(self) -> bool:
+        return self._workers is not None and not self._workers.config.token
+
+    def _grant(self, record_id: str, answer: Mapping[str, Any] | None = None) -> None:
+        """Give the workers' store the worker token of ``record_id``: the one in a create's ``answer``, else one
+        asked for now."""
+        if not self._wants_grant():
+            return
+        token = (answer or {}).get("worker_token")
+        if not token:
+            token = self._api("POST", f"/api/v1/uploads/{record_id}/worker-token", "CreateWorkerToken",
+                              upload_id=record_id)["token"]
+        assert self._workers is not None
+        self._workers.config = dataclasses.replace(self._workers.config, token=str(token))
 
     def connect(self) -> None:
         self._session()
@@ -283,8 +315,11 @@ class BrokeredStore(StoreBase):
                 "part_size": part_size or 0, "multipart": True,
                 "checksum_algorithm": algorithm.value if algorithm is not None else "none",
                 "filename": os.path.basename(key), "host": socket.gethostname(),
-                **({"parent_id": self.run_id} if self.run_id is not None else {})}
+                **({"parent_id": self.run_id} if self.run_id is not None else {}),
+                **({"worker_token": True} if self.run_id is None and self._wants_grant() else {})}
         record = self._api("POST", "/api/v1/uploads", "CreateMultipartUpload", body=body)
+        if self.run_id is None:
+            self._grant(str(record["id"]), record)
         return str(record["id"])
 
     def sign_window(self, part_size: int) -> int:
@@ -399,9 +434,10 @@ class BrokeredStore(StoreBase):
         body = {"brokered": True, "dataset": True, "key": self._relative(self.config.bucket, prefix),
                 "total_bytes": total_bytes, "files_total": files_total, "filename": name, "resume": resume,
                 "checksum_algorithm": algorithm.value if algorithm is not None else "none",
-                "host": socket.gethostname()}
+                "host": socket.gethostname(), **({"worker_token": True} if self._wants_grant() else {})}
         record = self._api("POST", "/api/v1/uploads", "CreateRun", body=body)
         self.run_id = str(record["id"])
+        self._grant(self.run_id, record)
         return self.run_id
 
     def sign_puts(self, run_id: str, objects: Sequence[tuple[str, int, Checksum | None, str | None]]) -> None:
@@ -474,8 +510,11 @@ class BrokeredStore(StoreBase):
 
     def list_parts_page(self, bucket: str, key: str, upload_id: str, *, marker: int | None = None,
                         max_parts: int | None = None) -> PartsPage:
-        """Every part after ``marker`` in one page (the server pages through ListParts itself)."""
+        """Every part after ``marker`` in one page (the server pages through ListParts itself). An upload resumed
+        on a cluster gets its worker token here, before any part goes to the workers."""
         answer = self._api("GET", f"/api/v1/uploads/{upload_id}/parts", "ListParts", upload_id=upload_id)
+        if self.run_id is None:
+            self._grant(upload_id)
         algorithm = _algorithm(answer.get("checksum_algorithm"))
         parts = []
         for p in answer.get("parts") or []:

@@ -73,7 +73,8 @@ A reset or stall taken by a request that ends (or whose connection dies) before 
 taken by a request whose connection ends before the answer comes, go to the next matching request.
 
 ``--log`` lines look like ``{"method": "PUT", "path": "/b/k", "query": "partNumber=2&uploadId=x",
-"content_length": 5242880, "flipped": true, "chunked": false, "fault": null, "complete": true}``, written
+"content_length": 5242880, "flipped": true, "chunked": false, "fault": null, "bearer": null, "complete": true}``
+(``bearer``: the SHA-256 of an ``Authorization: Bearer`` token, as the API server stores it), written
 when the request's body has passed (or the connection ended mid-request: ``"complete": false``), flushed
 each time.  ``fault`` is ``"reset"``, ``"slowdown"``, ``"stall"``, ``"hold"``, ``"truncate"``, ``"delay"`` or null.  The
 line of a request whose answer is to be truncated waits for the cut (or for the connection's end, which
@@ -109,6 +110,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import selectors
@@ -399,6 +401,14 @@ def request_kind(method: str, query: dict[str, list[str]], path: str = "",
     return ""
 
 
+def _bearer_hash(headers: dict[str, str]) -> str | None:
+    """The SHA-256 (hex, as the API server stores it) of an ``Authorization: Bearer`` token, or None."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
 def _part_number(query: dict[str, list[str]]) -> int | None:
     try:
         return int(query.get("partNumber", [""])[0])
@@ -599,6 +609,7 @@ class RequestStream:
             "flipped": False,
             "chunked": chunked,
             "fault": None,
+            "bearer": _bearer_hash(headers),
         }
         q = parse_qs(query, keep_blank_values=True)
         kind = request_kind(method, q, path, headers)
