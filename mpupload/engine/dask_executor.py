@@ -228,6 +228,10 @@ def _refusal(hello: Hello, probe: SourceProbe | None, expected: str | None, *,
     if not hello.credentials:
         return E.AuthError(f"{where} finds no AWS credentials: give the workers their own (environment, profile, "
                            "instance role), or pass this host's with --cluster-pass-credentials")
+    if hello.unreachable is not None:
+        return E.StoreUnreachable(f"{where} {hello.unreachable}: the workers have their URLs signed there, so log "
+                                  f"in with an address of the API server every worker can reach (mpupload login "
+                                  f"URL, or MPUPLOAD_API_URL); {consequence}")
     return None
 
 

@@ -106,6 +106,8 @@ class Hello:
     client_error: str | None = None
     #: whether the store client finds credentials on this worker (its own chain, or passed ones)
     credentials: bool = True
+    #: why this worker cannot reach the service its store signs through (a brokered store: the API server)
+    unreachable: str | None = None
 
 
 class TaskCounter:
@@ -482,7 +484,7 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
         except OSError as exc:
             error = f"cannot read {probe.describe()}: {exc.strerror or exc}"
     credentials = True
-    client_error = None
+    client_error = unreachable = None
     config = getattr(spec.config.store, "config", None)
     if config is not None:
         try:
@@ -490,8 +492,15 @@ def check_task(spec: RunSpec, probe: SourceProbe | None) -> Hello:
             if resolve is not None:
                 with _process().connect_lock:
                     credentials = resolve() is not None
-            _process().store(spec.config)
+            store = _process().store(spec.config)
         except Exception as exc:  # noqa: BLE001 - a profile missing here, a bad CA bundle path ...
             client_error = f"{type(exc).__name__}: {exc}"
+        else:
+            reach = getattr(store, "check_reach", None)
+            if reach is not None:
+                try:
+                    reach()
+                except Exception as exc:  # noqa: BLE001 - said in the hello, the coordinator stops the run
+                    unreachable = str(exc)
     return Hello(**hello, digest=digest, error=error, client_error=client_error,  # type: ignore[arg-type]
-                 credentials=credentials, problems=problems)
+                 credentials=credentials, problems=problems, unreachable=unreachable)

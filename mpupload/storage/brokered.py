@@ -170,6 +170,21 @@ class BrokeredStore(StoreBase):
                 self._grant(self.run_id)
         return self._workers
 
+    def check_reach(self) -> None:
+        """Whether this process reaches the API server (a cluster's worker, before it takes any job): ``GET
+        /healthz``. Raises :class:`ConnectionError` saying why not."""
+        import requests
+
+        url = self.config.api_url.rstrip("/") + "/healthz"
+        try:
+            response = self._session().get(url, timeout=(min(self.config.connect_timeout_s, 5.0), 10.0))
+        except requests.RequestException as exc:
+            raise ConnectionError(f"cannot reach the API server at {self.config.api_url} "
+                                  f"({_reason(exc)})") from None
+        if response.status_code != 200:
+            raise ConnectionError(f"cannot reach the API server at {self.config.api_url} (GET /healthz answered "
+                                  f"HTTP {response.status_code})")
+
     def _wants_grant(self) -> bool:
         return self._workers is not None and not self._workers.config.token
 
@@ -565,6 +580,14 @@ class BrokeredStore(StoreBase):
 
 
 # -- answers and errors ---------------------------------------------------------------------------------------------
+
+def _reason(exc: BaseException) -> str:
+    """A requests error in a few words: its innermost cause (``ConnectionRefusedError: [Errno 111] ...``)."""
+    cause = exc
+    while (inner := cause.__cause__ or cause.__context__) is not None:
+        cause = inner
+    return f"{type(cause).__name__}: {cause}"[:200]
+
 
 def _origin(url: str) -> str:
     """``scheme://host:port`` of a URL: what an error may name (a signed URL's query is a credential)."""

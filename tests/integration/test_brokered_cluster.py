@@ -11,15 +11,25 @@ from the worker processes themselves (``/proc/PID/io``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import IN_CI
 from tests.integration.api_support import Api
 from tests.integration.test_brokered import PREFIX, store_uploads
-from tests.integration.test_brokered_cli import bare_env, run, served, stop_then_kill, stored, user_env
+from tests.integration.test_brokered_cli import (
+    bare_env,
+    records,
+    run,
+    served,
+    stop_then_kill,
+    stored,
+    user_env,
+)
 from tests.integration.test_brokered_dirs import make_tree, stored_keys
 from tests.integration.test_cluster import read_by_worker
 from tests.integration.test_worker_tokens import stored_tokens
@@ -136,3 +146,32 @@ def test_ctrl_c_and_resume_after_kill_9_on_the_cluster(served: tuple[Api, S3Serv
     # were still running on the workers stop signing)
     assert {r["bearer"] for r in signs(door, since=seen)} - first
     assert {revoked for token_hash, _, _, revoked in stored_tokens(api) if token_hash in first} == {1}
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)
+def test_a_worker_that_cannot_reach_the_api_server_stops_the_run_before_it_starts(
+        served: tuple[Api, S3Server, str], tmp_path: Path) -> None:
+    """The classic slip: logged in as ``http://localhost:PORT`` on the coordinator, a worker elsewhere cannot reach
+    that. Here the worker's own ``/etc/hosts`` (a mount namespace of its own) sends ``localhost`` to an address
+    nothing listens on: the run stops before anything is created or sent, naming the worker and the server."""
+    if os.geteuid() != 0:
+        (pytest.fail if IN_CI else pytest.skip)("a worker with an /etc/hosts of its own needs root")
+    api, s3, bucket = served
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.9 localhost\n")
+    env = user_env(api, tmp_path / "home")
+    env["MPUPLOAD_API_URL"] = f"http://localhost:{api.port}"
+    c = start_cluster(tmp_path / "dask", bare_env(tmp_path / "worker-home"), workers=0)
+    try:
+        odd = c.start_worker(bare_env(tmp_path / "worker-home"), private_mount=(hosts, Path("/etc/hosts")))
+        c.wait_workers(1)
+        file = make_file(tmp_path / "f.bin", 6 * MiB, seed=1)
+        done = run(env, str(file), "sets/f.bin", "--part-size", "5MiB", "--cluster", c.address, timeout=120)
+        odd_pid = c.worker_pid(odd)
+    finally:
+        c.stop()
+    assert done.returncode == 1, done.stderr + c.logs()
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"pid {odd_pid}) cannot reach the API server at http://localhost:{api.port}" in line, line
+    assert "Connection refused" in line and "nothing was sent" in line, line
+    assert records(api, env) == [] and store_uploads(s3, bucket) == []
