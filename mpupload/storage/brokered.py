@@ -141,8 +141,10 @@ class BrokeredStore(StoreBase):
         #: (upload id, part number) -> URLs signed ahead: (checksum, content_md5, request, use-before monotonic)
         self._ahead: dict[tuple[str, int], tuple[str | None, str | None, PresignedRequest, float]] = {}
         self._ahead_lock = threading.Lock()
-        #: the store a cluster's workers get (:meth:`for_cluster`): it signs with a worker token, once there is one
+        #: the store a cluster's workers get (:meth:`for_cluster`): it signs with a worker token, once there is one,
+        #: and the record that token signs for
         self._workers: BrokeredStore | None = None
+        self._granted: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config}
@@ -185,20 +187,18 @@ class BrokeredStore(StoreBase):
             raise ConnectionError(f"cannot reach the API server at {self.config.api_url} (GET /healthz answered "
                                   f"HTTP {response.status_code})")
 
-    def _wants_grant(self) -> bool:
-        return self._workers is not None and not self._workers.config.token
-
     def _grant(self, record_id: str, answer: Mapping[str, Any] | None = None) -> None:
-        """Give the workers' store the worker token of ``record_id``: the one in a create's ``answer``, else one
-        asked for now."""
-        if not self._wants_grant():
+        """Give the workers' store the worker token of ``record_id`` (unless it has it): the one in a create's
+        ``answer``, else one asked for now. A resume that lists an upload's parts and then starts a new upload
+        instead (the file no longer fits it) gets the new upload's token with its create."""
+        if self._workers is None or self._granted == record_id:
             return
         token = (answer or {}).get("worker_token")
         if not token:
             token = self._api("POST", f"/api/v1/uploads/{record_id}/worker-token", "CreateWorkerToken",
                               upload_id=record_id)["token"]
-        assert self._workers is not None
         self._workers.config = dataclasses.replace(self._workers.config, token=str(token))
+        self._granted = record_id
 
     def connect(self) -> None:
         self._session()
@@ -331,7 +331,7 @@ class BrokeredStore(StoreBase):
                 "checksum_algorithm": algorithm.value if algorithm is not None else "none",
                 "filename": os.path.basename(key), "host": socket.gethostname(),
                 **({"parent_id": self.run_id} if self.run_id is not None else {}),
-                **({"worker_token": True} if self.run_id is None and self._wants_grant() else {})}
+                **({"worker_token": True} if self.run_id is None and self._workers is not None else {})}
         record = self._api("POST", "/api/v1/uploads", "CreateMultipartUpload", body=body)
         if self.run_id is None:
             self._grant(str(record["id"]), record)
@@ -449,7 +449,7 @@ class BrokeredStore(StoreBase):
         body = {"brokered": True, "dataset": True, "key": self._relative(self.config.bucket, prefix),
                 "total_bytes": total_bytes, "files_total": files_total, "filename": name, "resume": resume,
                 "checksum_algorithm": algorithm.value if algorithm is not None else "none",
-                "host": socket.gethostname(), **({"worker_token": True} if self._wants_grant() else {})}
+                "host": socket.gethostname(), **({"worker_token": True} if self._workers is not None else {})}
         record = self._api("POST", "/api/v1/uploads", "CreateRun", body=body)
         self.run_id = str(record["id"])
         self._grant(self.run_id, record)

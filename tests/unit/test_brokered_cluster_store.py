@@ -89,8 +89,22 @@ def test_an_upload_resumed_on_a_cluster_gets_its_worker_token_when_its_parts_are
     store.list_parts_page("b", "p/alice/f.bin", "up7")
     assert [path for _, path, _ in server.calls] == ["/api/v1/uploads/up7/parts", "/api/v1/uploads/up7/worker-token"]
     assert workers.config.token == WORKER
-    store.list_parts_page("b", "p/alice/f.bin", "up7")  # one token per run, not one per listing
+    store.list_parts_page("b", "p/alice/f.bin", "up7")  # one token per upload, not one per listing
     assert len(server.calls) == 3
+
+
+def test_a_resume_that_starts_a_new_upload_instead_gives_the_workers_the_new_upload_s_token(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parts of an earlier upload were listed (its worker token asked for), then the file did not fit it: the
+    new upload's create asks for its own, and the workers sign with that."""
+    store, server = coordinator(monkeypatch)
+    _, workers = cluster_settings(CLUSTER, store)
+    assert isinstance(workers, BrokeredStore)
+    store.list_parts_page("b", "p/alice/f.bin", "up7")
+    assert workers.config.token == WORKER
+    monkeypatch.setattr("tests.unit.test_brokered_cluster_store.WORKER", "for-the-new-upload")
+    assert store.create_multipart_upload("b", "p/alice/f.bin", size=10, part_size=5) == "up1"
+    assert server.calls[-1][2]["worker_token"] is True and workers.config.token == "for-the-new-upload"
 
 
 def test_without_a_cluster_nothing_asks_for_a_worker_token(monkeypatch: pytest.MonkeyPatch) -> None:
