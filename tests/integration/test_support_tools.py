@@ -674,7 +674,18 @@ def test_faults_combine_with_each_other_and_the_log(moto: S3Server, tmp_path: Pa
         key=str,
     )
     assert all(set(r) == {*log[0]} for r in log), "every line has the same keys"
-    assert {"method", "path", "query", "content_length", "flipped", "chunked", "complete", "fault"} == set(log[0])
+    assert {"method", "path", "query", "content_length", "flipped", "chunked", "complete", "fault",
+            "bearer"} == set(log[0])
+    assert all(r["bearer"] is None for r in log)  # (S3's requests carry SigV4, not a bearer token)
+
+
+def test_the_log_has_a_bearer_token_s_sha256_never_the_token() -> None:
+    from tests.support.proxy import _bearer_hash
+
+    assert _bearer_hash({"authorization": "Bearer abc "}) == hashlib.sha256(b"abc").hexdigest()
+    assert _bearer_hash({"authorization": "bearer abc"}) == hashlib.sha256(b"abc").hexdigest()
+    for headers in ({}, {"authorization": "AWS4-HMAC-SHA256 Credential=x"}, {"authorization": "Bearer "}):
+        assert _bearer_hash(headers) is None, headers
 
 
 # -- the parsers behind the faults, fed in chunks of every size
