@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -72,6 +73,10 @@ def parse_storage(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+#: C0 and C1 control characters, and DEL
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def check_key_segments(key: str, *, what: str = "key") -> None:
     """Refuse what could escape a user's space or confuse a store: :class:`InputError` naming the first reason."""
     if not key:
@@ -80,9 +85,9 @@ def check_key_segments(key: str, *, what: str = "key") -> None:
         raise InputError(f"{what} must be relative to your space, not absolute (it starts with '/')")
     if "\\" in key:
         raise InputError(f"{what} must not contain a backslash: use '/' between folders")
-    for char in key:
-        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
-            raise InputError(f"{what} must not contain control characters (found U+{ord(char):04X})")
+    control = _CONTROL.search(key)
+    if control is not None:
+        raise InputError(f"{what} must not contain control characters (found U+{ord(control.group()):04X})")
     segments = key.split("/")
     for index, segment in enumerate(segments):
         if segment in (".", ".."):

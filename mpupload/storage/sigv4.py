@@ -79,8 +79,13 @@ def quote_key(key: str) -> str:
 
 def canonical_query(params: Mapping[str, str]) -> str:
     """The canonical query string: names and values URI-encoded (``/`` too), sorted by name then value."""
-    return "&".join(f"{k}={v}" for k, v in sorted((quote(k, safe="~"), quote(v, safe="~"))
-                                                   for k, v in params.items()))
+    return _canonical_query(tuple(params.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_query(items: tuple[tuple[str, str], ...]) -> str:
+    # the URLs of one signing batch share theirs (a presigned PutObject's has no per-object parameter)
+    return "&".join(f"{k}={v}" for k, v in sorted((quote(k, safe="~"), quote(v, safe="~")) for k, v in items))
 
 
 @functools.lru_cache(maxsize=32)
@@ -177,6 +182,5 @@ def _signature(method: str, path: str, query: str, headers: Mapping[str, str], p
     date = timestamp[:8]
     scope = f"{date}/{region}/{service}/aws4_request"
     string_to_sign = f"{ALGORITHM}\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    signature = hmac.new(signing_key(secret_key, date, region, service), string_to_sign.encode(),
-                         "sha256").hexdigest()
+    signature = hmac.digest(signing_key(secret_key, date, region, service), string_to_sign.encode(), "sha256").hex()
     return canonical, signature

@@ -8,10 +8,10 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fastapi import APIRouter, HTTPException
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import broker as B
@@ -225,10 +225,11 @@ async def _account(session: AsyncSession, run: Upload, objects: list[tuple[str, 
         if int(counted) + grows > run.total_bytes:
             raise HTTPException(413, f"this run declared {run.total_bytes} bytes; these objects would make "
                                      f"{int(counted) + grows}: start a new run for the files added since")
+    added = [{"upload_id": run.id, "key": key, "size": size} for key, size in objects if key not in known]
+    if added:  # one executemany, not a unit of work of ORM objects
+        await session.execute(insert(cast(Table, BrokeredObject.__table__)), added)
     for key, size in objects:
-        if key not in known:
-            session.add(BrokeredObject(upload_id=run.id, key=key, size=size))
-        elif known[key] != size:
+        if key in known and known[key] != size:
             await session.execute(update(BrokeredObject).where(BrokeredObject.upload_id == run.id,
                                                                BrokeredObject.key == key).values(size=size))
 
