@@ -37,6 +37,7 @@ run: venv
 # peer on a 100 MiB file (discard: start-up cost). mpupload's peak RSS is recorded in every run. Directory uploads:
 # every peer on three generated trees (discard: 3 runs; moto: 1) and the 100,000-file start-up check. rclone is a
 # Debian package: system-deps installs it. The cluster benchmark (network namespaces: run as root) simulates 1-3 hosts.
+# Brokered against direct uploads (one API server signing): 1 GiB in 64 MiB and in 5 MiB parts, the 10,000-file tree.
 bench: venv system-deps
 	$(PY) -m benchmarks.run --size 1GiB --runs 3 --out benchmarks/results/1gib.json
 	$(PY) -m benchmarks.run --size 4GiB --servers discard --peers mpupload,mpupload-bar,s5cmd,awscrt,boto3-tuned \
@@ -52,6 +53,9 @@ bench: venv system-deps
 	$(PY) -m benchmarks.ingest --backend postgresql --replicas 2 --broker-url redis://127.0.0.1:6379/0 \
 		--generators 1 --out benchmarks/results/ingest-replicas.json
 	$(PY) -m benchmarks.cluster --runs 2 --out benchmarks/results/cluster.json --readme README.md
+	$(PY) -m benchmarks.brokered --size 1GiB --runs 5 --out benchmarks/results/brokered-64MiB-parts.json
+	$(PY) -m benchmarks.brokered --size 1GiB --part-size 5MiB --runs 5 --out benchmarks/results/brokered-5MiB-parts.json
+	$(PY) -m benchmarks.brokered --tree 10000 --runs 5 --out benchmarks/results/brokered-tree.json
 
 bench-smoke: venv system-deps
 	$(PY) -m benchmarks.run --smoke --out artifacts/bench-smoke.json
